@@ -1,0 +1,147 @@
+//! Who is calling, and what they may do (spec §1.6).
+//!
+//! `noauth` is Cinder's: any token, `X-Auth-Token: user[:project]`, every caller an
+//! admin; a request without a token gets a 204 telling it which token to send.
+//! `token` reads a file of bearer tokens, each bound to a user, a project and roles,
+//! and enforces the default policy: admin (`role:admin`), member (admin, or member
+//! of the owning project) and reader (admin, or reader/member of the project).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+
+use super::fault::ApiError;
+use crate::manager::Caller;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Context {
+    pub user_id: String,
+    pub project_id: String,
+    pub roles: Vec<String>,
+    pub is_admin: bool,
+}
+
+impl Context {
+    pub fn caller(&self) -> Caller {
+        Caller {
+            user_id: self.user_id.clone(),
+            project_id: self.project_id.clone(),
+            is_admin: self.is_admin,
+        }
+    }
+
+    fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r.eq_ignore_ascii_case(role))
+    }
+
+    /// `admin_api`.
+    pub fn require_admin(&self, rule: &str) -> Result<(), ApiError> {
+        if self.is_admin { Ok(()) } else { Err(ApiError::forbidden(rule)) }
+    }
+
+    /// "system admin or project member" of the resource's project.
+    pub fn require_member(&self, rule: &str, project_id: &str) -> Result<(), ApiError> {
+        if self.is_admin || (self.has_role("member") && self.project_id == project_id) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(rule))
+        }
+    }
+
+    /// "system admin or project reader" (members read too: keystone's implied roles).
+    pub fn require_reader(&self, rule: &str, project_id: &str) -> Result<(), ApiError> {
+        let reads = self.has_role("reader") || self.has_role("member");
+        if self.is_admin || (reads && self.project_id == project_id) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(rule))
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenEntry {
+    token: String,
+    user_id: String,
+    project_id: String,
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenFile {
+    #[serde(default)]
+    tokens: Vec<TokenEntry>,
+}
+
+pub enum Auth {
+    NoAuth,
+    Tokens(HashMap<String, Context>),
+}
+
+/// What authentication decided: a caller, or an answer to send back at once.
+pub enum Authenticated {
+    Caller(Context),
+    /// noauth without a token: 204 carrying the token to use.
+    NoAuthHint { token: String },
+}
+
+impl Auth {
+    pub fn load_tokens(path: &Path) -> Result<Auth, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
+        let file: TokenFile = toml::from_str(&text).map_err(|e| format!("parse {}: {e}", path.display()))?;
+        let mut map = HashMap::new();
+        for t in file.tokens {
+            if t.token.len() < 16 {
+                return Err(format!("{}: token of user {} is shorter than 16 characters", path.display(), t.user_id));
+            }
+            let is_admin = t.roles.iter().any(|r| r.eq_ignore_ascii_case("admin"));
+            map.insert(
+                t.token,
+                Context {
+                    user_id: t.user_id,
+                    project_id: t.project_id,
+                    roles: t.roles,
+                    is_admin,
+                },
+            );
+        }
+        Ok(Auth::Tokens(map))
+    }
+
+    pub fn authenticate(&self, headers: &HeaderMap, url_project: Option<&str>) -> Result<Authenticated, ApiError> {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+        let token = header("x-auth-token").filter(|t| !t.is_empty());
+        match self {
+            Auth::NoAuth => {
+                let Some(token) = token else {
+                    let user = header("x-auth-user").unwrap_or("admin");
+                    let project = header("x-auth-project-id").unwrap_or(user);
+                    return Ok(Authenticated::NoAuthHint {
+                        token: format!("{user}:{project}"),
+                    });
+                };
+                let (user, project) = match token.split_once(':') {
+                    Some((user, project)) => (user, project),
+                    // ember: a bare token takes the project from the URL when there is one.
+                    None => (token, url_project.unwrap_or(token)),
+                };
+                Ok(Authenticated::Caller(Context {
+                    user_id: user.to_string(),
+                    project_id: project.to_string(),
+                    roles: vec!["admin".to_string()],
+                    is_admin: true,
+                }))
+            }
+            Auth::Tokens(map) => token
+                .and_then(|t| map.get(t))
+                .cloned()
+                .map(Authenticated::Caller)
+                .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "The request you have made requires authentication.")),
+        }
+    }
+}

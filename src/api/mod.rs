@@ -1,0 +1,294 @@
+//! The Cinder v3 HTTP API (spec §1): both URL forms (with and without the project
+//! segment), microversion negotiation, auth and policy, request ids, body limits,
+//! Cinder fault bodies for every error, and the views. One axum fallback handler
+//! runs the pipeline, so unknown routes and wrong methods get JSON faults too.
+
+mod actions;
+mod auth;
+mod fault;
+mod microversion;
+mod resources;
+mod schema;
+mod views;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+pub use auth::Auth;
+use auth::{Authenticated, Context};
+pub use fault::ApiError;
+use microversion::Version;
+
+use crate::manager::Manager;
+
+/// oslo.middleware's default `max_request_body_size`.
+pub const MAX_BODY: usize = 114_688;
+
+pub struct ApiState {
+    pub manager: Arc<Manager>,
+    pub auth: Auth,
+    pub public_endpoint: Option<String>,
+}
+
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new().fallback(handle).with_state(state)
+}
+
+/// One request as the handlers see it.
+pub struct Req {
+    pub method: Method,
+    pub ctx: Context,
+    pub version: Version,
+    pub base_url: String,
+    pub query: HashMap<String, String>,
+    body: Bytes,
+}
+
+impl Req {
+    /// The body as JSON; anything unparsable is "Malformed request body".
+    pub fn json(&self) -> Result<Value, ApiError> {
+        schema::parse_body(&self.body)
+    }
+
+    pub fn param(&self, key: &str) -> Option<&str> {
+        self.query.get(key).map(String::as_str)
+    }
+}
+
+/// A successful answer.
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Option<Value>,
+}
+
+impl Reply {
+    pub fn ok(body: Value) -> Reply {
+        Reply { status: StatusCode::OK, body: Some(body) }
+    }
+    pub fn accepted(body: Option<Value>) -> Reply {
+        Reply { status: StatusCode::ACCEPTED, body }
+    }
+    pub fn empty(status: StatusCode) -> Reply {
+        Reply { status, body: None }
+    }
+}
+
+/// Collections that may follow `/v3/` directly, without a project segment.
+const COLLECTIONS: &[&str] = &["volumes", "snapshots", "types", "manageable_volumes", "os-volume-manage"];
+
+async fn handle(State(state): State<Arc<ApiState>>, request: Request) -> Response {
+    let request_id = format!("req-{}", uuid::Uuid::new_v4());
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_string();
+    let is_v3 = path == "/v3" || path.starts_with("/v3/");
+    let mut version = microversion::MIN;
+    let result = pipeline(&state, &parts.method, &parts.uri, &parts.headers, body, &mut version).await;
+    let mut response = match result {
+        Ok(reply) => {
+            let mut r = match reply.body {
+                Some(body) => (reply.status, axum::Json(body)).into_response(),
+                None => {
+                    let mut r = reply.status.into_response();
+                    if reply.status != StatusCode::NO_CONTENT {
+                        r.headers_mut()
+                            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    }
+                    r
+                }
+            };
+            *r.status_mut() = reply.status;
+            r
+        }
+        Err(Early::Fault(e)) => {
+            if e.status.is_server_error() && e.status != StatusCode::NOT_IMPLEMENTED {
+                tracing::error!(%request_id, method = %parts.method, %path, status = e.status.as_u16(), message = %e.message);
+            }
+            (e.status, axum::Json(e.body())).into_response()
+        }
+        Err(Early::Response(r)) => r,
+    };
+    tracing::debug!(%request_id, method = %parts.method, %path, status = response.status().as_u16());
+    let headers = response.headers_mut();
+    let id = HeaderValue::from_str(&request_id).expect("request ids are ASCII");
+    headers.insert("x-openstack-request-id", id.clone());
+    headers.insert("x-compute-request-id", id);
+    if is_v3 {
+        let v = HeaderValue::from_str(&format!("volume {version}")).expect("versions are ASCII");
+        headers.insert("openstack-api-version", v);
+        headers.insert(header::VARY, HeaderValue::from_static("OpenStack-API-Version"));
+    }
+    response
+}
+
+enum Early {
+    Fault(ApiError),
+    Response(Response),
+}
+
+impl From<ApiError> for Early {
+    fn from(e: ApiError) -> Self {
+        Early::Fault(e)
+    }
+}
+
+fn base_url(state: &ApiState, headers: &HeaderMap) -> String {
+    if let Some(url) = &state.public_endpoint {
+        return url.trim_end_matches('/').to_string();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost:8776");
+    format!("http://{host}")
+}
+
+async fn pipeline(
+    state: &ApiState,
+    method: &Method,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    body: Body,
+    version: &mut Version,
+) -> Result<Reply, Early> {
+    let base = base_url(state, headers);
+    let segments: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
+    match segments.as_slice() {
+        [] => {
+            if *method != Method::GET {
+                return Err(bad_method().into());
+            }
+            return Ok(Reply {
+                status: StatusCode::MULTIPLE_CHOICES,
+                body: Some(views::versions(&base)),
+            });
+        }
+        ["v3", ..] => {}
+        _ => return Err(ApiError::resource_not_found().into()),
+    }
+    let header_value = headers
+        .get_all("openstack-api-version")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    *version = microversion::negotiate((!header_value.is_empty()).then_some(header_value.as_str()))?;
+    let rest = &segments[1..];
+    if rest.is_empty() {
+        if *method != Method::GET {
+            return Err(bad_method().into());
+        }
+        return Ok(Reply::ok(views::versions(&base)));
+    }
+    let (url_project, rest) = if COLLECTIONS.contains(&rest[0]) {
+        (None, rest)
+    } else {
+        let project = rest[0];
+        if !project.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase() || b == b'-') {
+            return Err(ApiError::resource_not_found().into());
+        }
+        (Some(project), &rest[1..])
+    };
+    let ctx = match state.auth.authenticate(headers, url_project)? {
+        Authenticated::Caller(ctx) => ctx,
+        Authenticated::NoAuthHint { token } => {
+            let mut r = StatusCode::NO_CONTENT.into_response();
+            let h = r.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(&token) {
+                h.insert("x-auth-token", v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&format!("{base}/v3")) {
+                h.insert("x-server-management-url", v);
+            }
+            return Err(Early::Response(r));
+        }
+    };
+    if let Some(project) = url_project {
+        if project != ctx.project_id {
+            return Err(ApiError::bad_request("Malformed request url").into());
+        }
+    }
+    let body = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("Request is too large: the body limit is {MAX_BODY} bytes."),
+        )
+    })?;
+    if !body.is_empty() {
+        let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        if media != "application/json" && media != "application/vnd.openstack.volume+json" {
+            return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported Content-Type").into());
+        }
+    }
+    let query = uri
+        .query()
+        .map(|q| {
+            q.split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                    (percent_decode(k, true), percent_decode(v, true))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let req = Req {
+        method: method.clone(),
+        ctx,
+        version: *version,
+        base_url: base,
+        query,
+        body,
+    };
+    let manager = Arc::clone(&state.manager);
+    // Handlers touch SQLite (fsync on commit) and may stat files: keep them off the
+    // async workers.
+    let rest: Vec<String> = rest.iter().map(|s| percent_decode(s, false)).collect();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| resources::route(&manager, &req, &rest)))
+    })
+    .await;
+    match outcome {
+        Ok(Ok(result)) => result.map_err(Early::Fault),
+        _ => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The server has either erred or is incapable of performing the requested operation.",
+        )
+        .into()),
+    }
+}
+
+pub fn bad_method() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "The method specified is not allowed for this resource.")
+}
+
+/// Decodes %XX escapes (and, in query strings, '+' as a space).
+fn percent_decode(s: &str, plus_is_space: bool) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'+' if plus_is_space => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

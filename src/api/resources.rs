@@ -1,0 +1,709 @@
+//! Routes and handlers: volumes (and their metadata), the action endpoint,
+//! snapshots, volume types and extra specs, and manageable volumes.
+
+use std::collections::BTreeMap;
+
+use axum::http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use super::actions::{self, Policy};
+use super::fault::ApiError;
+use super::schema::{self, any_key, boolean, closed, envelope, field_error, integer, metadata, name, required, string, uuid_like};
+use super::views::{self, ViewContext};
+use super::{Reply, Req, bad_method};
+use crate::manager::{
+    ActionOutcome, CreateSnapshot, CreateVolume, ManageVolume, Manager, MetadataChange, UpdateVolume,
+};
+use crate::store::{SnapshotStatus, Volume};
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+pub fn route(m: &std::sync::Arc<Manager>, req: &Req, path: &[&str]) -> Result<Reply> {
+    let method = &req.method;
+    match path {
+        ["volumes"] => match *method {
+            Method::GET => list_volumes(m, req, false),
+            Method::POST => create_volume(m, req),
+            _ => Err(bad_method()),
+        },
+        ["volumes", "detail"] => only(method, Method::GET, || list_volumes(m, req, true)),
+        ["volumes", id] => match *method {
+            Method::GET => show_volume(m, req, id),
+            Method::PUT => update_volume(m, req, id),
+            Method::DELETE => delete_volume(m, req, id),
+            _ => Err(bad_method()),
+        },
+        ["volumes", id, "action"] => only(method, Method::POST, || volume_action(m, req, id)),
+        ["volumes", id, "metadata"] => volume_metadata(m, req, id, None),
+        ["volumes", id, "metadata", key] => volume_metadata(m, req, id, Some(key)),
+        ["snapshots"] => match *method {
+            Method::GET => list_snapshots(m, req),
+            Method::POST => create_snapshot(m, req),
+            _ => Err(bad_method()),
+        },
+        ["snapshots", "detail"] => only(method, Method::GET, || list_snapshots(m, req)),
+        ["snapshots", id] => match *method {
+            Method::GET => {
+                let s = m.snapshot(&req.ctx.caller(), id)?;
+                req.ctx.require_reader("volume:get_snapshot", &s.project_id)?;
+                Ok(Reply::ok(json!({"snapshot": views::snapshot_detail(&view_ctx(m, req)?.view(), &s)})))
+            }
+            Method::PUT => update_snapshot(m, req, id),
+            Method::DELETE => {
+                let s = m.snapshot(&req.ctx.caller(), id)?;
+                req.ctx.require_member("volume:delete_snapshot", &s.project_id)?;
+                m.delete_snapshot(&req.ctx.caller(), id, false)?;
+                Ok(Reply::empty(StatusCode::ACCEPTED))
+            }
+            _ => Err(bad_method()),
+        },
+        ["snapshots", id, "action"] => only(method, Method::POST, || snapshot_action(m, req, id)),
+        ["types"] => match *method {
+            Method::GET => {
+                let ctx = view_ctx(m, req)?;
+                let types: Vec<Value> = m
+                    .volume_types()?
+                    .iter()
+                    .filter(|t| t.is_public || req.ctx.is_admin)
+                    .map(|t| views::volume_type(&ctx.view(), t))
+                    .collect();
+                Ok(Reply::ok(json!({"volume_types": types})))
+            }
+            Method::POST => create_type(m, req),
+            _ => Err(bad_method()),
+        },
+        ["types", "default"] => only(method, Method::GET, || {
+            let t = m.volume_type(crate::store::DEFAULT_TYPE_NAME)?;
+            Ok(Reply::ok(json!({"volume_type": views::volume_type(&view_ctx(m, req)?.view(), &t)})))
+        }),
+        ["types", id] => match *method {
+            Method::GET => {
+                let t = m.volume_type(id)?;
+                Ok(Reply::ok(json!({"volume_type": views::volume_type(&view_ctx(m, req)?.view(), &t)})))
+            }
+            Method::PUT => update_type(m, req, id),
+            Method::DELETE => {
+                req.ctx.require_admin("volume_extension:types_manage")?;
+                m.delete_volume_type(id)?;
+                Ok(Reply::empty(StatusCode::ACCEPTED))
+            }
+            _ => Err(bad_method()),
+        },
+        ["types", id, "extra_specs"] => extra_specs(m, req, id, None),
+        ["types", id, "extra_specs", key] => extra_specs(m, req, id, Some(key)),
+        ["manageable_volumes"] | ["manageable_volumes", "detail"] => {
+            if !req.version.at_least(3, 8) {
+                return Err(ApiError::resource_not_found());
+            }
+            match (method, path.len()) {
+                (&Method::GET, n) => list_manageable(m, req, n == 2),
+                (&Method::POST, 1) => manage_volume(m, req),
+                _ => Err(bad_method()),
+            }
+        }
+        ["os-volume-manage"] => only(method, Method::POST, || manage_volume(m, req)),
+        ["os-volume-manage", "detail"] => only(method, Method::GET, || list_manageable(m, req, true)),
+        _ => Err(ApiError::resource_not_found()),
+    }
+}
+
+fn only(method: &Method, allowed: Method, f: impl FnOnce() -> Result<Reply>) -> Result<Reply> {
+    if *method == allowed { f() } else { Err(bad_method()) }
+}
+
+fn view_ctx<'a>(m: &Manager, req: &'a Req) -> Result<ViewContextOwned<'a>> {
+    let names = m.volume_types()?.into_iter().map(|t| (t.id, t.name)).collect();
+    Ok(ViewContextOwned { req, names })
+}
+
+/// A `ViewContext` together with the type-name map it borrows.
+struct ViewContextOwned<'a> {
+    req: &'a Req,
+    names: BTreeMap<String, String>,
+}
+
+impl ViewContextOwned<'_> {
+    fn view(&self) -> ViewContext<'_> {
+        ViewContext {
+            base_url: &self.req.base_url,
+            version: self.req.version,
+            is_admin: self.req.ctx.is_admin,
+            type_names: &self.names,
+        }
+    }
+}
+
+// ---- volumes -------------------------------------------------------------------
+
+fn show_volume(m: &Manager, req: &Req, id: &str) -> Result<Reply> {
+    let v = m.volume(&req.ctx.caller(), id)?;
+    req.ctx.require_reader("volume:get", &v.project_id)?;
+    let ctx = view_ctx(m, req)?;
+    Ok(Reply::ok(json!({"volume": views::volume_detail(&ctx.view(), &v)})))
+}
+
+fn list_volumes(m: &Manager, req: &Req, detail: bool) -> Result<Reply> {
+    let all = req.param("all_tenants").map(|v| boolean("all_tenants", &json!(v))).transpose()?.unwrap_or(false);
+    let mut volumes = m.volumes(&req.ctx.caller(), all)?;
+    if let Some(project) = req.param("project_id").filter(|_| all) {
+        volumes.retain(|v| v.project_id == project);
+    }
+    if let Some(name) = req.param("name").or(req.param("display_name")) {
+        volumes.retain(|v| v.name.as_deref() == Some(name));
+    }
+    if let Some(status) = req.param("status") {
+        volumes.retain(|v| v.status.shown() == status);
+    }
+    if let Some(bootable) = req.param("bootable") {
+        let want = boolean("bootable", &json!(bootable))?;
+        volumes.retain(|v| v.bootable == want);
+    }
+    let ctx = view_ctx(m, req)?;
+    let (page, count, next) = paginate(req, volumes, |v| v.id.clone(), volume_sort_key)?;
+    let view = ctx.view();
+    let items: Vec<Value> = page
+        .iter()
+        .map(|v| if detail { views::volume_detail(&view, v) } else { views::volume_summary(&view, v) })
+        .collect();
+    let mut out = json!({"volumes": items});
+    if let Some(marker) = next {
+        let path = if detail { "volumes/detail" } else { "volumes" };
+        let limit = req.param("limit").unwrap_or_default();
+        out["volumes_links"] = json!([{
+            "rel": "next",
+            "href": format!("{}/v3/{}/{path}?limit={limit}&marker={marker}", req.base_url, req.ctx.project_id),
+        }]);
+    }
+    if req.version.at_least(3, 45) && req.param("with_count").is_some_and(|v| boolean("with_count", &json!(v)).unwrap_or(false)) {
+        out["count"] = json!(count);
+    }
+    Ok(Reply::ok(out))
+}
+
+fn volume_sort_key(v: &Volume, key: &str) -> Option<String> {
+    Some(match key {
+        "created_at" => v.created_at.clone(),
+        "updated_at" => v.updated_at.clone().unwrap_or_default(),
+        "id" => v.id.clone(),
+        "name" | "display_name" => v.name.clone().unwrap_or_default(),
+        "size" => format!("{:020}", v.size),
+        "status" => v.status.shown().to_string(),
+        "bootable" => v.bootable.to_string(),
+        "availability_zone" => v.availability_zone.clone(),
+        _ => return None,
+    })
+}
+
+/// Sorting (`sort=key:dir,...` or `sort_key`/`sort_dir`), `marker`, `limit` and
+/// `offset`, as Cinder's common pagination. Returns the page, the total count and
+/// the marker of the next page when the page is full.
+fn paginate<T>(
+    req: &Req,
+    mut items: Vec<T>,
+    id_of: impl Fn(&T) -> String,
+    sort_key: fn(&T, &str) -> Option<String>,
+) -> Result<(Vec<T>, usize, Option<String>)> {
+    let mut keys: Vec<(String, bool)> = Vec::new();
+    if let Some(sort) = req.param("sort") {
+        for part in sort.split(',').filter(|p| !p.is_empty()) {
+            let (k, d) = part.split_once(':').unwrap_or((part, "desc"));
+            keys.push((k.trim().to_string(), sort_dir(d.trim())?));
+        }
+    } else if let Some(k) = req.param("sort_key") {
+        keys.push((k.to_string(), sort_dir(req.param("sort_dir").unwrap_or("desc"))?));
+    } else {
+        keys.push(("created_at".to_string(), true));
+    }
+    if let Some(sample) = items.first() {
+        for (k, _) in &keys {
+            if sort_key(sample, k).is_none() {
+                return Err(ApiError::bad_request(format!("Invalid input received: Invalid sort key {k}")));
+            }
+        }
+    }
+    items.sort_by(|a, b| {
+        for (k, desc) in &keys {
+            let ord = sort_key(a, k).cmp(&sort_key(b, k));
+            let ord = if *desc { ord.reverse() } else { ord };
+            if ord.is_ne() {
+                return ord;
+            }
+        }
+        id_of(a).cmp(&id_of(b))
+    });
+    let count = items.len();
+    if let Some(marker) = req.param("marker") {
+        let at = items
+            .iter()
+            .position(|i| id_of(i) == marker)
+            .ok_or_else(|| ApiError::bad_request(format!("Invalid input received: marker [{marker}] not found")))?;
+        items.drain(..=at);
+    }
+    if let Some(offset) = req.param("offset") {
+        let offset = integer("offset", &json!(offset), 0, i64::MAX)?;
+        items.drain(..usize::try_from(offset).unwrap_or(usize::MAX).min(items.len()));
+    }
+    let mut next = None;
+    if let Some(limit) = req.param("limit") {
+        let limit = usize::try_from(integer("limit", &json!(limit), 0, i64::MAX)?).unwrap_or(usize::MAX);
+        if items.len() > limit {
+            items.truncate(limit);
+        }
+        if limit > 0 && items.len() == limit {
+            next = items.last().map(&id_of);
+        }
+    }
+    Ok((items, count, next))
+}
+
+fn sort_dir(d: &str) -> Result<bool> {
+    match d {
+        "desc" => Ok(true),
+        "asc" => Ok(false),
+        other => Err(ApiError::bad_request(format!("Invalid input received: Invalid sort direction {other}"))),
+    }
+}
+
+fn create_volume(m: &std::sync::Arc<Manager>, req: &Req) -> Result<Reply> {
+    let body = req.json()?;
+    let v = envelope(&body, "volume", &["OS-SCH-HNT:scheduler_hints"])?;
+    const KNOWN: &[&str] = &[
+        "size", "name", "description", "display_name", "display_description", "volume_type", "metadata",
+        "snapshot_id", "source_volid", "imageRef", "image_id", "availability_zone", "backup_id", "group_id",
+        "consistencygroup_id", "multiattach", "source_replica", "scheduler_hints",
+    ];
+    if req.version.at_least(3, 53) {
+        closed("volume", v, KNOWN)?;
+    }
+    let size = match v.get("size") {
+        None | Some(Value::Null) => None,
+        Some(s) => Some(integer("size", s, 1, 2_147_483_647)?),
+    };
+    let text = |keys: [&str; 2]| -> Result<Option<String>> {
+        for k in keys {
+            if let Some(value) = v.get(k) {
+                return name(k, value);
+            }
+        }
+        Ok(None)
+    };
+    let display_name = text(["name", "display_name"])?;
+    let description = text(["description", "display_description"])?;
+    let volume_type = v.get("volume_type").map(|t| schema::nullable_string("volume_type", t, 0, 255)).transpose()?.flatten();
+    let meta = v.get("metadata").map(|x| metadata("metadata", x, any_key, 255)).transpose()?.unwrap_or_default();
+    let id_field = |key: &str| -> Result<Option<String>> {
+        match v.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(x) => uuid_like(key, x).map(Some),
+        }
+    };
+    let snapshot_id = id_field("snapshot_id")?;
+    let source_volid = id_field("source_volid")?;
+    let zone = v.get("availability_zone").map(|z| schema::nullable_string("availability_zone", z, 0, 255)).transpose()?.flatten();
+    if let Some(x) = v.get("multiattach") {
+        if boolean("multiattach", x)? {
+            return Err(ApiError::bad_request(
+                "Invalid input received: multiattach=True is not supported: use a volume type with multiattach=<is> True.",
+            ));
+        }
+    }
+    let sources = [snapshot_id.is_some(), source_volid.is_some()].iter().filter(|b| **b).count();
+    if sources > 1 {
+        return Err(ApiError::bad_request("Invalid input received: snapshot_id and source_volid are mutually exclusive."));
+    }
+    for key in ["group_id", "consistencygroup_id"] {
+        if let Some(g) = id_field(key)? {
+            return Err(ApiError::not_found(format!("Group {g} could not be found.")));
+        }
+    }
+    for key in ["imageRef", "image_id"] {
+        if v.get(key).is_some_and(|x| !x.is_null()) {
+            string(key, &v[key], 0, 255)?;
+            return Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "Creating a volume from an image needs the image store and the streaming copy engine; they arrive \
+                 with the image issue.",
+            ));
+        }
+    }
+    if v.get("backup_id").is_some_and(|x| !x.is_null()) {
+        return Err(ApiError::new(StatusCode::NOT_IMPLEMENTED, "ember has no backup service."));
+    }
+    if size.is_none() && snapshot_id.is_none() && source_volid.is_none() {
+        return Err(field_error("size", &v.get("size").cloned().unwrap_or(Value::Null), "size is required for a blank volume"));
+    }
+    let caller = req.ctx.caller();
+    let created = m.create_volume(
+        &caller,
+        CreateVolume {
+            size,
+            name: display_name,
+            description,
+            volume_type,
+            metadata: meta,
+            snapshot_id,
+            source_volid,
+            availability_zone: zone,
+        },
+    )?;
+    let ctx = view_ctx(m, req)?;
+    Ok(Reply::accepted(Some(json!({"volume": views::volume_detail(&ctx.view(), &created)}))))
+}
+
+fn update_volume(m: &Manager, req: &Req, id: &str) -> Result<Reply> {
+    let body = req.json()?;
+    let v = envelope(&body, "volume", &[])?;
+    closed("volume", v, &["name", "description", "display_name", "display_description", "metadata"])?;
+    if v.is_empty() {
+        return Err(field_error("volume", &body["volume"], "{} does not have enough properties"));
+    }
+    let mut change = UpdateVolume::default();
+    for (key, target) in [("name", 0), ("display_name", 0), ("description", 1), ("display_description", 1)] {
+        if let Some(value) = v.get(key) {
+            let text = name(key, value)?;
+            if target == 0 { change.name = Some(text) } else { change.description = Some(text) }
+        }
+    }
+    change.metadata = v.get("metadata").map(|x| metadata("metadata", x, any_key, 255)).transpose()?;
+    let current = m.volume(&req.ctx.caller(), id)?;
+    req.ctx.require_member("volume:update", &current.project_id)?;
+    let updated = m.update_volume(&req.ctx.caller(), id, change)?;
+    let ctx = view_ctx(m, req)?;
+    Ok(Reply::ok(json!({"volume": views::volume_detail(&ctx.view(), &updated)})))
+}
+
+fn delete_volume(m: &std::sync::Arc<Manager>, req: &Req, id: &str) -> Result<Reply> {
+    let flag = |key: &str| -> Result<bool> {
+        req.param(key).map(|v| boolean(key, &json!(v))).transpose().map(|b| b.unwrap_or(false))
+    };
+    let cascade = flag("cascade")?;
+    let force = req.version.at_least(3, 23) && flag("force")?;
+    let v = m.volume(&req.ctx.caller(), id)?;
+    req.ctx.require_member("volume:delete", &v.project_id)?;
+    if force {
+        req.ctx.require_admin("volume:force_delete")?;
+    }
+    m.delete_volume(&req.ctx.caller(), id, cascade, force)?;
+    Ok(Reply::empty(StatusCode::ACCEPTED))
+}
+
+fn volume_metadata(m: &Manager, req: &Req, id: &str, key: Option<&str>) -> Result<Reply> {
+    let caller = req.ctx.caller();
+    let v = m.volume(&caller, id)?;
+    let read = |rule| req.ctx.require_reader(rule, &v.project_id);
+    let write = |rule| req.ctx.require_member(rule, &v.project_id);
+    match (&req.method, key) {
+        (&Method::GET, None) => {
+            read("volume:get_volume_metadata")?;
+            Ok(Reply::ok(json!({"metadata": v.metadata})))
+        }
+        (&Method::GET, Some(key)) => {
+            read("volume:get_volume_metadata")?;
+            let value = v
+                .metadata
+                .get(key)
+                .ok_or_else(|| ApiError::not_found(format!("Volume {id} has no metadata with key {key}.")))?;
+            Ok(Reply::ok(json!({"meta": {key: value}})))
+        }
+        (&Method::POST | &Method::PUT, None) => {
+            let body = req.json()?;
+            let map = metadata("metadata", required_meta(&body, "metadata")?, any_key, 255)?;
+            write("volume:update_volume_metadata")?;
+            let change = if req.method == Method::PUT { MetadataChange::Replace(map) } else { MetadataChange::Merge(map) };
+            let all = m.update_volume_metadata(&caller, id, change)?;
+            Ok(Reply::ok(json!({"metadata": all})))
+        }
+        (&Method::PUT, Some(key)) => {
+            let body = req.json()?;
+            let map = metadata("meta", required_meta(&body, "meta")?, any_key, 255)?;
+            if map.len() != 1 {
+                return Err(ApiError::bad_request("Request body contains too many items."));
+            }
+            if !map.contains_key(key) {
+                return Err(ApiError::bad_request("Request body and URI mismatch"));
+            }
+            write("volume:update_volume_metadata")?;
+            m.update_volume_metadata(&caller, id, MetadataChange::Merge(map.clone()))?;
+            Ok(Reply::ok(json!({"meta": map})))
+        }
+        (&Method::DELETE, Some(key)) => {
+            write("volume:delete_volume_metadata")?;
+            m.update_volume_metadata(&caller, id, MetadataChange::Delete(key.to_string()))?;
+            Ok(Reply::empty(StatusCode::OK))
+        }
+        _ => Err(bad_method()),
+    }
+}
+
+fn required_meta<'a>(body: &'a Value, key: &str) -> Result<&'a Value> {
+    let top = body.as_object().ok_or_else(ApiError::malformed_body)?;
+    closed("body", top, &[key])?;
+    required("body", top, key)
+}
+
+fn volume_action(m: &std::sync::Arc<Manager>, req: &Req, id: &str) -> Result<Reply> {
+    let body = req.json()?;
+    let (action, policy) = actions::parse(&body, req.version)?;
+    let caller = req.ctx.caller();
+    let v = m.volume(&caller, id)?;
+    match policy {
+        Policy::Admin(rule) => req.ctx.require_admin(rule)?,
+        Policy::Member(rule) => req.ctx.require_member(rule, &v.project_id)?,
+        Policy::Reader(rule) => req.ctx.require_reader(rule, &v.project_id)?,
+    }
+    let version = (req.version.0, req.version.1);
+    use crate::manager::VolumeAction as A;
+    let sync_200 = matches!(
+        action,
+        A::SetImageMetadata(_) | A::UnsetImageMetadata { .. } | A::ShowImageMetadata | A::SetBootable(_)
+    );
+    match m.volume_action(&caller, id, action, version)? {
+        ActionOutcome::Metadata(map) => Ok(Reply::ok(json!({"metadata": map}))),
+        ActionOutcome::Done if sync_200 => Ok(Reply::empty(StatusCode::OK)),
+        ActionOutcome::Done => Ok(Reply::empty(StatusCode::ACCEPTED)),
+    }
+}
+
+fn list_manageable(m: &Manager, req: &Req, detail: bool) -> Result<Reply> {
+    req.ctx.require_admin("volume_extension:list_manageable")?;
+    let items: Vec<Value> = m.manageable_volumes()?.iter().map(|x| views::manageable(x, detail)).collect();
+    Ok(Reply::ok(json!({"manageable-volumes": items})))
+}
+
+fn manage_volume(m: &std::sync::Arc<Manager>, req: &Req) -> Result<Reply> {
+    let body = req.json()?;
+    let v = envelope(&body, "volume", &[])?;
+    closed(
+        "volume",
+        v,
+        &["host", "cluster", "ref", "name", "description", "volume_type", "availability_zone", "metadata", "bootable"],
+    )?;
+    let host = string("host", required("volume", v, "host")?, 1, 255)?;
+    let reference = schema::as_object("ref", required("volume", v, "ref")?)?;
+    let source_name = reference
+        .get("source-name")
+        .ok_or_else(|| field_error("ref", &v["ref"], "'source-name' is required"))
+        .and_then(|s| string("source-name", s, 1, 255))?;
+    let opt = |key: &str| -> Result<Option<String>> {
+        v.get(key).map(|x| schema::nullable_string(key, x, 0, 255)).transpose().map(Option::flatten)
+    };
+    req.ctx.require_admin("volume_extension:volume_manage")?;
+    let volume = m.manage_volume(
+        &req.ctx.caller(),
+        ManageVolume {
+            host,
+            source_name,
+            name: opt("name")?,
+            description: opt("description")?,
+            volume_type: opt("volume_type")?,
+            availability_zone: opt("availability_zone")?,
+            metadata: v.get("metadata").map(|x| metadata("metadata", x, any_key, 255)).transpose()?.unwrap_or_default(),
+            bootable: v.get("bootable").map(|x| boolean("bootable", x)).transpose()?.unwrap_or(false),
+        },
+    )?;
+    let ctx = view_ctx(m, req)?;
+    Ok(Reply::accepted(Some(json!({"volume": views::volume_detail(&ctx.view(), &volume)}))))
+}
+
+// ---- snapshots -----------------------------------------------------------------
+
+fn list_snapshots(m: &Manager, req: &Req) -> Result<Reply> {
+    let all = req.param("all_tenants").map(|v| boolean("all_tenants", &json!(v))).transpose()?.unwrap_or(false);
+    let mut snaps = m.snapshots(&req.ctx.caller(), all)?;
+    if let Some(name) = req.param("name") {
+        snaps.retain(|s| s.name.as_deref() == Some(name));
+    }
+    if let Some(status) = req.param("status") {
+        snaps.retain(|s| s.status.as_str() == status);
+    }
+    if let Some(volume_id) = req.param("volume_id") {
+        snaps.retain(|s| s.volume_id == volume_id);
+    }
+    let (page, _, _) = paginate(req, snaps, |s| s.id.clone(), |s, k| {
+        Some(match k {
+            "created_at" => s.created_at.clone(),
+            "id" => s.id.clone(),
+            "name" => s.name.clone().unwrap_or_default(),
+            "status" => s.status.to_string(),
+            "size" => format!("{:020}", s.volume_size),
+            _ => return None,
+        })
+    })?;
+    let ctx = view_ctx(m, req)?;
+    let view = ctx.view();
+    let items: Vec<Value> = page.iter().map(|s| views::snapshot_summary(&view, s)).collect();
+    Ok(Reply::ok(json!({"snapshots": items})))
+}
+
+fn create_snapshot(m: &std::sync::Arc<Manager>, req: &Req) -> Result<Reply> {
+    let body = req.json()?;
+    let s = envelope(&body, "snapshot", &[])?;
+    closed("snapshot", s, &["volume_id", "name", "description", "display_name", "display_description", "force", "metadata"])?;
+    let volume_id = uuid_like("volume_id", required("snapshot", s, "volume_id")?)?;
+    let force = match s.get("force") {
+        None => None,
+        Some(f) => Some(boolean("force", f)?),
+    };
+    if req.version.at_least(3, 66) && force == Some(false) {
+        return Err(ApiError::bad_request(
+            "Invalid input received: 'force' is deprecated from 3.66: snapshots of in-use volumes are always \
+             allowed; leave it out or pass true.",
+        ));
+    }
+    let text = |keys: [&str; 2]| -> Result<Option<String>> {
+        for k in keys {
+            if let Some(value) = s.get(k) {
+                return name(k, value);
+            }
+        }
+        Ok(None)
+    };
+    let req_body = CreateSnapshot {
+        volume_id: volume_id.clone(),
+        name: text(["name", "display_name"])?,
+        description: text(["description", "display_description"])?,
+        force: force.unwrap_or(false),
+        metadata: s.get("metadata").map(|x| metadata("metadata", x, any_key, 255)).transpose()?.unwrap_or_default(),
+    };
+    let caller = req.ctx.caller();
+    let v = m.volume(&caller, &volume_id)?;
+    req.ctx.require_member("volume:create_snapshot", &v.project_id)?;
+    let snap = m.create_snapshot(&caller, req_body, req.version.at_least(3, 66))?;
+    let ctx = view_ctx(m, req)?;
+    Ok(Reply::accepted(Some(json!({"snapshot": views::snapshot_detail(&ctx.view(), &snap)}))))
+}
+
+fn update_snapshot(m: &Manager, req: &Req, id: &str) -> Result<Reply> {
+    let body = req.json()?;
+    let s = envelope(&body, "snapshot", &[])?;
+    closed("snapshot", s, &["name", "description", "display_name", "display_description"])?;
+    if s.is_empty() {
+        return Err(field_error("snapshot", &body["snapshot"], "{} does not have enough properties"));
+    }
+    let pick = |keys: [&str; 2]| -> Result<Option<Option<String>>> {
+        for k in keys {
+            if let Some(value) = s.get(k) {
+                return name(k, value).map(Some);
+            }
+        }
+        Ok(None)
+    };
+    let (new_name, new_description) = (pick(["name", "display_name"])?, pick(["description", "display_description"])?);
+    let current = m.snapshot(&req.ctx.caller(), id)?;
+    req.ctx.require_member("volume:update_snapshot", &current.project_id)?;
+    let snap = m.update_snapshot(&req.ctx.caller(), id, new_name, new_description)?;
+    let ctx = view_ctx(m, req)?;
+    Ok(Reply::ok(json!({"snapshot": views::snapshot_detail(&ctx.view(), &snap)})))
+}
+
+fn snapshot_action(m: &std::sync::Arc<Manager>, req: &Req, id: &str) -> Result<Reply> {
+    let body = req.json()?;
+    let top = body.as_object().ok_or_else(ApiError::malformed_body)?;
+    if top.len() != 1 {
+        return Err(ApiError::malformed_body());
+    }
+    let (action, value) = top.iter().next().ok_or_else(ApiError::malformed_body)?;
+    let caller = req.ctx.caller();
+    match action.as_str() {
+        "os-reset_status" => {
+            let o = schema::as_object(action, value)?;
+            closed(action, o, &["status"])?;
+            let status = string("status", required(action, o, "status")?, 1, 255)?.to_lowercase();
+            let status: SnapshotStatus = status
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("Invalid input received: Invalid status '{status}'")))?;
+            m.snapshot(&caller, id)?;
+            req.ctx.require_admin("volume_extension:snapshot_admin_actions:reset_status")?;
+            m.reset_snapshot_status(&caller, id, status)?;
+            Ok(Reply::empty(StatusCode::ACCEPTED))
+        }
+        "os-force_delete" => {
+            m.snapshot(&caller, id)?;
+            req.ctx.require_admin("volume_extension:snapshot_admin_actions:force_delete")?;
+            m.delete_snapshot(&caller, id, true)?;
+            Ok(Reply::empty(StatusCode::ACCEPTED))
+        }
+        other => Err(ApiError::bad_request(format!(
+            "There is no such action: {other}. Verify the request body and Content-Type header and try again."
+        ))),
+    }
+}
+
+// ---- volume types --------------------------------------------------------------
+
+fn create_type(m: &Manager, req: &Req) -> Result<Reply> {
+    let body = req.json()?;
+    let t = envelope(&body, "volume_type", &[])?;
+    closed("volume_type", t, &["name", "description", "extra_specs", "os-volume-type-access:is_public", "is_public"])?;
+    let type_name = string("name", required("volume_type", t, "name")?, 1, 255)?.trim().to_string();
+    if type_name.is_empty() {
+        return Err(field_error("name", &t["name"], "name must not be blank"));
+    }
+    let description = t.get("description").map(|d| schema::nullable_string("description", d, 0, 255)).transpose()?.flatten();
+    let is_public = match t.get("os-volume-type-access:is_public").or(t.get("is_public")) {
+        None => true,
+        Some(v) => boolean("os-volume-type-access:is_public", v)?,
+    };
+    let specs = t.get("extra_specs").map(|s| metadata("extra_specs", s, any_key, 255)).transpose()?.unwrap_or_default();
+    req.ctx.require_admin("volume_extension:types_manage")?;
+    let created = m.create_volume_type(type_name, description, is_public, specs)?;
+    let ctx = view_ctx(m, req)?;
+    Ok(Reply::ok(json!({"volume_type": views::volume_type(&ctx.view(), &created)})))
+}
+
+fn update_type(m: &Manager, req: &Req, id: &str) -> Result<Reply> {
+    let body = req.json()?;
+    let t = envelope(&body, "volume_type", &[])?;
+    closed("volume_type", t, &["name", "description", "is_public"])?;
+    if t.is_empty() {
+        return Err(field_error("volume_type", &body["volume_type"], "{} does not have enough properties"));
+    }
+    let new_name = t.get("name").map(|n| string("name", n, 1, 255)).transpose()?;
+    let description = t.get("description").map(|d| schema::nullable_string("description", d, 0, 255)).transpose()?;
+    let is_public = t.get("is_public").map(|p| boolean("is_public", p)).transpose()?;
+    req.ctx.require_admin("volume_extension:types_manage")?;
+    let updated = m.update_volume_type(id, new_name, description, is_public)?;
+    let ctx = view_ctx(m, req)?;
+    Ok(Reply::ok(json!({"volume_type": views::volume_type(&ctx.view(), &updated)})))
+}
+
+fn extra_specs(m: &Manager, req: &Req, id: &str, key: Option<&str>) -> Result<Reply> {
+    let t = m.volume_type(id)?;
+    if t.id != id {
+        return Err(crate::manager::type_not_found(id).into());
+    }
+    match (&req.method, key) {
+        (&Method::GET, None) => Ok(Reply::ok(json!({"extra_specs": t.extra_specs}))),
+        (&Method::GET, Some(key)) => {
+            let value = t
+                .extra_specs
+                .get(key)
+                .ok_or_else(|| ApiError::not_found(format!("Volume Type {id} has no extra specs with key {key}.")))?;
+            Ok(Reply::ok(json!({key: value})))
+        }
+        (&Method::POST, None) => {
+            let body = req.json()?;
+            let specs = metadata("extra_specs", required_meta(&body, "extra_specs")?, any_key, 255)?;
+            req.ctx.require_admin("volume_extension:types_extra_specs:create")?;
+            Ok(Reply::ok(json!({"extra_specs": m.set_extra_specs(id, specs)?})))
+        }
+        (&Method::PUT, Some(key)) => {
+            let body = req.json()?;
+            let specs = metadata("extra_specs", &body, any_key, 255)?;
+            if specs.len() != 1 {
+                return Err(ApiError::bad_request("Request body contains too many items."));
+            }
+            if !specs.contains_key(key) {
+                return Err(ApiError::bad_request("Request body and URI mismatch"));
+            }
+            req.ctx.require_admin("volume_extension:types_extra_specs:update")?;
+            Ok(Reply::ok(json!(m.set_extra_specs(id, specs)?)))
+        }
+        (&Method::DELETE, Some(key)) => {
+            req.ctx.require_admin("volume_extension:types_extra_specs:delete")?;
+            m.delete_extra_spec(id, key)?;
+            Ok(Reply::empty(StatusCode::ACCEPTED))
+        }
+        _ => Err(bad_method()),
+    }
+}

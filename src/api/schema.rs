@@ -1,0 +1,236 @@
+//! Request-body validation in the manner of Cinder's JSON schemas: objects with
+//! closed key sets, Cinder's boolean strings, integers that may be digit strings,
+//! bounded strings, uuid-like ids. Every failure is a 400 naming the field.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+use super::fault::ApiError;
+
+pub type Obj = Map<String, Value>;
+
+pub fn field_error(field: &str, value: &Value, reason: &str) -> ApiError {
+    let mut shown = value.to_string();
+    if shown.len() > 200 {
+        let mut cut = 200;
+        while !shown.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        shown.truncate(cut);
+        shown.push_str("...");
+    }
+    ApiError::bad_request(format!("Invalid input for field/attribute {field}. Value: {shown}. {reason}"))
+}
+
+/// Parses a request body; anything but a JSON document is "Malformed request body".
+pub fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::malformed_body());
+    }
+    serde_json::from_slice(body).map_err(|_| ApiError::malformed_body())
+}
+
+/// The body must be an object holding `key` (and, unless `others` lists them, only it).
+pub fn envelope<'a>(body: &'a Value, key: &str, others: &[&str]) -> Result<&'a Obj, ApiError> {
+    let top = body.as_object().ok_or_else(ApiError::malformed_body)?;
+    let inner = top
+        .get(key)
+        .ok_or_else(|| field_error(key, body, &format!("'{key}' is a required property")))?;
+    if let Some(extra) = top.keys().find(|k| *k != key && !others.contains(&k.as_str())) {
+        return Err(field_error(
+            extra,
+            body,
+            &format!("Additional properties are not allowed ('{extra}' was unexpected)"),
+        ));
+    }
+    as_object(key, inner)
+}
+
+pub fn as_object<'a>(field: &str, value: &'a Value) -> Result<&'a Obj, ApiError> {
+    value
+        .as_object()
+        .ok_or_else(|| field_error(field, value, &format!("{value} is not of type 'object'")))
+}
+
+/// Refuses keys outside `allowed` (additionalProperties: false).
+pub fn closed(field: &str, obj: &Obj, allowed: &[&str]) -> Result<(), ApiError> {
+    if let Some(extra) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(field_error(
+            field,
+            &Value::Object(obj.clone()),
+            &format!("Additional properties are not allowed ('{extra}' was unexpected)"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn required<'a>(field: &str, obj: &'a Obj, key: &str) -> Result<&'a Value, ApiError> {
+    obj.get(key).ok_or_else(|| {
+        field_error(field, &Value::Object(obj.clone()), &format!("'{key}' is a required property"))
+    })
+}
+
+/// A string of `min..=max` characters.
+pub fn string(field: &str, value: &Value, min: usize, max: usize) -> Result<String, ApiError> {
+    let s = value
+        .as_str()
+        .ok_or_else(|| field_error(field, value, &format!("{value} is not of type 'string'")))?;
+    let chars = s.chars().count();
+    if chars < min {
+        return Err(field_error(field, value, &format!("{value} is too short")));
+    }
+    if chars > max {
+        return Err(field_error(field, value, &format!("{value} is too long")));
+    }
+    Ok(s.to_string())
+}
+
+/// A string or null.
+pub fn nullable_string(field: &str, value: &Value, min: usize, max: usize) -> Result<Option<String>, ApiError> {
+    if value.is_null() { Ok(None) } else { string(field, value, min, max).map(Some) }
+}
+
+/// Cinder's name/description: stripped of surrounding whitespace, at most 255.
+pub fn name(field: &str, value: &Value) -> Result<Option<String>, ApiError> {
+    Ok(nullable_string(field, value, 0, 255)?.map(|s| s.trim().to_string()))
+}
+
+/// `parameter_types.boolean`: JSON booleans or Cinder's boolean strings.
+pub fn boolean(field: &str, value: &Value) -> Result<bool, ApiError> {
+    match value {
+        Value::Bool(b) => Ok(*b),
+        Value::String(s) => match s.as_str() {
+            "True" | "TRUE" | "true" | "1" | "ON" | "On" | "on" | "YES" | "Yes" | "yes" | "y" | "t" => Ok(true),
+            "False" | "FALSE" | "false" | "0" | "OFF" | "Off" | "off" | "NO" | "No" | "no" | "n" | "f" => Ok(false),
+            _ => Err(field_error(field, value, &format!("{value} is not a valid boolean"))),
+        },
+        _ => Err(field_error(field, value, &format!("{value} is not of type 'boolean', 'string'"))),
+    }
+}
+
+/// An integer, or a string of digits, within `min..=max`.
+pub fn integer(field: &str, value: &Value, min: i64, max: i64) -> Result<i64, ApiError> {
+    let n = match value {
+        Value::Number(n) => n.as_i64().filter(|_| !n.is_f64()),
+        Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s.parse::<i64>().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| field_error(field, value, &format!("{value} is not of type 'integer', 'string'")))?;
+    if n < min {
+        return Err(field_error(field, value, &format!("{value} is less than the minimum of {min}")));
+    }
+    if n > max {
+        return Err(field_error(field, value, &format!("{value} is greater than the maximum of {max}")));
+    }
+    Ok(n)
+}
+
+/// oslo's `is_uuid_like`: 32 hex digits, hyphens anywhere, any case. Normalised to
+/// the canonical lower-case hyphenated form.
+pub fn uuid_like(field: &str, value: &Value) -> Result<String, ApiError> {
+    let s = value
+        .as_str()
+        .ok_or_else(|| field_error(field, value, &format!("{value} is not of type 'string'")))?;
+    canonical_uuid(s).ok_or_else(|| field_error(field, value, &format!("{value} is not a 'uuid'")))
+}
+
+pub fn canonical_uuid(s: &str) -> Option<String> {
+    let hex: String = s.chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let hex = hex.to_ascii_lowercase();
+    Some(format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]))
+}
+
+/// A metadata map: keys 1..255 characters, string values up to `max_value`.
+pub fn metadata(
+    field: &str,
+    value: &Value,
+    key_ok: fn(&str) -> bool,
+    max_value: usize,
+) -> Result<BTreeMap<String, String>, ApiError> {
+    let obj = as_object(field, value)?;
+    let mut out = BTreeMap::new();
+    for (k, v) in obj {
+        if k.is_empty() || k.chars().count() > 255 || !key_ok(k) {
+            return Err(field_error(field, value, &format!("'{k}' does not match any of the regexes")));
+        }
+        let s = v
+            .as_str()
+            .ok_or_else(|| field_error(field, value, &format!("{v} is not of type 'string'")))?;
+        if s.len() > max_value {
+            return Err(field_error(field, value, &format!("value of '{k}' is too long")));
+        }
+        out.insert(k.clone(), s.to_string());
+    }
+    Ok(out)
+}
+
+/// Keys of user metadata and extra specs: any characters.
+pub fn any_key(_: &str) -> bool {
+    true
+}
+
+/// Image metadata keys: `^[a-zA-Z0-9-_:. /]{1,255}$`.
+pub fn image_key(k: &str) -> bool {
+    k.chars().all(|c| c.is_ascii_alphanumeric() || "-_:. /".contains(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn booleans_accept_exactly_cinders_strings() {
+        for t in ["True", "TRUE", "true", "1", "ON", "On", "on", "YES", "Yes", "yes", "y", "t"] {
+            assert!(boolean("f", &json!(t)).unwrap(), "{t}");
+        }
+        for f in ["False", "FALSE", "false", "0", "OFF", "Off", "off", "NO", "No", "no", "n", "f"] {
+            assert!(!boolean("f", &json!(f)).unwrap(), "{f}");
+        }
+        for bad in [json!("tRUE"), json!("2"), json!(""), json!(1), json!(null), json!([true])] {
+            assert!(boolean("f", &bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn integers_and_digit_strings() {
+        assert_eq!(integer("s", &json!(5), 1, 10).unwrap(), 5);
+        assert_eq!(integer("s", &json!("7"), 1, 10).unwrap(), 7);
+        for bad in [json!(0), json!("abc"), json!(null), json!(1.5), json!("-1"), json!(" 3"), json!(11), json!(true)] {
+            assert!(integer("s", &bad, 1, 10).is_err(), "{bad}");
+        }
+        assert!(integer("s", &json!(1e300), 1, i64::MAX).is_err());
+    }
+
+    #[test]
+    fn uuids_like_oslo() {
+        let u = "6F1C2A3B-4D5E-4F60-8A9B-0C1D2E3F4A5B";
+        assert_eq!(uuid_like("id", &json!(u)).unwrap(), u.to_ascii_lowercase());
+        assert!(uuid_like("id", &json!("6f1c2a3b4d5e4f608a9b0c1d2e3f4a5b")).is_ok());
+        assert!(uuid_like("id", &json!("xxx")).is_err());
+        assert!(uuid_like("id", &json!(5)).is_err());
+    }
+
+    #[test]
+    fn envelopes_are_closed() {
+        assert!(envelope(&json!({"volume": {}}), "volume", &[]).is_ok());
+        assert!(envelope(&json!({"volume": {}, "x": 1}), "volume", &[]).is_err());
+        assert!(envelope(&json!({"volume": []}), "volume", &[]).is_err());
+        assert!(envelope(&json!([]), "volume", &[]).is_err());
+        assert!(parse_body(b"{\"a\":").is_err());
+        assert!(parse_body(b"  ").is_err());
+    }
+
+    #[test]
+    fn image_metadata_keys() {
+        assert!(image_key("image_id"));
+        assert!(image_key("os:type. /x-y"));
+        assert!(!image_key("bad$key"));
+        let bad = metadata("metadata", &json!({"k": 1}), any_key, 255);
+        assert!(bad.is_err());
+    }
+}

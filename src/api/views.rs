@@ -1,0 +1,260 @@
+//! JSON views per microversion (spec §2.2, §2.3, §2.5). A field appears only from
+//! the microversion that introduced it: tempest's schemas are closed per band.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use super::microversion::Version;
+use crate::manager::ManageableVolume;
+use crate::store::{AttachStatus, Snapshot, Volume, VolumeType};
+
+/// What a view needs besides the record.
+pub struct ViewContext<'a> {
+    pub base_url: &'a str,
+    pub version: Version,
+    pub is_admin: bool,
+    /// Type id → name, for `volume_type`.
+    pub type_names: &'a BTreeMap<String, String>,
+}
+
+pub fn volume_links(ctx: &ViewContext, project_id: &str, id: &str) -> Value {
+    json!([
+        {"rel": "self", "href": format!("{}/v3/{project_id}/volumes/{id}", ctx.base_url)},
+        {"rel": "bookmark", "href": format!("{}/{project_id}/volumes/{id}", ctx.base_url)},
+    ])
+}
+
+pub fn volume_summary(ctx: &ViewContext, v: &Volume) -> Value {
+    json!({"id": v.id, "name": v.name, "links": volume_links(ctx, &v.project_id, &v.id)})
+}
+
+pub fn volume_detail(ctx: &ViewContext, v: &Volume) -> Value {
+    let mut metadata = v.metadata.clone();
+    for key in ["readonly", "attached_mode"] {
+        if let Some(value) = v.admin_metadata.get(key) {
+            metadata.insert(key.to_string(), value.clone());
+        }
+    }
+    let attachments: Vec<Value> = v
+        .attachments
+        .iter()
+        .filter(|a| a.attach_status == AttachStatus::Attached)
+        .map(|a| {
+            json!({
+                "id": v.id,
+                "attachment_id": a.id,
+                "volume_id": v.id,
+                "server_id": a.instance_uuid,
+                "host_name": if ctx.is_admin { a.attached_host.clone() } else { None },
+                "device": a.mountpoint,
+                "attached_at": a.attach_time,
+            })
+        })
+        .collect();
+    let mut out = json!({
+        "id": v.id,
+        "name": v.name,
+        "description": v.description,
+        "status": v.status.shown(),
+        "size": v.size,
+        "availability_zone": v.availability_zone,
+        "created_at": v.created_at,
+        "updated_at": v.updated_at,
+        "volume_type": ctx.type_names.get(&v.volume_type_id).cloned().unwrap_or_else(|| v.volume_type_id.clone()),
+        "snapshot_id": v.snapshot_id,
+        "source_volid": v.source_volid,
+        "metadata": metadata,
+        "links": volume_links(ctx, &v.project_id, &v.id),
+        "user_id": v.user_id,
+        "bootable": if v.bootable { "true" } else { "false" },
+        "encrypted": false,
+        "replication_status": Value::Null,
+        "consistencygroup_id": Value::Null,
+        "multiattach": v.multiattach,
+        "attachments": attachments,
+        "os-vol-tenant-attr:tenant_id": v.project_id,
+    });
+    let o = out.as_object_mut().expect("a JSON object");
+    if !v.image_metadata.is_empty() {
+        o.insert("volume_image_metadata".into(), json!(v.image_metadata));
+    }
+    if ctx.is_admin {
+        o.insert("migration_status".into(), json!(v.migration_status));
+        o.insert("os-vol-host-attr:host".into(), json!(v.host));
+        o.insert("os-vol-mig-status-attr:migstat".into(), json!(v.migration_status));
+        o.insert("os-vol-mig-status-attr:name_id".into(), Value::Null);
+    }
+    let at = |minor| ctx.version.at_least(3, minor);
+    if at(13) {
+        o.insert("group_id".into(), Value::Null);
+    }
+    if at(21) && ctx.is_admin {
+        o.insert("provider_id".into(), Value::Null);
+    }
+    if at(48) {
+        o.insert("service_uuid".into(), Value::Null);
+        // Below 3.69 a null shared_targets is shown as true; ember never shares targets.
+        o.insert("shared_targets".into(), json!(false));
+    }
+    if at(61) && ctx.is_admin {
+        o.insert("cluster_name".into(), Value::Null);
+    }
+    if at(63) {
+        o.insert("volume_type_id".into(), json!(v.volume_type_id));
+    }
+    if at(65) {
+        o.insert("consumes_quota".into(), json!(true));
+    }
+    out
+}
+
+pub fn snapshot_detail(ctx: &ViewContext, s: &Snapshot) -> Value {
+    let mut out = json!({
+        "id": s.id,
+        "created_at": s.created_at,
+        "updated_at": s.updated_at,
+        "name": s.name,
+        "description": s.description,
+        "volume_id": s.volume_id,
+        "status": s.status.as_str(),
+        "size": s.volume_size,
+        "metadata": s.metadata,
+        "os-extended-snapshot-attributes:progress": s.progress,
+        "os-extended-snapshot-attributes:project_id": s.project_id,
+    });
+    let o = out.as_object_mut().expect("a JSON object");
+    if ctx.version.at_least(3, 14) {
+        o.insert("group_snapshot_id".into(), Value::Null);
+    }
+    if ctx.version.at_least(3, 41) {
+        o.insert("user_id".into(), json!(s.user_id));
+    }
+    if ctx.version.at_least(3, 65) {
+        o.insert("consumes_quota".into(), json!(true));
+    }
+    out
+}
+
+pub fn snapshot_summary(ctx: &ViewContext, s: &Snapshot) -> Value {
+    snapshot_detail(ctx, s)
+}
+
+pub fn volume_type(ctx: &ViewContext, t: &VolumeType) -> Value {
+    let mut out = json!({
+        "id": t.id,
+        "name": t.name,
+        "description": t.description,
+        "is_public": t.is_public,
+        "os-volume-type-access:is_public": t.is_public,
+        "extra_specs": t.extra_specs,
+    });
+    if ctx.is_admin {
+        out["qos_specs_id"] = Value::Null;
+    }
+    out
+}
+
+pub fn manageable(m: &ManageableVolume, detail: bool) -> Value {
+    let mut out = json!({
+        "reference": {"source-name": m.name},
+        "size": m.size_gib,
+        "safe_to_manage": m.safe_to_manage,
+    });
+    if detail {
+        out["reason_not_safe"] = json!(m.reason_not_safe);
+        out["cinder_id"] = json!(m.cinder_id);
+        out["extra_info"] = Value::Null;
+    }
+    out
+}
+
+/// The version document of `GET /` and `GET /v3/` (spec §1.3).
+pub fn versions(base_url: &str) -> Value {
+    json!({"versions": [{
+        "id": "v3.0",
+        "status": "CURRENT",
+        "version": super::microversion::MAX.to_string(),
+        "min_version": super::microversion::MIN.to_string(),
+        "updated": "2023-08-31T00:00:00Z",
+        "links": [
+            {"rel": "describedby", "type": "text/html", "href": "https://docs.openstack.org/"},
+            {"rel": "self", "href": format!("{base_url}/v3/")},
+        ],
+        "media-types": [{"base": "application/json", "type": "application/vnd.openstack.volume+json;version=3"}],
+    }]})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::VolumeStatus;
+
+    fn volume() -> Volume {
+        Volume {
+            id: "v1".into(),
+            project_id: "p".into(),
+            user_id: "u".into(),
+            name: Some("n".into()),
+            description: None,
+            size: 1,
+            status: VolumeStatus::Managing,
+            previous_status: None,
+            attach_status: AttachStatus::Detached,
+            migration_status: None,
+            volume_type_id: "t1".into(),
+            availability_zone: "nova".into(),
+            bootable: true,
+            multiattach: false,
+            snapshot_id: None,
+            source_volid: None,
+            host: "h@file#file".into(),
+            created_at: "2026-01-01T00:00:00.000000".into(),
+            updated_at: None,
+            metadata: BTreeMap::from([("k".into(), "v".into())]),
+            admin_metadata: BTreeMap::from([("readonly".into(), "True".into())]),
+            image_metadata: BTreeMap::new(),
+            attachments: vec![],
+        }
+    }
+
+    fn keys(version: Version, admin: bool) -> Vec<String> {
+        let names = BTreeMap::from([("t1".to_string(), "gold".to_string())]);
+        let ctx = ViewContext { base_url: "http://x", version, is_admin: admin, type_names: &names };
+        let view = volume_detail(&ctx, &volume());
+        let mut keys: Vec<String> = view.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
+    #[test]
+    fn fields_appear_only_from_their_microversion() {
+        let base = keys(Version(3, 0), true);
+        for late in ["group_id", "provider_id", "service_uuid", "shared_targets", "cluster_name", "volume_type_id", "consumes_quota"] {
+            assert!(!base.contains(&late.to_string()), "{late} at 3.0");
+        }
+        assert!(keys(Version(3, 13), true).contains(&"group_id".to_string()));
+        assert!(!keys(Version(3, 20), true).contains(&"provider_id".to_string()));
+        assert!(keys(Version(3, 21), true).contains(&"provider_id".to_string()));
+        assert!(!keys(Version(3, 21), false).contains(&"provider_id".to_string()));
+        assert!(keys(Version(3, 48), true).contains(&"shared_targets".to_string()));
+        assert!(keys(Version(3, 61), true).contains(&"cluster_name".to_string()));
+        assert!(!keys(Version(3, 62), true).contains(&"volume_type_id".to_string()));
+        assert!(keys(Version(3, 63), true).contains(&"volume_type_id".to_string()));
+        assert!(keys(Version(3, 65), true).contains(&"consumes_quota".to_string()));
+        assert!(!keys(Version(3, 0), false).contains(&"os-vol-host-attr:host".to_string()));
+    }
+
+    #[test]
+    fn status_bootable_and_metadata_as_cinder_shows_them() {
+        let names = BTreeMap::from([("t1".to_string(), "gold".to_string())]);
+        let ctx = ViewContext { base_url: "http://x", version: Version(3, 0), is_admin: true, type_names: &names };
+        let view = volume_detail(&ctx, &volume());
+        assert_eq!(view["status"], "creating");
+        assert_eq!(view["bootable"], "true");
+        assert_eq!(view["volume_type"], "gold");
+        assert_eq!(view["metadata"]["readonly"], "True");
+        assert_eq!(view["os-vol-host-attr:host"], "h@file#file");
+        assert_eq!(view["links"][0]["href"], "http://x/v3/p/volumes/v1");
+    }
+}

@@ -1,0 +1,112 @@
+//! Loop devices over volume files (through loopdev-3, Stratis' maintained fork).
+//!
+//! loopdev-3 attaches in separate ioctls (LOOP_SET_FD, LOOP_SET_STATUS64, then
+//! LOOP_SET_DIRECT_IO), not atomically with LOOP_CONFIGURE: when the direct-I/O step
+//! is refused (tmpfs on 6.1 kernels answers EINVAL) the device is already bound and
+//! must be released here, and a device found free can be taken by another process
+//! before we bind it (EBUSY), so the search is retried.
+//!
+//! Which loop devices serve a file is read back from sysfs
+//! (`/sys/block/loopN/loop/backing_file`), never remembered: after a crash the
+//! kernel is the only truth.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use loopdev::{LoopControl, LoopDevice};
+
+use super::BlockError;
+
+/// A loop device bound to a backing file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoopAttachment {
+    pub device: PathBuf,
+    pub backing_file: PathBuf,
+    pub direct_io: bool,
+}
+
+/// Binds a free loop device to `backing`. With `direct_io`, asks for direct I/O and
+/// falls back to buffered mode when the backing filesystem refuses it.
+pub fn attach(backing: &Path, direct_io: bool) -> Result<LoopAttachment, BlockError> {
+    let control = LoopControl::open().map_err(|e| BlockError::io("open", "/dev/loop-control", e))?;
+    let mut last_busy = None;
+    for _ in 0..16 {
+        let device = control
+            .next_free()
+            .map_err(|e| BlockError::io("find a free loop device for", backing, e))?;
+        let path = device_path(&device)?;
+        match device.with().part_scan(false).attach(backing) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                last_busy = Some(e);
+                continue;
+            }
+            Err(e) => return Err(BlockError::io("attach loop device to", backing, e)),
+        }
+        let direct_io = direct_io && device.set_direct_io(true).is_ok();
+        return Ok(LoopAttachment {
+            device: path,
+            backing_file: backing.to_path_buf(),
+            direct_io,
+        });
+    }
+    Err(BlockError::io(
+        "attach loop device to (every free device was taken)",
+        backing,
+        last_busy.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EBUSY)),
+    ))
+}
+
+fn device_path(device: &LoopDevice) -> Result<PathBuf, BlockError> {
+    device
+        .path()
+        .ok_or_else(|| BlockError::io("name", "loop device", io::Error::other("no path")))
+}
+
+/// Releases a loop device. An already released device counts as success.
+pub fn detach(device: &Path) -> Result<(), BlockError> {
+    let dev = match LoopDevice::open(device) {
+        Ok(dev) => dev,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(BlockError::io("open", device, e)),
+    };
+    match dev.detach() {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(()),
+        Err(e) => Err(BlockError::io("detach", device, e)),
+    }
+}
+
+/// Every loop device whose backing file is `backing` (as the kernel reports it).
+pub fn devices_backed_by(backing: &Path) -> Vec<PathBuf> {
+    let wanted = fs::canonicalize(backing).unwrap_or_else(|_| backing.to_path_buf());
+    let Ok(entries) = fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !name.starts_with("loop") {
+            continue;
+        }
+        let Ok(text) = fs::read_to_string(entry.path().join("loop/backing_file")) else {
+            continue;
+        };
+        let text = text.trim_end_matches('\n');
+        // A file unlinked while bound shows as "<path> (deleted)"; it is not ours anymore.
+        if Path::new(text) == wanted {
+            found.push(PathBuf::from("/dev").join(name.as_ref()));
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Tells a bound loop device that its backing file changed size (LOOP_SET_CAPACITY).
+pub fn refresh_capacity(device: &Path) -> Result<(), BlockError> {
+    LoopDevice::open(device)
+        .and_then(|dev| dev.set_capacity())
+        .map_err(|e| BlockError::io("LOOP_SET_CAPACITY on", device, e))
+}

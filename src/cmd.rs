@@ -1,0 +1,97 @@
+//! The one runner for external programs: absolute paths resolved once, `LC_ALL=C`,
+//! a timeout that kills the child, and errors that carry argv, status and stderr.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CmdError {
+    #[error("{program} not found in /usr/sbin, /usr/bin, /sbin or /bin")]
+    NotFound { program: String },
+    #[error("could not start {argv:?}: {source}")]
+    Spawn {
+        argv: Vec<String>,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{argv:?} timed out after {timeout:?} and was killed")]
+    Timeout { argv: Vec<String>, timeout: Duration },
+    #[error("{argv:?} exited with {status}: {stderr}")]
+    Failed {
+        argv: Vec<String>,
+        status: String,
+        stderr: String,
+    },
+}
+
+/// Finds a program in the system directories (never in the caller's PATH).
+pub fn resolve(program: &str) -> Result<PathBuf, CmdError> {
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .map(|dir| Path::new(dir).join(program))
+        .find(|p| p.is_file())
+        .ok_or_else(|| CmdError::NotFound {
+            program: program.to_string(),
+        })
+}
+
+/// Runs `program args...` and returns its stdout.
+pub fn run(program: &Path, args: &[&str], timeout: Duration) -> Result<String, CmdError> {
+    let argv: Vec<String> = std::iter::once(program.display().to_string())
+        .chain(args.iter().map(|a| a.to_string()))
+        .collect();
+    let mut child = Command::new(program)
+        .args(args)
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| CmdError::Spawn {
+            argv: argv.clone(),
+            source,
+        })?;
+    let started = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if started.elapsed() >= timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(CmdError::Timeout { argv, timeout });
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(source) => return Err(CmdError::Spawn { argv, source }),
+        }
+    }
+    let output = child.wait_with_output().map_err(|source| CmdError::Spawn {
+        argv: argv.clone(),
+        source,
+    })?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(CmdError::Failed {
+            argv,
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_kills_and_reports() {
+        let sh = resolve("sh").unwrap();
+        assert_eq!(run(&sh, &["-c", "echo $LC_ALL"], Duration::from_secs(5)).unwrap(), "C\n");
+        let err = run(&sh, &["-c", "echo oops >&2; exit 3"], Duration::from_secs(5)).unwrap_err();
+        assert!(matches!(&err, CmdError::Failed { stderr, .. } if stderr == "oops"), "{err}");
+        let err = run(&sh, &["-c", "sleep 5"], Duration::from_millis(100)).unwrap_err();
+        assert!(matches!(err, CmdError::Timeout { .. }));
+        assert!(matches!(resolve("no-such-program-ember"), Err(CmdError::NotFound { .. })));
+    }
+}

@@ -1,0 +1,207 @@
+//! Configuration: a TOML file (`--config`), overridden by command-line flags. With
+//! neither, ember runs the embedded default: the file pool, noauth on loopback,
+//! everything under `/var/lib/ember`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the store, the volume files and the snapshots live.
+    pub data_dir: PathBuf,
+    /// Address of the Cinder API (Cinder's port by default).
+    pub listen: SocketAddr,
+    /// Host name used in `host@backend#pool` (defaults to the machine's hostname).
+    pub host: Option<String>,
+    pub availability_zone: String,
+    /// Base URL used in links and version documents (else taken from the request).
+    pub public_endpoint: Option<String>,
+    pub auth: AuthConfig,
+    pub pool: PoolConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthStrategy {
+    /// Cinder's noauth: any token, `user:project`, everyone admin.
+    Noauth,
+    /// Tokens from `tokens_file`, each with a user, a project and roles.
+    Token,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub strategy: AuthStrategy,
+    pub tokens_file: Option<PathBuf>,
+    /// Serve noauth on a non-loopback address anyway (test rigs only).
+    pub allow_remote_noauth: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeClear {
+    Zero,
+    Discard,
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Backend name (the `@backend` part of the host string).
+    pub backend_name: String,
+    /// Pool name (the `#pool` part).
+    pub name: String,
+    /// How a deleted volume's data is cleared before its file goes.
+    pub volume_clear: VolumeClear,
+    /// Ask for direct I/O on loop devices (falls back when the filesystem refuses).
+    pub direct_io: bool,
+    /// Provisioned GiB may reach this multiple of the filesystem size. At 1.0 (the
+    /// default) every volume can be written in full without the disk filling up.
+    pub max_over_subscription_ratio: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("/var/lib/ember"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8776)),
+            host: None,
+            availability_zone: "nova".to_string(),
+            public_endpoint: None,
+            auth: AuthConfig::default(),
+            pool: PoolConfig::default(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            strategy: AuthStrategy::Noauth,
+            tokens_file: None,
+            allow_remote_noauth: false,
+        }
+    }
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            backend_name: "file".to_string(),
+            name: "file".to_string(),
+            volume_clear: VolumeClear::Zero,
+            direct_io: false,
+            max_over_subscription_ratio: 1.0,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parse {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source,
+        })
+    }
+
+    /// Refuses settings that would be unsafe or meaningless.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.auth.strategy == AuthStrategy::Noauth
+            && !self.listen.ip().is_loopback()
+            && !self.auth.allow_remote_noauth
+        {
+            return Err(ConfigError::Invalid(format!(
+                "refusing noauth on non-loopback address {}: anyone reaching it would be admin. \
+                 Use [auth] strategy = \"token\", or force it with --allow-remote-noauth",
+                self.listen
+            )));
+        }
+        if self.auth.strategy == AuthStrategy::Token && self.auth.tokens_file.is_none() {
+            return Err(ConfigError::Invalid(
+                "[auth] strategy = \"token\" needs tokens_file".to_string(),
+            ));
+        }
+        if !(self.pool.max_over_subscription_ratio >= 1.0) {
+            return Err(ConfigError::Invalid(
+                "[pool] max_over_subscription_ratio must be at least 1.0".to_string(),
+            ));
+        }
+        for (what, value) in [("backend_name", &self.pool.backend_name), ("name", &self.pool.name)] {
+            if value.is_empty() || value.contains(['@', '#', '/']) {
+                return Err(ConfigError::Invalid(format!(
+                    "[pool] {what} must be non-empty without '@', '#' or '/'"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn hostname(&self) -> String {
+        self.host.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "localhost".to_string())
+        })
+    }
+
+    /// `host@backend#pool`, as `os-vol-host-attr:host` shows it.
+    pub fn volume_host(&self) -> String {
+        format!("{}@{}#{}", self.hostname(), self.pool.backend_name, self.pool.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_full_file_and_rejects_unknown_keys() {
+        let cfg: Config = toml::from_str(
+            "data_dir = \"/srv/ember\"\nlisten = \"0.0.0.0:8776\"\n[auth]\nstrategy = \"token\"\ntokens_file = \"/etc/ember/tokens.toml\"\n[pool]\nvolume_clear = \"discard\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.pool.volume_clear, VolumeClear::Discard);
+        assert!(cfg.validate().is_ok());
+        assert!(toml::from_str::<Config>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn noauth_refused_off_loopback() {
+        let mut cfg = Config::default();
+        cfg.listen = "0.0.0.0:8776".parse().unwrap();
+        assert!(cfg.validate().is_err());
+        cfg.auth.allow_remote_noauth = true;
+        assert!(cfg.validate().is_ok());
+    }
+}

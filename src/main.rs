@@ -1,0 +1,93 @@
+//! The `ember` command: `serve`, `doctor`, `version`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use ember::config::Config;
+
+#[derive(Parser)]
+#[command(name = "ember", version, about = "Storage-node agent speaking the OpenStack Cinder v3 API")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the Cinder v3 API (the embedded default needs no configuration).
+    Serve {
+        /// TOML configuration file; flags override it.
+        #[arg(long, env = "EMBER_CONFIG")]
+        config: Option<PathBuf>,
+        /// Where the store, volumes and snapshots live [default: /var/lib/ember].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Address of the API [default: 127.0.0.1:8776].
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Serve noauth on a non-loopback address anyway (anyone reaching it is admin).
+        #[arg(long)]
+        allow_remote_noauth: bool,
+    },
+    /// Check what this host supports and say how to get what is missing.
+    Doctor {
+        #[arg(long, env = "EMBER_CONFIG")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Print the version and the API microversions served.
+    Version,
+}
+
+fn load(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<Config, String> {
+    let mut cfg = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+    if let Some(dir) = data_dir {
+        cfg.data_dir = dir;
+    }
+    Ok(cfg)
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EMBER_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match Cli::parse().command {
+        Command::Serve {
+            config,
+            data_dir,
+            listen,
+            allow_remote_noauth,
+        } => load(config, data_dir).and_then(|mut cfg| {
+            if let Some(addr) = listen {
+                cfg.listen = addr;
+            }
+            cfg.auth.allow_remote_noauth |= allow_remote_noauth;
+            let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("start runtime: {e}"))?;
+            runtime.block_on(ember::server::serve(cfg))
+        }),
+        Command::Doctor { config, data_dir } => load(config, data_dir).map(|cfg| {
+            let checks = ember::doctor::checks(&cfg.data_dir);
+            for c in &checks {
+                println!("{:<14} {:<4} {}", c.name, if c.ok { "ok" } else { "MISSING" }, c.detail);
+            }
+        }),
+        Command::Version => {
+            println!("ember {} (Cinder API v3, microversions 3.0-3.71)", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ember: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Snapshots: create (volume available, or in-use with force / from 3.66), update,
+//! delete, and the admin actions os-reset_status and os-force_delete.
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+
+use super::{Caller, Manager, ManagerError, Result, snapshot_not_found};
+use crate::store::{JobKind, Snapshot, SnapshotStatus, Tx, VolumeStatus, not_migrating, now};
+
+#[derive(Debug, Clone, Default)]
+pub struct CreateSnapshot {
+    pub volume_id: String,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub force: bool,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Manager {
+    pub fn snapshot(&self, caller: &Caller, id: &str) -> Result<Snapshot> {
+        self.store.read(|tx| self.visible_snapshot(tx, caller, id))
+    }
+
+    fn visible_snapshot(&self, tx: &Tx, caller: &Caller, id: &str) -> Result<Snapshot> {
+        tx.snapshot(id)?
+            .filter(|s| caller.is_admin || s.project_id == caller.project_id)
+            .ok_or_else(|| snapshot_not_found(id))
+    }
+
+    pub fn snapshots(&self, caller: &Caller, all_projects: bool) -> Result<Vec<Snapshot>> {
+        let project = (!(all_projects && caller.is_admin)).then_some(caller.project_id.as_str());
+        Ok(self.store.read(|tx| tx.snapshots(project, None))?)
+    }
+
+    pub fn create_snapshot(
+        self: &std::sync::Arc<Self>,
+        caller: &Caller,
+        req: CreateSnapshot,
+        force_allowed_in_use: bool,
+    ) -> Result<Snapshot> {
+        let (snapshot, job) = self.store.write(|tx| {
+            let v = self.visible(tx, caller, &req.volume_id)?;
+            let in_use_ok = (req.force || force_allowed_in_use) && v.status == VolumeStatus::InUse;
+            if v.status != VolumeStatus::Available && !in_use_ok {
+                return Err(ManagerError::Invalid(format!(
+                    "Invalid volume: Volume {} status must be available{}, but current status is: {}.",
+                    v.id,
+                    if req.force || force_allowed_in_use { " or in-use" } else { "" },
+                    v.status
+                )));
+            }
+            if !not_migrating(v.migration_status.as_deref()) {
+                return Err(ManagerError::Invalid(format!("Invalid volume: Volume {} is migrating.", v.id)));
+            }
+            self.check_capacity(tx, v.size)?;
+            let snapshot = Snapshot {
+                id: uuid::Uuid::new_v4().to_string(),
+                volume_id: v.id.clone(),
+                project_id: caller.project_id.clone(),
+                user_id: caller.user_id.clone(),
+                name: req.name.clone(),
+                description: req.description.clone(),
+                status: SnapshotStatus::Creating,
+                volume_size: v.size,
+                progress: "0%".to_string(),
+                volume_type_id: v.volume_type_id.clone(),
+                created_at: now(),
+                updated_at: None,
+                metadata: req.metadata.clone(),
+            };
+            tx.insert_snapshot(&snapshot)?;
+            let job = tx.insert_job(JobKind::CreateSnapshot, Some(&v.id), Some(&snapshot.id), json!({}))?;
+            Ok::<_, ManagerError>((snapshot, job))
+        })?;
+        self.spawn_job(job);
+        Ok(snapshot)
+    }
+
+    pub fn update_snapshot(
+        &self,
+        caller: &Caller,
+        id: &str,
+        name: Option<Option<String>>,
+        description: Option<Option<String>>,
+    ) -> Result<Snapshot> {
+        self.store.write(|tx| {
+            let old = self.visible_snapshot(tx, caller, id)?;
+            let mut new = old.clone();
+            if let Some(name) = name {
+                new.name = name;
+            }
+            if let Some(description) = description {
+                new.description = description;
+            }
+            tx.update_snapshot(old.status, &new)?;
+            Ok(tx.snapshot(id)?.unwrap_or(new))
+        })
+    }
+
+    /// DELETE (status available or error) and os-force_delete (any status).
+    pub fn delete_snapshot(self: &std::sync::Arc<Self>, caller: &Caller, id: &str, force: bool) -> Result<()> {
+        let job = self.store.write(|tx| {
+            let old = self.visible_snapshot(tx, caller, id)?;
+            if !force && !matches!(old.status, SnapshotStatus::Available | SnapshotStatus::Error) {
+                return Err(ManagerError::Invalid(format!(
+                    "Invalid snapshot: Snapshot {id} status must be available or error to delete, but it is {}.",
+                    old.status
+                )));
+            }
+            let mut new = old.clone();
+            new.status = SnapshotStatus::Deleting;
+            tx.update_snapshot(old.status, &new)?;
+            Ok::<_, ManagerError>(tx.insert_job(JobKind::DeleteSnapshot, Some(&old.volume_id), Some(id), json!({}))?)
+        })?;
+        self.spawn_job(job);
+        Ok(())
+    }
+
+    pub fn reset_snapshot_status(&self, caller: &Caller, id: &str, status: SnapshotStatus) -> Result<()> {
+        self.store.write(|tx| {
+            let old = self.visible_snapshot(tx, caller, id)?;
+            let mut new = old.clone();
+            new.status = status;
+            tx.update_snapshot(old.status, &new)?;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,1 @@
+//! State-machine tests: every action precondition and transition, on a real store and file pool.

@@ -1,0 +1,417 @@
+//! Volume lifecycle: create (blank, from a snapshot, from a volume), update,
+//! metadata, delete (with cascade and force), and manage/unmanage.
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+
+use super::{Caller, Manager, ManagerError, Result, snapshot_not_found, type_not_found, volume_not_found};
+use crate::pool::Source;
+use crate::store::{
+    AttachStatus, DEFAULT_TYPE_NAME, JobKind, MetaKind, SnapshotStatus, Volume, VolumeStatus,
+    not_migrating, now,
+};
+
+/// A validated `POST /volumes` body.
+#[derive(Debug, Clone, Default)]
+pub struct CreateVolume {
+    pub size: Option<i64>,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub volume_type: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub snapshot_id: Option<String>,
+    pub source_volid: Option<String>,
+    pub availability_zone: Option<String>,
+}
+
+/// A validated `PUT /volumes/{id}` body.
+#[derive(Debug, Clone, Default)]
+pub struct UpdateVolume {
+    pub name: Option<Option<String>>,
+    pub description: Option<Option<String>>,
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// Statuses from which a volume may be deleted or unmanaged (spec §2.6, §3.10).
+const DELETABLE: &[VolumeStatus] = &[
+    VolumeStatus::Available,
+    VolumeStatus::Error,
+    VolumeStatus::ErrorRestoring,
+    VolumeStatus::ErrorExtending,
+    VolumeStatus::ErrorManaging,
+];
+
+impl Manager {
+    pub fn volumes(&self, caller: &Caller, all_projects: bool) -> Result<Vec<crate::store::Volume>> {
+        let project = (!(all_projects && caller.is_admin)).then_some(caller.project_id.as_str());
+        Ok(self.store.read(|tx| tx.volumes(project))?)
+    }
+
+    pub fn create_volume(self: &std::sync::Arc<Self>, caller: &Caller, req: CreateVolume) -> Result<Volume> {
+        if let Some(zone) = &req.availability_zone {
+            if *zone != self.settings.availability_zone {
+                return Err(ManagerError::Invalid(format!("Availability zone '{zone}' is invalid.")));
+            }
+        }
+        let (volume, job) = self.store.write(|tx| {
+            let mut type_ref = req.volume_type.clone();
+            let mut size = req.size;
+            let source = if let Some(snapshot_id) = &req.snapshot_id {
+                let snap = tx
+                    .snapshot(snapshot_id)?
+                    .filter(|s| caller.is_admin || s.project_id == caller.project_id)
+                    .ok_or_else(|| snapshot_not_found(snapshot_id))?;
+                if snap.status != SnapshotStatus::Available {
+                    return Err(ManagerError::Invalid(format!(
+                        "Originating snapshot status must be one of 'available' values, but it is {}.",
+                        snap.status
+                    )));
+                }
+                let size = *size.get_or_insert(snap.volume_size);
+                if size < snap.volume_size {
+                    return Err(ManagerError::Invalid(format!(
+                        "Volume size '{size}GB' cannot be smaller than the snapshot size {}GB. \
+                         They must be >= original snapshot size.",
+                        snap.volume_size
+                    )));
+                }
+                type_ref.get_or_insert(snap.volume_type_id.clone());
+                Source::Snapshot(snap.id)
+            } else if let Some(source_id) = &req.source_volid {
+                let src = tx
+                    .volume(source_id)?
+                    .filter(|v| caller.is_admin || v.project_id == caller.project_id)
+                    .ok_or_else(|| volume_not_found(source_id))?;
+                if !matches!(src.status, VolumeStatus::Available | VolumeStatus::InUse) {
+                    return Err(ManagerError::Invalid(format!(
+                        "Unable to clone volumes that are in an error state or busy: source status is {}.",
+                        src.status
+                    )));
+                }
+                let size = *size.get_or_insert(src.size);
+                if size < src.size {
+                    return Err(ManagerError::Invalid(format!(
+                        "Volume size '{size}GB' cannot be smaller than the source volume size {}GB.",
+                        src.size
+                    )));
+                }
+                type_ref.get_or_insert(src.volume_type_id.clone());
+                Source::Volume(src.id)
+            } else {
+                Source::Blank
+            };
+            let size = size.ok_or_else(|| {
+                ManagerError::Invalid("Volume size must be given when creating a blank volume.".to_string())
+            })?;
+            let type_ref = type_ref.unwrap_or_else(|| DEFAULT_TYPE_NAME.to_string());
+            let vtype = tx.volume_type(&type_ref)?.ok_or_else(|| {
+                ManagerError::NotFound(format!("Volume type with name {type_ref} could not be found."))
+            })?;
+            let volume = Volume {
+                id: uuid::Uuid::new_v4().to_string(),
+                project_id: caller.project_id.clone(),
+                user_id: caller.user_id.clone(),
+                name: req.name.clone(),
+                description: req.description.clone(),
+                size,
+                status: VolumeStatus::Creating,
+                previous_status: None,
+                attach_status: AttachStatus::Detached,
+                migration_status: None,
+                volume_type_id: vtype.id.clone(),
+                availability_zone: self.settings.availability_zone.clone(),
+                bootable: false,
+                multiattach: vtype.multiattach(),
+                snapshot_id: req.snapshot_id.clone(),
+                source_volid: req.source_volid.clone(),
+                host: self.settings.host.clone(),
+                created_at: now(),
+                updated_at: None,
+                metadata: req.metadata.clone(),
+                admin_metadata: BTreeMap::new(),
+                image_metadata: BTreeMap::new(),
+                attachments: Vec::new(),
+            };
+            self.check_capacity(tx, size)?;
+            tx.insert_volume(&volume)?;
+            let source_json = match &source {
+                Source::Blank => json!({"blank": true}),
+                Source::Snapshot(id) => json!({"snapshot": id}),
+                Source::Volume(id) => json!({"volume": id}),
+            };
+            let job = tx.insert_job(
+                JobKind::CreateVolume,
+                Some(&volume.id),
+                None,
+                json!({"size": size, "source": source_json}),
+            )?;
+            Ok::<_, ManagerError>((volume, job))
+        })?;
+        self.spawn_job(job);
+        Ok(volume)
+    }
+
+    pub fn update_volume(&self, caller: &Caller, id: &str, req: UpdateVolume) -> Result<Volume> {
+        self.store.write(|tx| {
+            let old = self.visible(tx, caller, id)?;
+            let mut new = old.clone();
+            if let Some(name) = req.name {
+                new.name = name;
+            }
+            if let Some(description) = req.description {
+                new.description = description;
+            }
+            tx.update_volume(old.status, &new)?;
+            if let Some(metadata) = &req.metadata {
+                tx.set_volume_meta(id, MetaKind::User, metadata, true)?;
+            }
+            Ok::<_, ManagerError>(tx.volume(id)?.unwrap_or(new))
+        })
+    }
+
+    /// Sets (merge, or replace all) or deletes user metadata; refused while the
+    /// volume is in maintenance or uploading, as Cinder does.
+    pub fn update_volume_metadata(
+        &self,
+        caller: &Caller,
+        id: &str,
+        change: MetadataChange,
+    ) -> Result<BTreeMap<String, String>> {
+        self.store.write(|tx| {
+            let v = self.visible(tx, caller, id)?;
+            if matches!(v.status, VolumeStatus::Maintenance | VolumeStatus::Uploading) {
+                return Err(ManagerError::Invalid(format!(
+                    "Invalid volume: Volume {id} status must not be maintenance or uploading to change its metadata, \
+                     but it is {}.",
+                    v.status
+                )));
+            }
+            match &change {
+                MetadataChange::Merge(map) => tx.set_volume_meta(id, MetaKind::User, map, false)?,
+                MetadataChange::Replace(map) => tx.set_volume_meta(id, MetaKind::User, map, true)?,
+                MetadataChange::Delete(key) => {
+                    if !tx.delete_volume_meta(id, MetaKind::User, key)? {
+                        return Err(ManagerError::NotFound(format!(
+                            "Volume {id} has no metadata with key {key}."
+                        )));
+                    }
+                }
+            }
+            Ok(tx.volume(id)?.map(|v| v.metadata).unwrap_or_default())
+        })
+    }
+
+    /// `DELETE /volumes/{id}`: `force` (3.23+, admin) skips the status check, as
+    /// os-force_delete does; `cascade` takes the snapshots along.
+    pub fn delete_volume(self: &std::sync::Arc<Self>, caller: &Caller, id: &str, cascade: bool, force: bool) -> Result<()> {
+        let job = self.store.write(|tx| {
+            let v = self.visible(tx, caller, id)?;
+            let snapshots = tx.snapshots(None, Some(id))?;
+            let mut reasons = Vec::new();
+            if !force && !DELETABLE.contains(&v.status) {
+                reasons.push(format!(
+                    "status must be available or error or error_restoring or error_extending or error_managing, \
+                     but it is {}",
+                    v.status
+                ));
+            }
+            if v.attach_status == AttachStatus::Attached {
+                reasons.push("volume is attached".to_string());
+            }
+            if !not_migrating(v.migration_status.as_deref()) {
+                reasons.push("volume is migrating".to_string());
+            }
+            if !snapshots.is_empty() && !cascade {
+                reasons.push("volume has snapshots".to_string());
+            }
+            if cascade && !force {
+                if let Some(busy) = snapshots
+                    .iter()
+                    .find(|s| !matches!(s.status, SnapshotStatus::Available | SnapshotStatus::Error))
+                {
+                    reasons.push(format!("snapshot {} is {}", busy.id, busy.status));
+                }
+            }
+            if !reasons.is_empty() {
+                return Err(ManagerError::Invalid(format!(
+                    "Invalid volume: Volume {id} cannot be deleted: {}.",
+                    reasons.join("; ")
+                )));
+            }
+            for snap in &snapshots {
+                let mut s = snap.clone();
+                s.status = SnapshotStatus::Deleting;
+                tx.update_snapshot(snap.status, &s)?;
+            }
+            let mut new = v.clone();
+            new.status = VolumeStatus::Deleting;
+            new.previous_status = Some(v.status.to_string());
+            tx.update_volume(v.status, &new)?;
+            let ids: Vec<&str> = snapshots.iter().map(|s| s.id.as_str()).collect();
+            Ok::<_, ManagerError>(tx.insert_job(JobKind::DeleteVolume, Some(id), None, json!({"snapshots": ids}))?)
+        })?;
+        self.spawn_job(job);
+        Ok(())
+    }
+
+    /// os-unmanage: the volume leaves the store; its file stays in the pool under
+    /// the volume's name, where manageable_volumes finds it again.
+    pub fn unmanage_volume(self: &std::sync::Arc<Self>, caller: &Caller, id: &str) -> Result<()> {
+        let job = self.store.write(|tx| {
+            let v = self.visible(tx, caller, id)?;
+            let snapshots = tx.snapshots(None, Some(id))?;
+            if !DELETABLE.contains(&v.status)
+                || v.attach_status == AttachStatus::Attached
+                || !not_migrating(v.migration_status.as_deref())
+                || !snapshots.is_empty()
+            {
+                return Err(ManagerError::Invalid(format!(
+                    "Invalid volume: Volume {id} cannot be unmanaged: it must be available or in an error state, \
+                     detached, not migrating and without snapshots (status {}, attach_status {}, {} snapshots).",
+                    v.status,
+                    v.attach_status,
+                    snapshots.len()
+                )));
+            }
+            let mut new = v.clone();
+            new.status = VolumeStatus::Unmanaging;
+            new.previous_status = Some(v.status.to_string());
+            tx.update_volume(v.status, &new)?;
+            Ok::<_, ManagerError>(tx.insert_job(JobKind::UnmanageVolume, Some(id), None, json!({}))?)
+        })?;
+        self.spawn_job(job);
+        Ok(())
+    }
+
+    /// What the pool holds, each marked safe to manage or not (spec §5.7).
+    pub fn manageable_volumes(&self) -> Result<Vec<ManageableVolume>> {
+        let existing = self.pool.list_existing()?;
+        let known = self.store.read(|tx| tx.volumes(None))?;
+        Ok(existing
+            .into_iter()
+            .map(|m| {
+                let managed = known.iter().find(|v| self.pool.volume_name(&v.id) == m.name);
+                let reason = if managed.is_some() {
+                    Some("already managed".to_string())
+                } else if m.in_use {
+                    Some("volume in use".to_string())
+                } else {
+                    None
+                };
+                ManageableVolume {
+                    size_gib: m.size_bytes.div_ceil(crate::pool::GIB).max(1),
+                    cinder_id: managed.map(|v| v.id.clone()),
+                    safe_to_manage: reason.is_none(),
+                    reason_not_safe: reason,
+                    name: m.name,
+                }
+            })
+            .collect())
+    }
+
+    /// Takes a file of the pool under management (POST manageable_volumes).
+    pub fn manage_volume(self: &std::sync::Arc<Self>, caller: &Caller, req: ManageVolume) -> Result<Volume> {
+        let host_ok = {
+            let ours = &self.settings.host;
+            let without_pool = ours.split('#').next().unwrap_or(ours);
+            let bare = without_pool.split('@').next().unwrap_or(without_pool);
+            req.host == *ours || req.host == without_pool || req.host == bare
+        };
+        if !host_ok {
+            return Err(ManagerError::Invalid(format!(
+                "No available service named '{}': this agent is {}.",
+                req.host, self.settings.host
+            )));
+        }
+        let candidate = self
+            .manageable_volumes()?
+            .into_iter()
+            .find(|m| m.name == req.source_name)
+            .ok_or_else(|| {
+                ManagerError::NotFound(format!("Manage existing volume failed: '{}' not found in the pool.", req.source_name))
+            })?;
+        if let Some(reason) = &candidate.reason_not_safe {
+            return Err(ManagerError::Invalid(format!(
+                "Manage existing volume failed: '{}' is not safe to manage: {reason}.",
+                req.source_name
+            )));
+        }
+        if let Some(zone) = &req.availability_zone {
+            if *zone != self.settings.availability_zone {
+                return Err(ManagerError::Invalid(format!("Availability zone '{zone}' is invalid.")));
+            }
+        }
+        let (volume, job) = self.store.write(|tx| {
+            let type_ref = req.volume_type.clone().unwrap_or_else(|| DEFAULT_TYPE_NAME.to_string());
+            let vtype = tx.volume_type(&type_ref)?.ok_or_else(|| type_not_found(&type_ref))?;
+            let size = i64::try_from(candidate.size_gib)
+                .map_err(|_| ManagerError::Invalid("volume too large".to_string()))?;
+            let volume = Volume {
+                id: uuid::Uuid::new_v4().to_string(),
+                project_id: caller.project_id.clone(),
+                user_id: caller.user_id.clone(),
+                name: req.name.clone(),
+                description: req.description.clone(),
+                size,
+                status: VolumeStatus::Managing,
+                previous_status: None,
+                attach_status: AttachStatus::Detached,
+                migration_status: None,
+                volume_type_id: vtype.id.clone(),
+                availability_zone: self.settings.availability_zone.clone(),
+                bootable: req.bootable,
+                multiattach: vtype.multiattach(),
+                snapshot_id: None,
+                source_volid: None,
+                host: self.settings.host.clone(),
+                created_at: now(),
+                updated_at: None,
+                metadata: req.metadata.clone(),
+                admin_metadata: BTreeMap::new(),
+                image_metadata: BTreeMap::new(),
+                attachments: Vec::new(),
+            };
+            tx.insert_volume(&volume)?;
+            let job = tx.insert_job(JobKind::ManageVolume, Some(&volume.id), None, json!({"name": req.source_name}))?;
+            Ok::<_, ManagerError>((volume, job))
+        })?;
+        self.spawn_job(job);
+        Ok(volume)
+    }
+
+    /// The volume if the caller may see it, inside a transaction.
+    pub(super) fn visible(&self, tx: &crate::store::Tx, caller: &Caller, id: &str) -> Result<Volume> {
+        tx.volume(id)?
+            .filter(|v| caller.is_admin || v.project_id == caller.project_id)
+            .ok_or_else(|| volume_not_found(id))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum MetadataChange {
+    Merge(BTreeMap<String, String>),
+    Replace(BTreeMap<String, String>),
+    Delete(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManageableVolume {
+    pub name: String,
+    pub size_gib: u64,
+    pub safe_to_manage: bool,
+    pub reason_not_safe: Option<String>,
+    pub cinder_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ManageVolume {
+    pub host: String,
+    pub source_name: String,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub volume_type: Option<String>,
+    pub availability_zone: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub bootable: bool,
+}

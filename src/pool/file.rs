@@ -1,0 +1,252 @@
+//! The file pool: one sparse file per volume under `<data_dir>/volumes/`, one per
+//! snapshot under `<data_dir>/snapshots/`.
+//!
+//! New files are built under a `.partial` name and renamed into place, so a crash
+//! never leaves a half-copied file under a volume's name, and a resumed job sees
+//! either nothing (and starts again) or the finished file (`AlreadyPresent`).
+//! Loop devices are bound only while something needs a block device (an export, a
+//! copy that wants one); the pool finds them through sysfs, refreshes their size on
+//! extend and releases them on delete, so none outlives its file.
+
+use std::fs::{self, File};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use super::{Capacity, Created, GIB, Manageable, Pool, PoolError, Removed, Resized, Source};
+use crate::blockdev::{blkid, copy, loopback};
+use crate::config::VolumeClear;
+
+pub struct FilePool {
+    volumes_dir: PathBuf,
+    snapshots_dir: PathBuf,
+    volume_clear: VolumeClear,
+}
+
+const PARTIAL: &str = ".partial";
+
+impl FilePool {
+    pub fn open(data_dir: &Path, volume_clear: VolumeClear) -> Result<FilePool, PoolError> {
+        let pool = FilePool {
+            volumes_dir: data_dir.join("volumes"),
+            snapshots_dir: data_dir.join("snapshots"),
+            volume_clear,
+        };
+        for dir in [&pool.volumes_dir, &pool.snapshots_dir] {
+            fs::create_dir_all(dir).map_err(|e| PoolError::io("create", dir, e))?;
+            // Leftovers of a copy interrupted by a crash: their job starts it again.
+            for entry in fs::read_dir(dir).map_err(|e| PoolError::io("list", dir, e))?.flatten() {
+                if entry.file_name().to_string_lossy().ends_with(PARTIAL) {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
+        Ok(pool)
+    }
+
+    pub fn volume_path(&self, id: &str) -> PathBuf {
+        self.volumes_dir.join(self.volume_name(id))
+    }
+
+    pub fn snapshot_path(&self, snapshot_id: &str) -> PathBuf {
+        self.snapshots_dir.join(format!("snapshot-{snapshot_id}"))
+    }
+
+    /// Builds `path` through a `.partial` file and an atomic rename.
+    fn build(&self, path: &Path, fill: impl FnOnce(&Path) -> Result<(), PoolError>) -> Result<Created, PoolError> {
+        if path.exists() {
+            return Ok(Created::AlreadyPresent);
+        }
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(PARTIAL);
+        let partial = PathBuf::from(partial);
+        let _ = fs::remove_file(&partial);
+        if let Err(e) = fill(&partial) {
+            let _ = fs::remove_file(&partial);
+            return Err(e);
+        }
+        fs::rename(&partial, path).map_err(|e| PoolError::io("rename into place", path, e))?;
+        sync_dir(path)?;
+        Ok(Created::Created)
+    }
+
+    fn remove(&self, path: &Path, clear: VolumeClear) -> Result<Removed, PoolError> {
+        if !path.exists() {
+            return Ok(Removed::Absent);
+        }
+        for device in loopback::devices_backed_by(path) {
+            loopback::detach(&device)?;
+        }
+        blkid::wipe_signatures(path)?;
+        match clear {
+            VolumeClear::Zero => {
+                copy::zero_allocated(path)?;
+            }
+            VolumeClear::Discard => copy::discard_all(path)?,
+            VolumeClear::None => {}
+        }
+        fs::remove_file(path).map_err(|e| PoolError::io("remove", path, e))?;
+        sync_dir(path)?;
+        Ok(Removed::Removed)
+    }
+
+    /// A name given by a caller of manage, refused unless it is a plain file name here.
+    fn existing_path(&self, name: &str) -> Result<PathBuf, PoolError> {
+        if name.is_empty() || name.contains('/') || name.starts_with('.') || name.ends_with(PARTIAL) {
+            return Err(PoolError::Refused(format!("'{name}' is not a file name in the pool")));
+        }
+        Ok(self.volumes_dir.join(name))
+    }
+}
+
+fn sync_dir(path: &Path) -> Result<(), PoolError> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| PoolError::io("sync directory", dir, e))
+}
+
+fn set_size(path: &Path, bytes: u64) -> Result<(), PoolError> {
+    let file = File::options()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| PoolError::io("open", path, e))?;
+    file.set_len(bytes).map_err(|e| PoolError::io("resize", path, e))?;
+    file.sync_all().map_err(|e| PoolError::io("sync", path, e))
+}
+
+fn file_size(path: &Path) -> Result<u64, PoolError> {
+    match fs::metadata(path) {
+        Ok(m) => Ok(m.len()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(PoolError::NotFound {
+            what: path.display().to_string(),
+        }),
+        Err(e) => Err(PoolError::io("stat", path, e)),
+    }
+}
+
+impl Pool for FilePool {
+    fn capacity(&self) -> Result<Capacity, PoolError> {
+        let st = nix::sys::statvfs::statvfs(&self.volumes_dir)
+            .map_err(|e| PoolError::io("statvfs", &self.volumes_dir, e.into()))?;
+        let frsize = st.fragment_size() as u64;
+        let mut allocated_bytes = 0;
+        for dir in [&self.volumes_dir, &self.snapshots_dir] {
+            for entry in fs::read_dir(dir).map_err(|e| PoolError::io("list", dir, e))?.flatten() {
+                if let Ok(meta) = entry.metadata() {
+                    allocated_bytes += meta.blocks() * 512;
+                }
+            }
+        }
+        Ok(Capacity {
+            total_bytes: st.blocks() as u64 * frsize,
+            free_bytes: st.blocks_available() as u64 * frsize,
+            allocated_bytes,
+        })
+    }
+
+    fn create_volume(&self, id: &str, size_gib: u64, source: &Source) -> Result<Created, PoolError> {
+        let path = self.volume_path(id);
+        let bytes = size_gib * GIB;
+        self.build(&path, |partial| {
+            match source {
+                Source::Blank => {}
+                Source::Snapshot(snapshot_id) => {
+                    copy::copy_contents(&self.snapshot_path(snapshot_id), partial)?;
+                }
+                Source::Volume(volume_id) => {
+                    copy::copy_contents(&self.volume_path(volume_id), partial)?;
+                }
+            }
+            set_size(partial, bytes)
+        })
+    }
+
+    fn delete_volume(&self, id: &str) -> Result<Removed, PoolError> {
+        self.remove(&self.volume_path(id), self.volume_clear)
+    }
+
+    fn extend_volume(&self, id: &str, new_size_gib: u64) -> Result<Resized, PoolError> {
+        let path = self.volume_path(id);
+        let from = file_size(&path)?;
+        let to = new_size_gib * GIB;
+        if from >= to {
+            return Ok(Resized::Unchanged);
+        }
+        set_size(&path, to)?;
+        for device in loopback::devices_backed_by(&path) {
+            loopback::refresh_capacity(&device)?;
+        }
+        Ok(Resized::Resized { from, to })
+    }
+
+    fn create_snapshot(&self, snapshot_id: &str, volume_id: &str) -> Result<Created, PoolError> {
+        let source = self.volume_path(volume_id);
+        file_size(&source)?;
+        self.build(&self.snapshot_path(snapshot_id), |partial| {
+            copy::copy_contents(&source, partial)?;
+            Ok(())
+        })
+    }
+
+    fn delete_snapshot(&self, snapshot_id: &str) -> Result<Removed, PoolError> {
+        self.remove(&self.snapshot_path(snapshot_id), self.volume_clear)
+    }
+
+    fn revert_to_snapshot(&self, volume_id: &str, snapshot_id: &str) -> Result<(), PoolError> {
+        let snapshot = self.snapshot_path(snapshot_id);
+        let volume = self.volume_path(volume_id);
+        let (want, have) = (file_size(&snapshot)?, file_size(&volume)?);
+        if want != have {
+            return Err(PoolError::Refused(format!(
+                "snapshot {snapshot_id} holds {want} bytes but volume {volume_id} has {have}"
+            )));
+        }
+        copy::copy_contents(&snapshot, &volume)?;
+        Ok(())
+    }
+
+    fn list_existing(&self) -> Result<Vec<Manageable>, PoolError> {
+        let mut out = Vec::new();
+        let entries = fs::read_dir(&self.volumes_dir).map_err(|e| PoolError::io("list", &self.volumes_dir, e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(meta) = entry.metadata() else { continue };
+            if !meta.is_file() || name.ends_with(PARTIAL) || name.starts_with('.') {
+                continue;
+            }
+            out.push(Manageable {
+                in_use: !loopback::devices_backed_by(&entry.path()).is_empty(),
+                name,
+                size_bytes: meta.len(),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn volume_name(&self, id: &str) -> String {
+        format!("volume-{id}")
+    }
+
+    fn manage_existing(&self, name: &str, new_id: &str) -> Result<u64, PoolError> {
+        let target = self.volume_path(new_id);
+        let source = self.existing_path(name)?;
+        if !source.exists() && target.exists() {
+            // Renamed already by an earlier run of this job.
+            return file_size(&target);
+        }
+        let bytes = file_size(&source)?;
+        if source != target {
+            fs::rename(&source, &target).map_err(|e| PoolError::io("rename", &source, e))?;
+            sync_dir(&target)?;
+        }
+        // Sizes are whole GiB: round a foreign file up (growing never loses data).
+        let gib = bytes.div_ceil(GIB).max(1);
+        if gib * GIB != bytes {
+            set_size(&target, gib * GIB)?;
+        }
+        Ok(gib * GIB)
+    }
+}

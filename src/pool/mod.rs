@@ -1,0 +1,104 @@
+//! Storage pools: where volume and snapshot bytes live. `file` (sparse files and
+//! loop devices) is the embedded default; `lvm` comes next behind the same trait.
+//!
+//! Every call is blocking (the manager runs them on blocking threads) and idempotent:
+//! a job resumed after a crash calls the same step again and gets `AlreadyPresent`,
+//! `Absent` or `Unchanged` instead of an error.
+
+pub mod file;
+
+use std::path::PathBuf;
+
+use crate::blockdev::BlockError;
+
+pub const GIB: u64 = 1 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("{what} not found in the pool")]
+    NotFound { what: String },
+    #[error("{step} {path}: {source}")]
+    Io {
+        step: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl PoolError {
+    pub fn io(step: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        PoolError::Io {
+            step,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    Created,
+    AlreadyPresent,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removed {
+    Removed,
+    Absent,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resized {
+    Resized { from: u64, to: u64 },
+    Unchanged,
+}
+
+/// What a new volume is made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Blank,
+    Snapshot(String),
+    Volume(String),
+}
+
+/// Bytes of the backing filesystem, and what volumes hold of it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Capacity {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    /// Bytes actually allocated by volume and snapshot files.
+    pub allocated_bytes: u64,
+}
+
+/// Something in the pool that ember does not manage (yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manageable {
+    pub name: String,
+    pub size_bytes: u64,
+    pub in_use: bool,
+}
+
+pub trait Pool: Send + Sync {
+    fn capacity(&self) -> Result<Capacity, PoolError>;
+    /// Creates the volume of `size_gib` GiB from `source`.
+    fn create_volume(&self, id: &str, size_gib: u64, source: &Source) -> Result<Created, PoolError>;
+    /// Clears (per the pool's policy), wipes signatures, and removes the volume.
+    fn delete_volume(&self, id: &str) -> Result<Removed, PoolError>;
+    /// Grows the volume; attached devices learn the new size.
+    fn extend_volume(&self, id: &str, new_size_gib: u64) -> Result<Resized, PoolError>;
+    fn create_snapshot(&self, snapshot_id: &str, volume_id: &str) -> Result<Created, PoolError>;
+    fn delete_snapshot(&self, snapshot_id: &str) -> Result<Removed, PoolError>;
+    /// Puts the snapshot's bytes back into the volume, in place.
+    fn revert_to_snapshot(&self, volume_id: &str, snapshot_id: &str) -> Result<(), PoolError>;
+    /// Everything in the pool, managed or not; the manager tells them apart.
+    fn list_existing(&self) -> Result<Vec<Manageable>, PoolError>;
+    /// Name under which a volume with this id is kept (what unmanage leaves behind).
+    fn volume_name(&self, id: &str) -> String;
+    /// Takes `name` under management as volume `new_id`; returns its size in bytes.
+    fn manage_existing(&self, name: &str, new_id: &str) -> Result<u64, PoolError>;
+}

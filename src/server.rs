@@ -1,0 +1,65 @@
+//! `ember serve`: opens the store and the pool, resumes unfinished jobs, and serves
+//! the API until SIGINT/SIGTERM. Running jobs are not waited for: their rows stay
+//! in the journal and resume at the next start.
+
+use std::sync::Arc;
+
+use crate::api::{self, ApiState, Auth};
+use crate::config::{AuthStrategy, Config};
+use crate::manager::{Manager, Settings};
+use crate::pool::file::FilePool;
+use crate::store::Store;
+
+pub async fn serve(config: Config) -> Result<(), String> {
+    config.validate().map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("create data dir {}: {e}", config.data_dir.display()))?;
+    let store = Arc::new(Store::open(&config.data_dir.join("ember.db")).map_err(|e| e.to_string())?);
+    let pool = Arc::new(FilePool::open(&config.data_dir, config.pool.volume_clear).map_err(|e| e.to_string())?);
+    let settings = Settings {
+        host: config.volume_host(),
+        backend_name: config.pool.backend_name.clone(),
+        availability_zone: config.availability_zone.clone(),
+        max_over_subscription_ratio: config.pool.max_over_subscription_ratio,
+    };
+    let manager = Manager::new(store, pool, settings);
+    manager.ensure_default_type().map_err(|e| e.to_string())?;
+    let resumed = manager.recover().map_err(|e| e.to_string())?;
+    let auth = match config.auth.strategy {
+        AuthStrategy::Noauth => Auth::NoAuth,
+        AuthStrategy::Token => {
+            let path = config.auth.tokens_file.as_deref().ok_or("token auth needs tokens_file")?;
+            Auth::load_tokens(path)?
+        }
+    };
+    let state = Arc::new(ApiState {
+        manager,
+        auth,
+        public_endpoint: config.public_endpoint.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("listen on {}: {e}", config.listen))?;
+    tracing::info!(
+        listen = %config.listen,
+        data_dir = %config.data_dir.display(),
+        host = %config.volume_host(),
+        auth = ?config.auth.strategy,
+        resumed_jobs = resumed,
+        "ember serving the Cinder v3 API"
+    );
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| format!("serve: {e}"))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,717 @@
+//! Durable state in SQLite: WAL journal, `synchronous=FULL`, foreign keys on.
+//!
+//! Every transaction that writes starts with `BEGIN IMMEDIATE`, so a read-check-write
+//! sequence inside it cannot interleave with another writer; on top of that, status
+//! updates are compare-and-set (`WHERE status = <the status read>`), as Cinder's
+//! conditional updates are. The schema is versioned with `PRAGMA user_version` and
+//! upgraded at open by the ordered `MIGRATIONS`.
+
+pub mod models;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+
+pub use models::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("schema version {found} is newer than this ember understands ({known})")]
+    TooNew { found: i64, known: i64 },
+    #[error("{kind} {id} changed status concurrently (expected {expected})")]
+    StaleStatus {
+        kind: &'static str,
+        id: String,
+        expected: String,
+    },
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// Ordered schema migrations; index + 1 is the schema version they produce.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE volume_types (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    description TEXT,
+    is_public INTEGER NOT NULL DEFAULT 1,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE volume_type_extra_specs (
+    type_id TEXT NOT NULL REFERENCES volume_types(id) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (type_id, key)
+);
+CREATE TABLE volumes (
+    id TEXT PRIMARY KEY,
+    project_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    name TEXT,
+    description TEXT,
+    size INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    previous_status TEXT,
+    attach_status TEXT NOT NULL,
+    migration_status TEXT,
+    volume_type_id TEXT NOT NULL REFERENCES volume_types(id),
+    availability_zone TEXT NOT NULL,
+    bootable INTEGER NOT NULL DEFAULT 0,
+    multiattach INTEGER NOT NULL DEFAULT 0,
+    snapshot_id TEXT,
+    source_volid TEXT,
+    host TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT
+);
+CREATE INDEX volumes_project ON volumes(project_id);
+-- kind: 'user' (metadata), 'admin' (readonly, attached_mode), 'image' (glance metadata)
+CREATE TABLE volume_metadata (
+    volume_id TEXT NOT NULL REFERENCES volumes(id) ON DELETE CASCADE,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (volume_id, kind, key)
+);
+CREATE TABLE attachments (
+    id TEXT PRIMARY KEY,
+    volume_id TEXT NOT NULL REFERENCES volumes(id) ON DELETE CASCADE,
+    instance_uuid TEXT,
+    attached_host TEXT,
+    mountpoint TEXT,
+    attach_status TEXT NOT NULL,
+    attach_mode TEXT NOT NULL,
+    attach_time TEXT
+);
+CREATE TABLE snapshots (
+    id TEXT PRIMARY KEY,
+    volume_id TEXT NOT NULL REFERENCES volumes(id),
+    project_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    name TEXT,
+    description TEXT,
+    status TEXT NOT NULL,
+    volume_size INTEGER NOT NULL,
+    progress TEXT NOT NULL,
+    volume_type_id TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT
+);
+CREATE INDEX snapshots_volume ON snapshots(volume_id);
+CREATE TABLE snapshot_metadata (
+    snapshot_id TEXT NOT NULL REFERENCES snapshots(id) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (snapshot_id, key)
+);
+CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    volume_id TEXT,
+    snapshot_id TEXT,
+    args TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+"#];
+
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
+        )
+        .map_err(open_err)?;
+        let store = Store {
+            conn: Mutex::new(conn),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let known = MIGRATIONS.len() as i64;
+        if found > known {
+            return Err(StoreError::TooNew { found, known });
+        }
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
+        for (index, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(found).unwrap_or(0)) {
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", index as i64 + 1)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Runs `f` in a read transaction.
+    pub fn read<T, E: From<StoreError>>(&self, f: impl FnOnce(&Tx) -> Result<T, E>) -> Result<T, E> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)
+            .map_err(StoreError::from)?;
+        f(&Tx(tx))
+    }
+
+    /// Runs `f` in an immediate write transaction, committed only if `f` succeeds.
+    pub fn write<T, E: From<StoreError>>(&self, f: impl FnOnce(&Tx) -> Result<T, E>) -> Result<T, E> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(StoreError::from)?;
+        let tx = Tx(tx);
+        let value = f(&tx)?;
+        tx.0.commit().map_err(StoreError::from)?;
+        Ok(value)
+    }
+}
+
+/// Current time as Cinder shows it: ISO 8601, microseconds, no zone (UTC).
+pub fn now() -> String {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_micros()
+    )
+}
+
+pub struct Tx<'c>(rusqlite::Transaction<'c>);
+
+const VOLUME_COLUMNS: &str = "id, project_id, user_id, name, description, size, status, previous_status, \
+     attach_status, migration_status, volume_type_id, availability_zone, bootable, multiattach, \
+     snapshot_id, source_volid, host, created_at, updated_at";
+
+const SNAPSHOT_COLUMNS: &str = "id, volume_id, project_id, user_id, name, description, status, \
+     volume_size, progress, volume_type_id, created_at, updated_at";
+
+fn parse<T: std::str::FromStr<Err = String>>(text: String) -> rusqlite::Result<T> {
+    text.parse().map_err(|e: String| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+    })
+}
+
+fn volume_from_row(row: &Row) -> rusqlite::Result<Volume> {
+    Ok(Volume {
+        id: row.get(0)?,
+        project_id: row.get(1)?,
+        user_id: row.get(2)?,
+        name: row.get(3)?,
+        description: row.get(4)?,
+        size: row.get(5)?,
+        status: parse(row.get(6)?)?,
+        previous_status: row.get(7)?,
+        attach_status: parse(row.get(8)?)?,
+        migration_status: row.get(9)?,
+        volume_type_id: row.get(10)?,
+        availability_zone: row.get(11)?,
+        bootable: row.get(12)?,
+        multiattach: row.get(13)?,
+        snapshot_id: row.get(14)?,
+        source_volid: row.get(15)?,
+        host: row.get(16)?,
+        created_at: row.get(17)?,
+        updated_at: row.get(18)?,
+        metadata: BTreeMap::new(),
+        admin_metadata: BTreeMap::new(),
+        image_metadata: BTreeMap::new(),
+        attachments: Vec::new(),
+    })
+}
+
+fn snapshot_from_row(row: &Row) -> rusqlite::Result<Snapshot> {
+    Ok(Snapshot {
+        id: row.get(0)?,
+        volume_id: row.get(1)?,
+        project_id: row.get(2)?,
+        user_id: row.get(3)?,
+        name: row.get(4)?,
+        description: row.get(5)?,
+        status: parse(row.get(6)?)?,
+        volume_size: row.get(7)?,
+        progress: row.get(8)?,
+        volume_type_id: row.get(9)?,
+        created_at: row.get(10)?,
+        updated_at: row.get(11)?,
+        metadata: BTreeMap::new(),
+    })
+}
+
+/// Which of a volume's key/value sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetaKind {
+    User,
+    Admin,
+    Image,
+}
+
+impl MetaKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            MetaKind::User => "user",
+            MetaKind::Admin => "admin",
+            MetaKind::Image => "image",
+        }
+    }
+}
+
+impl Tx<'_> {
+    // ---- volumes -------------------------------------------------------------
+
+    pub fn volume(&self, id: &str) -> Result<Option<Volume>, StoreError> {
+        let sql = format!("SELECT {VOLUME_COLUMNS} FROM volumes WHERE id = ?1");
+        let found = self.0.query_row(&sql, [id], volume_from_row).optional()?;
+        found.map(|v| self.fill_volume(v)).transpose()
+    }
+
+    /// All volumes, optionally of one project, oldest first.
+    pub fn volumes(&self, project_id: Option<&str>) -> Result<Vec<Volume>, StoreError> {
+        let sql = format!(
+            "SELECT {VOLUME_COLUMNS} FROM volumes WHERE (?1 IS NULL OR project_id = ?1) ORDER BY created_at, rowid"
+        );
+        let mut stmt = self.0.prepare(&sql)?;
+        let rows = stmt.query_map([project_id], volume_from_row)?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(self.fill_volume(row?)?);
+        }
+        Ok(out)
+    }
+
+    fn fill_volume(&self, mut v: Volume) -> Result<Volume, StoreError> {
+        let mut stmt = self
+            .0
+            .prepare_cached("SELECT kind, key, value FROM volume_metadata WHERE volume_id = ?1")?;
+        let rows = stmt.query_map([&v.id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+        })?;
+        for row in rows {
+            let (kind, key, value) = row?;
+            match kind.as_str() {
+                "user" => v.metadata.insert(key, value),
+                "admin" => v.admin_metadata.insert(key, value),
+                "image" => v.image_metadata.insert(key, value),
+                other => return Err(StoreError::Corrupt(format!("metadata kind {other}"))),
+            };
+        }
+        v.attachments = self.attachments(&v.id)?;
+        Ok(v)
+    }
+
+    pub fn insert_volume(&self, v: &Volume) -> Result<(), StoreError> {
+        self.0.execute(
+            &format!(
+                "INSERT INTO volumes ({VOLUME_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
+            ),
+            params![
+                v.id, v.project_id, v.user_id, v.name, v.description, v.size, v.status.as_str(),
+                v.previous_status, v.attach_status.as_str(), v.migration_status, v.volume_type_id,
+                v.availability_zone, v.bootable, v.multiattach, v.snapshot_id, v.source_volid, v.host,
+                v.created_at, v.updated_at
+            ],
+        )?;
+        for (kind, map) in [
+            (MetaKind::User, &v.metadata),
+            (MetaKind::Admin, &v.admin_metadata),
+            (MetaKind::Image, &v.image_metadata),
+        ] {
+            self.set_volume_meta(&v.id, kind, map, false)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the scalar fields of `new` if the stored status is still `expected`
+    /// (compare-and-set); metadata and attachments have their own calls.
+    pub fn update_volume(&self, expected: VolumeStatus, new: &Volume) -> Result<(), StoreError> {
+        let changed = self.0.execute(
+            "UPDATE volumes SET name = ?3, description = ?4, size = ?5, status = ?6, previous_status = ?7, \
+             attach_status = ?8, migration_status = ?9, volume_type_id = ?10, bootable = ?11, \
+             multiattach = ?12, host = ?13, updated_at = ?14, project_id = ?15, user_id = ?16, \
+             availability_zone = ?17 WHERE id = ?1 AND status = ?2",
+            params![
+                new.id, expected.as_str(), new.name, new.description, new.size, new.status.as_str(),
+                new.previous_status, new.attach_status.as_str(), new.migration_status,
+                new.volume_type_id, new.bootable, new.multiattach, new.host, now(), new.project_id,
+                new.user_id, new.availability_zone
+            ],
+        )?;
+        if changed == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::StaleStatus {
+                kind: "volume",
+                id: new.id.clone(),
+                expected: expected.to_string(),
+            })
+        }
+    }
+
+    pub fn delete_volume(&self, id: &str) -> Result<(), StoreError> {
+        self.0.execute("DELETE FROM volumes WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// Merges (or with `replace`, replaces) one of the volume's key/value sets.
+    pub fn set_volume_meta(
+        &self,
+        volume_id: &str,
+        kind: MetaKind,
+        map: &BTreeMap<String, String>,
+        replace: bool,
+    ) -> Result<(), StoreError> {
+        if replace {
+            self.0.execute(
+                "DELETE FROM volume_metadata WHERE volume_id = ?1 AND kind = ?2",
+                params![volume_id, kind.as_str()],
+            )?;
+        }
+        let mut stmt = self.0.prepare_cached(
+            "INSERT INTO volume_metadata (volume_id, kind, key, value) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (volume_id, kind, key) DO UPDATE SET value = excluded.value",
+        )?;
+        for (key, value) in map {
+            stmt.execute(params![volume_id, kind.as_str(), key, value])?;
+        }
+        self.touch_volume(volume_id)
+    }
+
+    /// Removes one key; false when it was not there.
+    pub fn delete_volume_meta(&self, volume_id: &str, kind: MetaKind, key: &str) -> Result<bool, StoreError> {
+        let n = self.0.execute(
+            "DELETE FROM volume_metadata WHERE volume_id = ?1 AND kind = ?2 AND key = ?3",
+            params![volume_id, kind.as_str(), key],
+        )?;
+        if n > 0 {
+            self.touch_volume(volume_id)?;
+        }
+        Ok(n > 0)
+    }
+
+    fn touch_volume(&self, volume_id: &str) -> Result<(), StoreError> {
+        self.0
+            .execute("UPDATE volumes SET updated_at = ?2 WHERE id = ?1", params![volume_id, now()])?;
+        Ok(())
+    }
+
+    // ---- attachments -----------------------------------------------------------
+
+    pub fn attachments(&self, volume_id: &str) -> Result<Vec<Attachment>, StoreError> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT id, volume_id, instance_uuid, attached_host, mountpoint, attach_status, attach_mode, attach_time \
+             FROM attachments WHERE volume_id = ?1 ORDER BY rowid",
+        )?;
+        let rows = stmt.query_map([volume_id], |r| {
+            Ok(Attachment {
+                id: r.get(0)?,
+                volume_id: r.get(1)?,
+                instance_uuid: r.get(2)?,
+                attached_host: r.get(3)?,
+                mountpoint: r.get(4)?,
+                attach_status: parse(r.get(5)?)?,
+                attach_mode: r.get(6)?,
+                attach_time: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn upsert_attachment(&self, a: &Attachment) -> Result<(), StoreError> {
+        self.0.execute(
+            "INSERT INTO attachments (id, volume_id, instance_uuid, attached_host, mountpoint, attach_status, attach_mode, attach_time) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO UPDATE SET \
+             instance_uuid = excluded.instance_uuid, attached_host = excluded.attached_host, \
+             mountpoint = excluded.mountpoint, attach_status = excluded.attach_status, \
+             attach_mode = excluded.attach_mode, attach_time = excluded.attach_time",
+            params![
+                a.id, a.volume_id, a.instance_uuid, a.attached_host, a.mountpoint,
+                a.attach_status.as_str(), a.attach_mode, a.attach_time
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_attachment(&self, id: &str) -> Result<(), StoreError> {
+        self.0.execute("DELETE FROM attachments WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    // ---- snapshots -------------------------------------------------------------
+
+    pub fn snapshot(&self, id: &str) -> Result<Option<Snapshot>, StoreError> {
+        let sql = format!("SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE id = ?1");
+        let found = self.0.query_row(&sql, [id], snapshot_from_row).optional()?;
+        found.map(|s| self.fill_snapshot(s)).transpose()
+    }
+
+    /// Snapshots of a project (all with None), or of one volume; newest last.
+    pub fn snapshots(&self, project_id: Option<&str>, volume_id: Option<&str>) -> Result<Vec<Snapshot>, StoreError> {
+        let sql = format!(
+            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE (?1 IS NULL OR project_id = ?1) \
+             AND (?2 IS NULL OR volume_id = ?2) ORDER BY created_at, rowid"
+        );
+        let mut stmt = self.0.prepare(&sql)?;
+        let rows = stmt.query_map(params![project_id, volume_id], snapshot_from_row)?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(self.fill_snapshot(row?)?);
+        }
+        Ok(out)
+    }
+
+    fn fill_snapshot(&self, mut s: Snapshot) -> Result<Snapshot, StoreError> {
+        let mut stmt = self
+            .0
+            .prepare_cached("SELECT key, value FROM snapshot_metadata WHERE snapshot_id = ?1")?;
+        let rows = stmt.query_map([&s.id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        s.metadata = rows.collect::<Result<_, _>>()?;
+        Ok(s)
+    }
+
+    pub fn insert_snapshot(&self, s: &Snapshot) -> Result<(), StoreError> {
+        self.0.execute(
+            &format!("INSERT INTO snapshots ({SNAPSHOT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+            params![
+                s.id, s.volume_id, s.project_id, s.user_id, s.name, s.description, s.status.as_str(),
+                s.volume_size, s.progress, s.volume_type_id, s.created_at, s.updated_at
+            ],
+        )?;
+        self.set_snapshot_meta(&s.id, &s.metadata)
+    }
+
+    /// Compare-and-set on the snapshot's status, like `update_volume`.
+    pub fn update_snapshot(&self, expected: SnapshotStatus, new: &Snapshot) -> Result<(), StoreError> {
+        let changed = self.0.execute(
+            "UPDATE snapshots SET name = ?3, description = ?4, status = ?5, progress = ?6, \
+             volume_type_id = ?7, updated_at = ?8 WHERE id = ?1 AND status = ?2",
+            params![
+                new.id, expected.as_str(), new.name, new.description, new.status.as_str(),
+                new.progress, new.volume_type_id, now()
+            ],
+        )?;
+        if changed == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::StaleStatus {
+                kind: "snapshot",
+                id: new.id.clone(),
+                expected: expected.to_string(),
+            })
+        }
+    }
+
+    pub fn set_snapshot_meta(&self, snapshot_id: &str, map: &BTreeMap<String, String>) -> Result<(), StoreError> {
+        let mut stmt = self.0.prepare_cached(
+            "INSERT INTO snapshot_metadata (snapshot_id, key, value) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (snapshot_id, key) DO UPDATE SET value = excluded.value",
+        )?;
+        for (key, value) in map {
+            stmt.execute(params![snapshot_id, key, value])?;
+        }
+        Ok(())
+    }
+
+    pub fn delete_snapshot(&self, id: &str) -> Result<(), StoreError> {
+        self.0.execute("DELETE FROM snapshots WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    // ---- volume types ------------------------------------------------------------
+
+    fn fill_type(&self, id: String, name: String, description: Option<String>, is_public: bool) -> Result<VolumeType, StoreError> {
+        let mut stmt = self
+            .0
+            .prepare_cached("SELECT key, value FROM volume_type_extra_specs WHERE type_id = ?1")?;
+        let rows = stmt.query_map([&id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let extra_specs = rows.collect::<Result<_, _>>()?;
+        Ok(VolumeType {
+            id,
+            name,
+            description,
+            is_public,
+            extra_specs,
+        })
+    }
+
+    /// A type by id, or else by name.
+    pub fn volume_type(&self, id_or_name: &str) -> Result<Option<VolumeType>, StoreError> {
+        let row = self
+            .0
+            .query_row(
+                "SELECT id, name, description, is_public FROM volume_types WHERE id = ?1 \
+                 UNION ALL SELECT id, name, description, is_public FROM volume_types WHERE name = ?1 LIMIT 1",
+                [id_or_name],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        row.map(|(id, name, description, is_public)| self.fill_type(id, name, description, is_public))
+            .transpose()
+    }
+
+    pub fn volume_types(&self) -> Result<Vec<VolumeType>, StoreError> {
+        let mut stmt = self
+            .0
+            .prepare("SELECT id, name, description, is_public FROM volume_types ORDER BY created_at, rowid")?;
+        let rows: Vec<(String, String, Option<String>, bool)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(id, name, description, is_public)| self.fill_type(id, name, description, is_public))
+            .collect()
+    }
+
+    /// Inserts or rewrites a type's row (extra specs are merged separately).
+    pub fn save_volume_type(&self, t: &VolumeType) -> Result<(), StoreError> {
+        self.0.execute(
+            "INSERT INTO volume_types (id, name, description, is_public, created_at) VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, description = excluded.description, \
+             is_public = excluded.is_public",
+            params![t.id, t.name, t.description, t.is_public, now()],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_extra_specs(&self, type_id: &str, specs: &BTreeMap<String, String>) -> Result<(), StoreError> {
+        let mut stmt = self.0.prepare_cached(
+            "INSERT INTO volume_type_extra_specs (type_id, key, value) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (type_id, key) DO UPDATE SET value = excluded.value",
+        )?;
+        for (key, value) in specs {
+            stmt.execute(params![type_id, key, value])?;
+        }
+        Ok(())
+    }
+
+    pub fn delete_extra_spec(&self, type_id: &str, key: &str) -> Result<bool, StoreError> {
+        let n = self.0.execute(
+            "DELETE FROM volume_type_extra_specs WHERE type_id = ?1 AND key = ?2",
+            params![type_id, key],
+        )?;
+        Ok(n > 0)
+    }
+
+    pub fn delete_volume_type(&self, id: &str) -> Result<(), StoreError> {
+        self.0.execute("DELETE FROM volume_types WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    pub fn volume_type_in_use(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .0
+            .query_row("SELECT EXISTS (SELECT 1 FROM volumes WHERE volume_type_id = ?1)", [id], |r| r.get(0))?)
+    }
+
+    // ---- jobs ------------------------------------------------------------------
+
+    pub fn insert_job(
+        &self,
+        kind: JobKind,
+        volume_id: Option<&str>,
+        snapshot_id: Option<&str>,
+        args: serde_json::Value,
+    ) -> Result<Job, StoreError> {
+        self.0.execute(
+            "INSERT INTO jobs (kind, volume_id, snapshot_id, args, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![kind.as_str(), volume_id, snapshot_id, args.to_string(), now()],
+        )?;
+        Ok(Job {
+            id: self.0.last_insert_rowid(),
+            kind,
+            volume_id: volume_id.map(str::to_string),
+            snapshot_id: snapshot_id.map(str::to_string),
+            args,
+        })
+    }
+
+    pub fn finish_job(&self, id: i64) -> Result<(), StoreError> {
+        self.0.execute("DELETE FROM jobs WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// Drops every job of a volume (an admin reset overrides unfinished work).
+    pub fn finish_jobs_of(&self, volume_id: &str) -> Result<(), StoreError> {
+        self.0.execute("DELETE FROM jobs WHERE volume_id = ?1", [volume_id])?;
+        Ok(())
+    }
+
+    pub fn jobs(&self) -> Result<Vec<Job>, StoreError> {
+        let mut stmt = self
+            .0
+            .prepare("SELECT id, kind, volume_id, snapshot_id, args FROM jobs ORDER BY id")?;
+        let rows = stmt.query_map([], |r| {
+            let args: String = r.get(4)?;
+            Ok(Job {
+                id: r.get(0)?,
+                kind: parse(r.get(1)?)?,
+                volume_id: r.get(2)?,
+                snapshot_id: r.get(3)?,
+                args: serde_json::from_str(&args).unwrap_or(serde_json::Value::Null),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_store() -> (Store, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("ember-store-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        (Store::open(&dir.join("ember.db")).unwrap(), dir)
+    }
+
+    #[test]
+    fn migrations_are_idempotent_and_versioned() {
+        let (store, dir) = temp_store();
+        drop(store);
+        let store = Store::open(&dir.join("ember.db")).unwrap();
+        let version: i64 = store
+            .read(|tx| Ok::<_, StoreError>(tx.0.query_row("PRAGMA user_version", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn timestamps_look_like_cinder() {
+        let t = now();
+        assert_eq!(t.len(), 26, "{t}");
+        assert_eq!(&t[4..5], "-");
+        assert_eq!(&t[10..11], "T");
+        assert_eq!(&t[19..20], ".");
+    }
+}
