@@ -141,3 +141,25 @@ pub fn wipe_signatures(path: &Path) -> Result<Vec<String>, BlockError> {
         .map_err(|e| BlockError::io("sync after wipe", path, e))?;
     Ok(wiped)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_and_wipe_a_filesystem_signature() {
+        let mkfs = crate::cmd::resolve("mkfs.ext4").expect("e2fsprogs (scripts/install-deps)");
+        let dir = std::env::temp_dir().join(format!("ember-blkid-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let img = dir.join("img");
+        std::fs::File::create(&img).unwrap().set_len(16 << 20).unwrap();
+        assert_eq!(probe(&img).unwrap(), None);
+        let path = img.to_str().unwrap();
+        crate::cmd::run(&mkfs, &["-q", "-F", path], std::time::Duration::from_secs(60)).unwrap();
+        assert_eq!(probe(&img).unwrap().as_deref(), Some("ext4"));
+        let wiped = wipe_signatures(&img).unwrap();
+        assert!(wiped.contains(&"ext4".to_string()), "{wiped:?}");
+        assert_eq!(probe(&img).unwrap(), None);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -110,3 +110,49 @@ pub fn refresh_capacity(device: &Path) -> Result<(), BlockError> {
         .and_then(|dev| dev.set_capacity())
         .map_err(|e| BlockError::io("LOOP_SET_CAPACITY on", device, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blockdev::block_device_size;
+
+    /// Needs root and /dev/loop-control: the `root_` prefix lets the test command
+    /// select or skip it.
+    #[test]
+    fn root_attach_resize_detach() {
+        let dir = std::env::temp_dir().join(format!("ember-loop-{}", uuid::Uuid::new_v4()));
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("vol");
+        let f = fs::File::create(&file).unwrap();
+        f.set_len(8 << 20).unwrap();
+        let att = attach(&file, false).unwrap();
+        let result = std::panic::catch_unwind(|| {
+            assert_eq!(devices_backed_by(&file), vec![att.device.clone()]);
+            let dev = fs::File::open(&att.device).unwrap();
+            assert_eq!(block_device_size(&dev).unwrap(), 8 << 20);
+            f.set_len(24 << 20).unwrap();
+            assert_eq!(block_device_size(&dev).unwrap(), 8 << 20, "the kernel does not notice by itself");
+            refresh_capacity(&att.device).unwrap();
+            assert_eq!(block_device_size(&dev).unwrap(), 24 << 20);
+        });
+        detach(&att.device).unwrap();
+        detach(&att.device).unwrap(); // idempotent
+        assert!(devices_backed_by(&file).is_empty(), "leaked loop device");
+        fs::remove_dir_all(&dir).unwrap();
+        result.unwrap();
+    }
+
+    #[test]
+    fn root_direct_io_falls_back_where_refused() {
+        let dir = std::env::temp_dir().join(format!("ember-loop-dio-{}", uuid::Uuid::new_v4()));
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("vol");
+        fs::File::create(&file).unwrap().set_len(4 << 20).unwrap();
+        let att = attach(&file, true).unwrap();
+        // Either mode is fine; what matters is a bound device either way.
+        let bound = devices_backed_by(&file);
+        detach(&att.device).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(bound, vec![att.device]);
+    }
+}

@@ -1,0 +1,187 @@
+//! Host integration (tier 2): a real `ember serve` on a temporary data dir, driven
+//! through HTTP, with real sparse files and a real loop device. Needs root for the
+//! loop device; the test command runs it as root and says so when it cannot.
+//!
+//! create → attach a loop device → extend (the device learns the size) → snapshot
+//! → overwrite → revert (bytes checked) → cascade delete; then the same data dir is
+//! served again after a restart. Loop devices and files are counted before/after.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const PROJECT: &str = "0123456789abcdef0123456789abcdef";
+
+struct Agent {
+    child: Child,
+    port: u16,
+    data_dir: PathBuf,
+}
+
+impl Agent {
+    fn start(data_dir: &Path) -> Agent {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let log = std::fs::File::create(data_dir.join(format!("agent-{port}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_ember"))
+            .args(["serve", "--data-dir", data_dir.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start ember");
+        let agent = Agent { child, port, data_dir: data_dir.to_path_buf() };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return agent;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("ember did not listen on {port}");
+    }
+
+    /// One HTTP/1.1 request; returns the status and the JSON body (Null if empty).
+    fn call(&self, method: &str, path: &str, body: Option<Value>, version: Option<&str>) -> (u16, Value) {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let payload = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut head = format!(
+            "{method} /v3/{PROJECT}{path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nX-Auth-Token: admin:{PROJECT}\r\n\
+             Connection: close\r\nContent-Length: {}\r\n",
+            self.port,
+            payload.len()
+        );
+        if !payload.is_empty() {
+            head.push_str("Content-Type: application/json\r\n");
+        }
+        if let Some(v) = version {
+            head.push_str(&format!("OpenStack-API-Version: volume {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(payload.as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).unwrap();
+        let text = String::from_utf8_lossy(&raw);
+        let status: u16 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        (status, if body.is_empty() { Value::Null } else { serde_json::from_str(body).unwrap() })
+    }
+
+    fn wait_status(&self, kind: &str, id: &str, want: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let key = kind.trim_end_matches('s');
+        loop {
+            let (code, body) = self.call("GET", &format!("/{kind}/{id}"), None, None);
+            if want == "gone" && code == 404 {
+                return Value::Null;
+            }
+            assert_eq!(code, 200, "{body}");
+            if body[key]["status"] == want {
+                return body[key].clone();
+            }
+            assert!(Instant::now() < deadline, "{kind} {id} stuck at {}", body[key]["status"]);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "ember exited with {status}");
+        let log = std::fs::read_to_string(self.data_dir.join(format!("agent-{}.log", self.port))).unwrap();
+        assert!(!log.contains("panicked"), "{log}");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn loop_devices() -> usize {
+    std::fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("loop/backing_file").exists())
+        .count()
+}
+
+fn device_size(dev: &Path) -> u64 {
+    ember::blockdev::block_device_size(&std::fs::File::open(dev).unwrap()).unwrap()
+}
+
+#[test]
+fn root_volume_lifecycle_through_http() {
+    let data_dir = std::env::temp_dir().join(format!("ember-it-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let loops_before = loop_devices();
+    let agent = Agent::start(&data_dir);
+
+    let (code, body) = agent.call("POST", "/volumes", Some(json!({"volume": {"size": 1, "name": "it"}})), None);
+    assert_eq!(code, 202, "{body}");
+    let id = body["volume"]["id"].as_str().unwrap().to_string();
+    agent.wait_status("volumes", &id, "available");
+    let file = data_dir.join("volumes").join(format!("volume-{id}"));
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 1 << 30);
+
+    // A loop device stands for an export: it must see the extend.
+    let device = ember::blockdev::loopback::attach(&file, false).unwrap();
+    assert_eq!(loop_devices(), loops_before + 1);
+    assert_eq!(device_size(&device.device), 1 << 30);
+    let (code, body) = agent.call("POST", &format!("/volumes/{id}/action"), Some(json!({"os-extend": {"new_size": 2}})), None);
+    assert_eq!(code, 202, "{body}");
+    let v = agent.wait_status("volumes", &id, "available");
+    assert_eq!(v["size"], 2);
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 2 << 30);
+    assert_eq!(device_size(&device.device), 2 << 30, "LOOP_SET_CAPACITY was not applied");
+
+    // Bytes through the block device, snapshot, overwrite, revert.
+    let dev = std::fs::OpenOptions::new().write(true).read(true).open(&device.device).unwrap();
+    dev.write_all_at(b"ember-original", 1 << 30).unwrap();
+    dev.sync_all().unwrap();
+    let (code, body) = agent.call("POST", "/snapshots", Some(json!({"snapshot": {"volume_id": id}})), None);
+    assert_eq!(code, 202, "{body}");
+    let snap = body["snapshot"]["id"].as_str().unwrap().to_string();
+    agent.wait_status("snapshots", &snap, "available");
+    dev.write_all_at(b"ember-OVERWRIT", 1 << 30).unwrap();
+    dev.sync_all().unwrap();
+    drop(dev);
+    ember::blockdev::loopback::detach(&device.device).unwrap();
+    assert_eq!(loop_devices(), loops_before);
+
+    let revert = json!({"revert": {"snapshot_id": snap}});
+    let (code, _) = agent.call("POST", &format!("/volumes/{id}/action"), Some(revert.clone()), None);
+    assert_eq!(code, 404, "revert needs microversion 3.40");
+    let (code, body) = agent.call("POST", &format!("/volumes/{id}/action"), Some(revert), Some("3.40"));
+    assert_eq!(code, 202, "{body}");
+    agent.wait_status("volumes", &id, "available");
+    let mut buf = [0u8; 14];
+    std::fs::File::open(&file).unwrap().read_exact_at(&mut buf, 1 << 30).unwrap();
+    assert_eq!(&buf, b"ember-original");
+
+    // The state survives a restart of the agent.
+    agent.stop();
+    let agent = Agent::start(&data_dir);
+    let v = agent.wait_status("volumes", &id, "available");
+    assert_eq!(v["size"], 2);
+
+    let (code, body) = agent.call("DELETE", &format!("/volumes/{id}?cascade=true"), None, None);
+    assert_eq!(code, 202, "{body}");
+    agent.wait_status("volumes", &id, "gone");
+    agent.wait_status("snapshots", &snap, "gone");
+    agent.stop();
+
+    let leftovers: Vec<_> = ["volumes", "snapshots"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(data_dir.join(d)).unwrap().flatten().map(|e| e.path()))
+        .collect();
+    assert!(leftovers.is_empty(), "files left behind: {leftovers:?}");
+    assert_eq!(loop_devices(), loops_before, "loop devices leaked");
+    std::fs::remove_dir_all(&data_dir).unwrap();
+}
