@@ -21,13 +21,9 @@ fn main() {
     for path in &lib.include_paths {
         builder = builder.clang_arg(format!("-I{}", path.display()));
     }
-    let bindings = builder
-        .generate()
-        .expect("bindgen could not parse <blkid/blkid.h> (is libclang-dev installed?)");
+    let bindings = builder.generate().expect("bindgen could not parse <blkid/blkid.h> (is libclang-dev installed?)");
 
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    bindings
-        .write_to_file(out.join("blkid_sys.rs"))
-        .expect("write blkid bindings");
+    bindings.write_to_file(out.join("blkid_sys.rs")).expect("write blkid bindings");
     println!("cargo:rerun-if-changed=build.rs");
 }

@@ -18,11 +18,7 @@ pub enum CmdError {
     #[error("{argv:?} timed out after {timeout:?} and was killed")]
     Timeout { argv: Vec<String>, timeout: Duration },
     #[error("{argv:?} exited with {status}: {stderr}")]
-    Failed {
-        argv: Vec<String>,
-        status: String,
-        stderr: String,
-    },
+    Failed { argv: Vec<String>, status: String, stderr: String },
 }
 
 /// Finds a program in the system directories (never in the caller's PATH).
@@ -31,16 +27,13 @@ pub fn resolve(program: &str) -> Result<PathBuf, CmdError> {
         .iter()
         .map(|dir| Path::new(dir).join(program))
         .find(|p| p.is_file())
-        .ok_or_else(|| CmdError::NotFound {
-            program: program.to_string(),
-        })
+        .ok_or_else(|| CmdError::NotFound { program: program.to_string() })
 }
 
 /// Runs `program args...` and returns its stdout.
 pub fn run(program: &Path, args: &[&str], timeout: Duration) -> Result<String, CmdError> {
-    let argv: Vec<String> = std::iter::once(program.display().to_string())
-        .chain(args.iter().map(|a| a.to_string()))
-        .collect();
+    let argv: Vec<String> =
+        std::iter::once(program.display().to_string()).chain(args.iter().map(|a| a.to_string())).collect();
     let mut child = Command::new(program)
         .args(args)
         .env("LC_ALL", "C")
@@ -48,10 +41,7 @@ pub fn run(program: &Path, args: &[&str], timeout: Duration) -> Result<String, C
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| CmdError::Spawn {
-            argv: argv.clone(),
-            source,
-        })?;
+        .map_err(|source| CmdError::Spawn { argv: argv.clone(), source })?;
     let started = Instant::now();
     loop {
         match child.try_wait() {
@@ -65,10 +55,7 @@ pub fn run(program: &Path, args: &[&str], timeout: Duration) -> Result<String, C
             Err(source) => return Err(CmdError::Spawn { argv, source }),
         }
     }
-    let output = child.wait_with_output().map_err(|source| CmdError::Spawn {
-        argv: argv.clone(),
-        source,
-    })?;
+    let output = child.wait_with_output().map_err(|source| CmdError::Spawn { argv: argv.clone(), source })?;
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {

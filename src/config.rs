@@ -81,11 +81,7 @@ impl Default for Config {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig {
-            strategy: AuthStrategy::Noauth,
-            tokens_file: None,
-            allow_remote_noauth: false,
-        }
+        AuthConfig { strategy: AuthStrategy::Noauth, tokens_file: None, allow_remote_noauth: false }
     }
 }
 
@@ -124,14 +120,8 @@ impl Config {
         let Some(path) = path else {
             return Ok(Config::default());
         };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.into(),
-            source,
-        })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })
     }
 
     /// Refuses settings that would be unsafe or meaningless.
@@ -147,20 +137,15 @@ impl Config {
             )));
         }
         if self.auth.strategy == AuthStrategy::Token && self.auth.tokens_file.is_none() {
-            return Err(ConfigError::Invalid(
-                "[auth] strategy = \"token\" needs tokens_file".to_string(),
-            ));
+            return Err(ConfigError::Invalid("[auth] strategy = \"token\" needs tokens_file".to_string()));
         }
-        if !(self.pool.max_over_subscription_ratio >= 1.0) {
-            return Err(ConfigError::Invalid(
-                "[pool] max_over_subscription_ratio must be at least 1.0".to_string(),
-            ));
+        let ratio = self.pool.max_over_subscription_ratio;
+        if ratio.is_nan() || ratio < 1.0 {
+            return Err(ConfigError::Invalid("[pool] max_over_subscription_ratio must be at least 1.0".to_string()));
         }
         for (what, value) in [("backend_name", &self.pool.backend_name), ("name", &self.pool.name)] {
             if value.is_empty() || value.contains(['@', '#', '/']) {
-                return Err(ConfigError::Invalid(format!(
-                    "[pool] {what} must be non-empty without '@', '#' or '/'"
-                )));
+                return Err(ConfigError::Invalid(format!("[pool] {what} must be non-empty without '@', '#' or '/'")));
             }
         }
         Ok(())
@@ -198,8 +183,7 @@ mod tests {
 
     #[test]
     fn noauth_refused_off_loopback() {
-        let mut cfg = Config::default();
-        cfg.listen = "0.0.0.0:8776".parse().unwrap();
+        let mut cfg = Config { listen: "0.0.0.0:8776".parse().unwrap(), ..Config::default() };
         assert!(cfg.validate().is_err());
         cfg.auth.allow_remote_noauth = true;
         assert!(cfg.validate().is_ok());

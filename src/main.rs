@@ -53,25 +53,20 @@ fn load(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<Config, St
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EMBER_LOG").unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("EMBER_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().command {
-        Command::Serve {
-            config,
-            data_dir,
-            listen,
-            allow_remote_noauth,
-        } => load(config, data_dir).and_then(|mut cfg| {
-            if let Some(addr) = listen {
-                cfg.listen = addr;
-            }
-            cfg.auth.allow_remote_noauth |= allow_remote_noauth;
-            let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("start runtime: {e}"))?;
-            runtime.block_on(ember::server::serve(cfg))
-        }),
+        Command::Serve { config, data_dir, listen, allow_remote_noauth } => {
+            load(config, data_dir).and_then(|mut cfg| {
+                if let Some(addr) = listen {
+                    cfg.listen = addr;
+                }
+                cfg.auth.allow_remote_noauth |= allow_remote_noauth;
+                let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("start runtime: {e}"))?;
+                runtime.block_on(ember::server::serve(cfg))
+            })
+        }
         Command::Doctor { config, data_dir } => load(config, data_dir).map(|cfg| {
             let checks = ember::doctor::checks(&cfg.data_dir);
             for c in &checks {

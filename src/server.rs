@@ -32,14 +32,9 @@ pub async fn serve(config: Config) -> Result<(), String> {
             Auth::load_tokens(path)?
         }
     };
-    let state = Arc::new(ApiState {
-        manager,
-        auth,
-        public_endpoint: config.public_endpoint.clone(),
-    });
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("listen on {}: {e}", config.listen))?;
+    let state = Arc::new(ApiState { manager, auth, public_endpoint: config.public_endpoint.clone() });
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.map_err(|e| format!("listen on {}: {e}", config.listen))?;
     tracing::info!(
         listen = %config.listen,
         data_dir = %config.data_dir.display(),

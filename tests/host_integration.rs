@@ -105,11 +105,7 @@ impl Drop for Agent {
 }
 
 fn loop_devices() -> usize {
-    std::fs::read_dir("/sys/block")
-        .unwrap()
-        .flatten()
-        .filter(|e| e.path().join("loop/backing_file").exists())
-        .count()
+    std::fs::read_dir("/sys/block").unwrap().flatten().filter(|e| e.path().join("loop/backing_file").exists()).count()
 }
 
 fn device_size(dev: &Path) -> u64 {
@@ -134,7 +130,8 @@ fn root_volume_lifecycle_through_http() {
     let device = ember::blockdev::loopback::attach(&file, false).unwrap();
     assert_eq!(loop_devices(), loops_before + 1);
     assert_eq!(device_size(&device.device), 1 << 30);
-    let (code, body) = agent.call("POST", &format!("/volumes/{id}/action"), Some(json!({"os-extend": {"new_size": 2}})), None);
+    let (code, body) =
+        agent.call("POST", &format!("/volumes/{id}/action"), Some(json!({"os-extend": {"new_size": 2}})), None);
     assert_eq!(code, 202, "{body}");
     let v = agent.wait_status("volumes", &id, "available");
     assert_eq!(v["size"], 2);

@@ -74,18 +74,15 @@ pub fn parse(body: &Value, version: Version) -> Result<(VolumeAction, Policy), A
                 })
                 .transpose()?;
             (
-                A::ResetStatus {
-                    status,
-                    attach_status,
-                    migration_status,
-                },
+                A::ResetStatus { status, attach_status, migration_status },
                 Policy::Admin("volume_extension:volume_admin_actions:reset_status"),
             )
         }
         "revert" => {
             gate(3, 40)?;
             let o = schema::as_object(name, value)?;
-            let snapshot_id = o.get("snapshot_id").map(|v| nullable_string("snapshot_id", v, 0, 255)).transpose()?.flatten();
+            let snapshot_id =
+                o.get("snapshot_id").map(|v| nullable_string("snapshot_id", v, 0, 255)).transpose()?.flatten();
             (A::Revert { snapshot_id }, Policy::Member("volume:revert_to_snapshot"))
         }
         "os-set_image_metadata" => {
@@ -116,12 +113,7 @@ pub fn parse(body: &Value, version: Version) -> Result<(VolumeAction, Policy), A
                 },
             };
             (
-                A::Attach {
-                    instance_uuid,
-                    host_name,
-                    mountpoint,
-                    mode,
-                },
+                A::Attach { instance_uuid, host_name, mountpoint, mode },
                 Policy::Member("volume_extension:volume_actions:attach"),
             )
         }
@@ -137,7 +129,8 @@ pub fn parse(body: &Value, version: Version) -> Result<(VolumeAction, Policy), A
         "os-unmanage" => (A::Unmanage, Policy::Admin("volume_extension:volume_unmanage")),
         "os-force_detach" => {
             let o = object(name, value, &["attachment_id", "connector"])?;
-            let attachment_id = o.get("attachment_id").map(|v| nullable_string("attachment_id", v, 0, 255)).transpose()?.flatten();
+            let attachment_id =
+                o.get("attachment_id").map(|v| nullable_string("attachment_id", v, 0, 255)).transpose()?.flatten();
             if let Some(c) = o.get("connector") {
                 connector(c, true)?;
             }
@@ -151,7 +144,13 @@ pub fn parse(body: &Value, version: Version) -> Result<(VolumeAction, Policy), A
                 Some(v) => match v.as_str() {
                     Some("on-demand") => true,
                     Some("never") => false,
-                    _ => return Err(field_error("migration_policy", v, &format!("{v} is not one of ['on-demand', 'never', None]"))),
+                    _ => {
+                        return Err(field_error(
+                            "migration_policy",
+                            v,
+                            &format!("{v} is not one of ['on-demand', 'never', None]"),
+                        ));
+                    }
                 },
             };
             (A::Retype { new_type, on_demand }, Policy::Member("volume:retype"))
@@ -256,7 +255,8 @@ pub fn parse(body: &Value, version: Version) -> Result<(VolumeAction, Policy), A
             gate(3, 68)?;
             let o = object(name, value, &["image_id", "reimage_reserved"])?;
             uuid_like("image_id", required(name, o, "image_id")?)?;
-            let reimage_reserved = o.get("reimage_reserved").map(|v| boolean("reimage_reserved", v)).transpose()?.unwrap_or(false);
+            let reimage_reserved =
+                o.get("reimage_reserved").map(|v| boolean("reimage_reserved", v)).transpose()?.unwrap_or(false);
             let rule = if reimage_reserved { "volume:reimage_reserved" } else { "volume:reimage" };
             (A::Reimage { reimage_reserved }, Policy::Member(rule))
         }
@@ -267,10 +267,7 @@ pub fn parse(body: &Value, version: Version) -> Result<(VolumeAction, Policy), A
                     boolean("error", v)?;
                 }
             }
-            (
-                A::ExtendVolumeCompletion,
-                Policy::Admin("volume_extension:volume_admin_actions:extend_volume_completion"),
-            )
+            (A::ExtendVolumeCompletion, Policy::Admin("volume_extension:volume_admin_actions:extend_volume_completion"))
         }
         other => {
             return Err(ApiError::bad_request(format!(
@@ -310,7 +307,15 @@ mod tests {
 
     #[test]
     fn empty_actions_take_anything() {
-        for name in ["os-reserve", "os-unreserve", "os-begin_detaching", "os-roll_detaching", "os-force_delete", "os-unmanage", "os-show_image_metadata"] {
+        for name in [
+            "os-reserve",
+            "os-unreserve",
+            "os-begin_detaching",
+            "os-roll_detaching",
+            "os-force_delete",
+            "os-unmanage",
+            "os-show_image_metadata",
+        ] {
             for value in [json!(null), json!({}), json!({"x": 1}), json!(3)] {
                 assert_eq!(code(json!({ name: value }), V30), 200, "{name} {value}");
             }
@@ -364,10 +369,7 @@ mod tests {
         assert_eq!(code(json!({"os-reset_status": {"attach_status": "attaching"}}), V30), 400);
         let (a, p) = parse(&json!({"os-reset_status": {"migration_status": "none"}}), V30).unwrap();
         assert_eq!(p, Policy::Admin("volume_extension:volume_admin_actions:reset_status"));
-        assert_eq!(
-            a,
-            VolumeAction::ResetStatus { status: None, attach_status: None, migration_status: Some(None) }
-        );
+        assert_eq!(a, VolumeAction::ResetStatus { status: None, attach_status: None, migration_status: Some(None) });
     }
 
     #[test]

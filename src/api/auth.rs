@@ -25,11 +25,7 @@ pub struct Context {
 
 impl Context {
     pub fn caller(&self) -> Caller {
-        Caller {
-            user_id: self.user_id.clone(),
-            project_id: self.project_id.clone(),
-            is_admin: self.is_admin,
-        }
+        Caller { user_id: self.user_id.clone(), project_id: self.project_id.clone(), is_admin: self.is_admin }
     }
 
     fn has_role(&self, role: &str) -> bool {
@@ -53,11 +49,7 @@ impl Context {
     /// "system admin or project reader" (members read too: keystone's implied roles).
     pub fn require_reader(&self, rule: &str, project_id: &str) -> Result<(), ApiError> {
         let reads = self.has_role("reader") || self.has_role("member");
-        if self.is_admin || (reads && self.project_id == project_id) {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden(rule))
-        }
+        if self.is_admin || (reads && self.project_id == project_id) { Ok(()) } else { Err(ApiError::forbidden(rule)) }
     }
 }
 
@@ -87,7 +79,9 @@ pub enum Auth {
 pub enum Authenticated {
     Caller(Context),
     /// noauth without a token: 204 carrying the token to use.
-    NoAuthHint { token: String },
+    NoAuthHint {
+        token: String,
+    },
 }
 
 impl Auth {
@@ -100,15 +94,7 @@ impl Auth {
                 return Err(format!("{}: token of user {} is shorter than 16 characters", path.display(), t.user_id));
             }
             let is_admin = t.roles.iter().any(|r| r.eq_ignore_ascii_case("admin"));
-            map.insert(
-                t.token,
-                Context {
-                    user_id: t.user_id,
-                    project_id: t.project_id,
-                    roles: t.roles,
-                    is_admin,
-                },
-            );
+            map.insert(t.token, Context { user_id: t.user_id, project_id: t.project_id, roles: t.roles, is_admin });
         }
         Ok(Auth::Tokens(map))
     }
@@ -121,9 +107,7 @@ impl Auth {
                 let Some(token) = token else {
                     let user = header("x-auth-user").unwrap_or("admin");
                     let project = header("x-auth-project-id").unwrap_or(user);
-                    return Ok(Authenticated::NoAuthHint {
-                        token: format!("{user}:{project}"),
-                    });
+                    return Ok(Authenticated::NoAuthHint { token: format!("{user}:{project}") });
                 };
                 let (user, project) = match token.split_once(':') {
                     Some((user, project)) => (user, project),
@@ -137,11 +121,9 @@ impl Auth {
                     is_admin: true,
                 }))
             }
-            Auth::Tokens(map) => token
-                .and_then(|t| map.get(t))
-                .cloned()
-                .map(Authenticated::Caller)
-                .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "The request you have made requires authentication.")),
+            Auth::Tokens(map) => token.and_then(|t| map.get(t)).cloned().map(Authenticated::Caller).ok_or_else(|| {
+                ApiError::new(StatusCode::UNAUTHORIZED, "The request you have made requires authentication.")
+            }),
         }
     }
 }

@@ -97,8 +97,7 @@ async fn handle(State(state): State<Arc<ApiState>>, request: Request) -> Respons
                 None => {
                     let mut r = reply.status.into_response();
                     if reply.status != StatusCode::NO_CONTENT {
-                        r.headers_mut()
-                            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
                     }
                     r
                 }
@@ -142,10 +141,7 @@ fn base_url(state: &ApiState, headers: &HeaderMap) -> String {
     if let Some(url) = &state.public_endpoint {
         return url.trim_end_matches('/').to_string();
     }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost:8776");
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost:8776");
     format!("http://{host}")
 }
 
@@ -164,20 +160,13 @@ async fn pipeline(
             if *method != Method::GET {
                 return Err(bad_method().into());
             }
-            return Ok(Reply {
-                status: StatusCode::MULTIPLE_CHOICES,
-                body: Some(views::versions(&base)),
-            });
+            return Ok(Reply { status: StatusCode::MULTIPLE_CHOICES, body: Some(views::versions(&base)) });
         }
         ["v3", ..] => {}
         _ => return Err(ApiError::resource_not_found().into()),
     }
-    let header_value = headers
-        .get_all("openstack-api-version")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect::<Vec<_>>()
-        .join(",");
+    let header_value =
+        headers.get_all("openstack-api-version").iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(",");
     *version = microversion::negotiate((!header_value.is_empty()).then_some(header_value.as_str()))?;
     let rest = &segments[1..];
     if rest.is_empty() {
@@ -239,14 +228,7 @@ async fn pipeline(
                 .collect()
         })
         .unwrap_or_default();
-    let req = Req {
-        method: method.clone(),
-        ctx,
-        version: *version,
-        base_url: base,
-        query,
-        body,
-    };
+    let req = Req { method: method.clone(), ctx, version: *version, base_url: base, query, body };
     let manager = Arc::clone(&state.manager);
     // Handlers touch SQLite (fsync on commit) and may stat files: keep them off the
     // async workers.

@@ -8,7 +8,9 @@ use serde_json::{Value, json};
 
 use super::actions::{self, Policy};
 use super::fault::ApiError;
-use super::schema::{self, any_key, boolean, closed, envelope, field_error, integer, metadata, name, required, string, uuid_like};
+use super::schema::{
+    self, any_key, boolean, closed, envelope, field_error, integer, metadata, name, required, string, uuid_like,
+};
 use super::views::{self, ViewContext};
 use super::{Reply, Req, bad_method};
 use crate::manager::{
@@ -174,7 +176,9 @@ fn list_volumes(m: &Manager, req: &Req, detail: bool) -> Result<Reply> {
             "href": format!("{}/v3/{}/{path}?limit={limit}&marker={marker}", req.base_url, req.ctx.project_id),
         }]);
     }
-    if req.version.at_least(3, 45) && req.param("with_count").is_some_and(|v| boolean("with_count", &json!(v)).unwrap_or(false)) {
+    if req.version.at_least(3, 45)
+        && req.param("with_count").is_some_and(|v| boolean("with_count", &json!(v)).unwrap_or(false))
+    {
         out["count"] = json!(count);
     }
     Ok(Reply::ok(out))
@@ -268,9 +272,24 @@ fn create_volume(m: &std::sync::Arc<Manager>, req: &Req) -> Result<Reply> {
     let body = req.json()?;
     let v = envelope(&body, "volume", &["OS-SCH-HNT:scheduler_hints"])?;
     const KNOWN: &[&str] = &[
-        "size", "name", "description", "display_name", "display_description", "volume_type", "metadata",
-        "snapshot_id", "source_volid", "imageRef", "image_id", "availability_zone", "backup_id", "group_id",
-        "consistencygroup_id", "multiattach", "source_replica", "scheduler_hints",
+        "size",
+        "name",
+        "description",
+        "display_name",
+        "display_description",
+        "volume_type",
+        "metadata",
+        "snapshot_id",
+        "source_volid",
+        "imageRef",
+        "image_id",
+        "availability_zone",
+        "backup_id",
+        "group_id",
+        "consistencygroup_id",
+        "multiattach",
+        "source_replica",
+        "scheduler_hints",
     ];
     if req.version.at_least(3, 53) {
         closed("volume", v, KNOWN)?;
@@ -289,7 +308,8 @@ fn create_volume(m: &std::sync::Arc<Manager>, req: &Req) -> Result<Reply> {
     };
     let display_name = text(["name", "display_name"])?;
     let description = text(["description", "display_description"])?;
-    let volume_type = v.get("volume_type").map(|t| schema::nullable_string("volume_type", t, 0, 255)).transpose()?.flatten();
+    let volume_type =
+        v.get("volume_type").map(|t| schema::nullable_string("volume_type", t, 0, 255)).transpose()?.flatten();
     let meta = v.get("metadata").map(|x| metadata("metadata", x, any_key, 255)).transpose()?.unwrap_or_default();
     let id_field = |key: &str| -> Result<Option<String>> {
         match v.get(key) {
@@ -299,7 +319,11 @@ fn create_volume(m: &std::sync::Arc<Manager>, req: &Req) -> Result<Reply> {
     };
     let snapshot_id = id_field("snapshot_id")?;
     let source_volid = id_field("source_volid")?;
-    let zone = v.get("availability_zone").map(|z| schema::nullable_string("availability_zone", z, 0, 255)).transpose()?.flatten();
+    let zone = v
+        .get("availability_zone")
+        .map(|z| schema::nullable_string("availability_zone", z, 0, 255))
+        .transpose()?
+        .flatten();
     if let Some(x) = v.get("multiattach") {
         if boolean("multiattach", x)? {
             return Err(ApiError::bad_request(
@@ -309,7 +333,9 @@ fn create_volume(m: &std::sync::Arc<Manager>, req: &Req) -> Result<Reply> {
     }
     let sources = [snapshot_id.is_some(), source_volid.is_some()].iter().filter(|b| **b).count();
     if sources > 1 {
-        return Err(ApiError::bad_request("Invalid input received: snapshot_id and source_volid are mutually exclusive."));
+        return Err(ApiError::bad_request(
+            "Invalid input received: snapshot_id and source_volid are mutually exclusive.",
+        ));
     }
     for key in ["group_id", "consistencygroup_id"] {
         if let Some(g) = id_field(key)? {
@@ -330,7 +356,11 @@ fn create_volume(m: &std::sync::Arc<Manager>, req: &Req) -> Result<Reply> {
         return Err(ApiError::new(StatusCode::NOT_IMPLEMENTED, "ember has no backup service."));
     }
     if size.is_none() && snapshot_id.is_none() && source_volid.is_none() {
-        return Err(field_error("size", &v.get("size").cloned().unwrap_or(Value::Null), "size is required for a blank volume"));
+        return Err(field_error(
+            "size",
+            &v.get("size").cloned().unwrap_or(Value::Null),
+            "size is required for a blank volume",
+        ));
     }
     let caller = req.ctx.caller();
     let created = m.create_volume(
@@ -409,7 +439,8 @@ fn volume_metadata(m: &Manager, req: &Req, id: &str, key: Option<&str>) -> Resul
             let body = req.json()?;
             let map = metadata("metadata", required_meta(&body, "metadata")?, any_key, 255)?;
             write("volume:update_volume_metadata")?;
-            let change = if req.method == Method::PUT { MetadataChange::Replace(map) } else { MetadataChange::Merge(map) };
+            let change =
+                if req.method == Method::PUT { MetadataChange::Replace(map) } else { MetadataChange::Merge(map) };
             let all = m.update_volume_metadata(&caller, id, change)?;
             Ok(Reply::ok(json!({"metadata": all})))
         }
@@ -519,16 +550,21 @@ fn list_snapshots(m: &Manager, req: &Req) -> Result<Reply> {
     if let Some(volume_id) = req.param("volume_id") {
         snaps.retain(|s| s.volume_id == volume_id);
     }
-    let (page, _, _) = paginate(req, snaps, |s| s.id.clone(), |s, k| {
-        Some(match k {
-            "created_at" => s.created_at.clone(),
-            "id" => s.id.clone(),
-            "name" => s.name.clone().unwrap_or_default(),
-            "status" => s.status.to_string(),
-            "size" => format!("{:020}", s.volume_size),
-            _ => return None,
-        })
-    })?;
+    let (page, _, _) = paginate(
+        req,
+        snaps,
+        |s| s.id.clone(),
+        |s, k| {
+            Some(match k {
+                "created_at" => s.created_at.clone(),
+                "id" => s.id.clone(),
+                "name" => s.name.clone().unwrap_or_default(),
+                "status" => s.status.to_string(),
+                "size" => format!("{:020}", s.volume_size),
+                _ => return None,
+            })
+        },
+    )?;
     let ctx = view_ctx(m, req)?;
     let view = ctx.view();
     let items: Vec<Value> = page.iter().map(|s| views::snapshot_summary(&view, s)).collect();
@@ -538,7 +574,11 @@ fn list_snapshots(m: &Manager, req: &Req) -> Result<Reply> {
 fn create_snapshot(m: &std::sync::Arc<Manager>, req: &Req) -> Result<Reply> {
     let body = req.json()?;
     let s = envelope(&body, "snapshot", &[])?;
-    closed("snapshot", s, &["volume_id", "name", "description", "display_name", "display_description", "force", "metadata"])?;
+    closed(
+        "snapshot",
+        s,
+        &["volume_id", "name", "description", "display_name", "display_description", "force", "metadata"],
+    )?;
     let volume_id = uuid_like("volume_id", required("snapshot", s, "volume_id")?)?;
     let force = match s.get("force") {
         None => None,
@@ -639,7 +679,8 @@ fn create_type(m: &Manager, req: &Req) -> Result<Reply> {
     if type_name.is_empty() {
         return Err(field_error("name", &t["name"], "name must not be blank"));
     }
-    let description = t.get("description").map(|d| schema::nullable_string("description", d, 0, 255)).transpose()?.flatten();
+    let description =
+        t.get("description").map(|d| schema::nullable_string("description", d, 0, 255)).transpose()?.flatten();
     let is_public = match t.get("os-volume-type-access:is_public").or(t.get("is_public")) {
         None => true,
         Some(v) => boolean("os-volume-type-access:is_public", v)?,

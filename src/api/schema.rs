@@ -34,9 +34,7 @@ pub fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
 /// The body must be an object holding `key` (and, unless `others` lists them, only it).
 pub fn envelope<'a>(body: &'a Value, key: &str, others: &[&str]) -> Result<&'a Obj, ApiError> {
     let top = body.as_object().ok_or_else(ApiError::malformed_body)?;
-    let inner = top
-        .get(key)
-        .ok_or_else(|| field_error(key, body, &format!("'{key}' is a required property")))?;
+    let inner = top.get(key).ok_or_else(|| field_error(key, body, &format!("'{key}' is a required property")))?;
     if let Some(extra) = top.keys().find(|k| *k != key && !others.contains(&k.as_str())) {
         return Err(field_error(
             extra,
@@ -48,9 +46,7 @@ pub fn envelope<'a>(body: &'a Value, key: &str, others: &[&str]) -> Result<&'a O
 }
 
 pub fn as_object<'a>(field: &str, value: &'a Value) -> Result<&'a Obj, ApiError> {
-    value
-        .as_object()
-        .ok_or_else(|| field_error(field, value, &format!("{value} is not of type 'object'")))
+    value.as_object().ok_or_else(|| field_error(field, value, &format!("{value} is not of type 'object'")))
 }
 
 /// Refuses keys outside `allowed` (additionalProperties: false).
@@ -66,16 +62,13 @@ pub fn closed(field: &str, obj: &Obj, allowed: &[&str]) -> Result<(), ApiError> 
 }
 
 pub fn required<'a>(field: &str, obj: &'a Obj, key: &str) -> Result<&'a Value, ApiError> {
-    obj.get(key).ok_or_else(|| {
-        field_error(field, &Value::Object(obj.clone()), &format!("'{key}' is a required property"))
-    })
+    obj.get(key)
+        .ok_or_else(|| field_error(field, &Value::Object(obj.clone()), &format!("'{key}' is a required property")))
 }
 
 /// A string of `min..=max` characters.
 pub fn string(field: &str, value: &Value, min: usize, max: usize) -> Result<String, ApiError> {
-    let s = value
-        .as_str()
-        .ok_or_else(|| field_error(field, value, &format!("{value} is not of type 'string'")))?;
+    let s = value.as_str().ok_or_else(|| field_error(field, value, &format!("{value} is not of type 'string'")))?;
     let chars = s.chars().count();
     if chars < min {
         return Err(field_error(field, value, &format!("{value} is too short")));
@@ -129,9 +122,7 @@ pub fn integer(field: &str, value: &Value, min: i64, max: i64) -> Result<i64, Ap
 /// oslo's `is_uuid_like`: 32 hex digits, hyphens anywhere, any case. Normalised to
 /// the canonical lower-case hyphenated form.
 pub fn uuid_like(field: &str, value: &Value) -> Result<String, ApiError> {
-    let s = value
-        .as_str()
-        .ok_or_else(|| field_error(field, value, &format!("{value} is not of type 'string'")))?;
+    let s = value.as_str().ok_or_else(|| field_error(field, value, &format!("{value} is not of type 'string'")))?;
     canonical_uuid(s).ok_or_else(|| field_error(field, value, &format!("{value} is not a 'uuid'")))
 }
 
@@ -157,9 +148,7 @@ pub fn metadata(
         if k.is_empty() || k.chars().count() > 255 || !key_ok(k) {
             return Err(field_error(field, value, &format!("'{k}' does not match any of the regexes")));
         }
-        let s = v
-            .as_str()
-            .ok_or_else(|| field_error(field, value, &format!("{v} is not of type 'string'")))?;
+        let s = v.as_str().ok_or_else(|| field_error(field, value, &format!("{v} is not of type 'string'")))?;
         if s.len() > max_value {
             return Err(field_error(field, value, &format!("value of '{k}' is too long")));
         }

@@ -230,7 +230,15 @@ mod tests {
     #[test]
     fn fields_appear_only_from_their_microversion() {
         let base = keys(Version(3, 0), true);
-        for late in ["group_id", "provider_id", "service_uuid", "shared_targets", "cluster_name", "volume_type_id", "consumes_quota"] {
+        for late in [
+            "group_id",
+            "provider_id",
+            "service_uuid",
+            "shared_targets",
+            "cluster_name",
+            "volume_type_id",
+            "consumes_quota",
+        ] {
             assert!(!base.contains(&late.to_string()), "{late} at 3.0");
         }
         assert!(keys(Version(3, 13), true).contains(&"group_id".to_string()));

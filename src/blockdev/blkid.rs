@@ -15,6 +15,11 @@ use std::path::Path;
 use super::BlockError;
 use crate::blkid_sys as sys;
 
+/// blkid.h's flag constants as the `int` its setters take (they are small bits).
+fn flags(bits: u32) -> std::os::raw::c_int {
+    std::os::raw::c_int::try_from(bits).expect("blkid flag bits fit in an int")
+}
+
 /// An owned libblkid probe; freed on drop.
 struct Probe {
     raw: sys::blkid_probe,
@@ -31,10 +36,7 @@ impl Probe {
         // SAFETY: blkid_new_probe has no preconditions; a null return is handled.
         let raw = unsafe { sys::blkid_new_probe() };
         if raw.is_null() {
-            return Err(BlockError::Blkid {
-                step: "new_probe",
-                path: path.into(),
-            });
+            return Err(BlockError::Blkid { step: "new_probe", path: path.into() });
         }
         let probe = Probe { raw, _file: file };
         // SAFETY: `raw` is a live probe and the descriptor stays open as long as the
@@ -46,17 +48,13 @@ impl Probe {
             | unsafe {
                 sys::blkid_probe_set_superblocks_flags(
                     probe.raw,
-                    (sys::BLKID_SUBLKS_TYPE | sys::BLKID_SUBLKS_MAGIC | sys::BLKID_SUBLKS_BADCSUM)
-                        as i32,
+                    flags(sys::BLKID_SUBLKS_TYPE | sys::BLKID_SUBLKS_MAGIC | sys::BLKID_SUBLKS_BADCSUM),
                 )
             }
             | unsafe { sys::blkid_probe_enable_partitions(probe.raw, 1) }
-            | unsafe { sys::blkid_probe_set_partitions_flags(probe.raw, sys::BLKID_PARTS_MAGIC as i32) };
+            | unsafe { sys::blkid_probe_set_partitions_flags(probe.raw, flags(sys::BLKID_PARTS_MAGIC)) };
         if rc != 0 {
-            return Err(BlockError::Blkid {
-                step: "probe setup",
-                path: path.into(),
-            });
+            return Err(BlockError::Blkid { step: "probe setup", path: path.into() });
         }
         Ok(probe)
     }
@@ -66,9 +64,7 @@ impl Probe {
         let mut data: *const std::os::raw::c_char = std::ptr::null();
         // SAFETY: `raw` is live, `name` is NUL-terminated, and libblkid stores a
         // pointer to a NUL-terminated string it owns (valid until the next probe).
-        let rc = unsafe {
-            sys::blkid_probe_lookup_value(self.raw, name.as_ptr(), &mut data, std::ptr::null_mut())
-        };
+        let rc = unsafe { sys::blkid_probe_lookup_value(self.raw, name.as_ptr(), &mut data, std::ptr::null_mut()) };
         if rc != 0 || data.is_null() {
             return None;
         }
@@ -78,9 +74,7 @@ impl Probe {
 
     /// The kind of the signature the last successful probe found.
     fn found(&self) -> String {
-        self.value("TYPE")
-            .or_else(|| self.value("PTTYPE"))
-            .unwrap_or_else(|| "unknown".to_string())
+        self.value("TYPE").or_else(|| self.value("PTTYPE")).unwrap_or_else(|| "unknown".to_string())
     }
 }
 
@@ -100,10 +94,7 @@ pub fn probe(path: &Path) -> Result<Option<String>, BlockError> {
         1 => Ok(None),
         // -2 means ambivalent: more than one signature; report the first we can name.
         -2 => Ok(Some("ambivalent".to_string())),
-        _ => Err(BlockError::Blkid {
-            step: "probe",
-            path: path.into(),
-        }),
+        _ => Err(BlockError::Blkid { step: "probe", path: path.into() }),
     }
 }
 
@@ -119,26 +110,17 @@ pub fn wipe_signatures(path: &Path) -> Result<Vec<String>, BlockError> {
                 // SAFETY: as above; dryrun 0 really erases the magic just found and
                 // steps the probe back so the next do_probe rescans that area.
                 if unsafe { sys::blkid_do_wipe(probe.raw, 0) } != 0 {
-                    return Err(BlockError::Blkid {
-                        step: "wipe",
-                        path: path.into(),
-                    });
+                    return Err(BlockError::Blkid { step: "wipe", path: path.into() });
                 }
                 wiped.push(kind);
             }
             1 => break,
             _ => {
-                return Err(BlockError::Blkid {
-                    step: "probe for wipe",
-                    path: path.into(),
-                });
+                return Err(BlockError::Blkid { step: "probe for wipe", path: path.into() });
             }
         }
     }
-    probe
-        ._file
-        .sync_all()
-        .map_err(|e| BlockError::io("sync after wipe", path, e))?;
+    probe._file.sync_all().map_err(|e| BlockError::io("sync after wipe", path, e))?;
     Ok(wiped)
 }
 

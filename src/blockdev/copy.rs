@@ -36,24 +36,18 @@ pub fn copy_contents(src: &Path, dst: &Path) -> Result<CopyMethod, BlockError> {
         .truncate(false)
         .open(dst)
         .map_err(|e| BlockError::io("open copy destination", dst, e))?;
-    let len = input
-        .metadata()
-        .map_err(|e| BlockError::io("stat", src, e))?
-        .len();
+    let len = input.metadata().map_err(|e| BlockError::io("stat", src, e))?.len();
+    let source_fd = libc::c_ulong::try_from(input.as_raw_fd()).expect("open descriptors are non-negative");
     // SAFETY: both descriptors are open for the call; FICLONE takes the source fd as
     // its integer argument and either shares every extent or changes nothing.
-    let method = if unsafe { ficlone(output.as_raw_fd(), input.as_raw_fd() as _) }.is_ok() {
+    let method = if unsafe { ficlone(output.as_raw_fd(), source_fd) }.is_ok() {
         CopyMethod::Reflink
     } else {
-        output
-            .set_len(len)
-            .map_err(|e| BlockError::io("size copy destination", dst, e))?;
+        output.set_len(len).map_err(|e| BlockError::io("size copy destination", dst, e))?;
         copy_allocated_ranges(&input, &output, len).map_err(|e| BlockError::io("copy into", dst, e))?;
         CopyMethod::SparseCopy
     };
-    output
-        .sync_all()
-        .map_err(|e| BlockError::io("sync", dst, e))?;
+    output.sync_all().map_err(|e| BlockError::io("sync", dst, e))?;
     Ok(method)
 }
 
@@ -135,24 +129,16 @@ fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
     }
     let offset = i64::try_from(offset).map_err(io::Error::other)?;
     let len = i64::try_from(len).map_err(io::Error::other)?;
-    fallocate(
-        file,
-        FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
-        offset,
-        len,
-    )
-    .map_err(io::Error::from)
+    fallocate(file, FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE, offset, len)
+        .map_err(io::Error::from)
 }
 
 /// Overwrites every allocated byte of the file with zeros and syncs it. Holes read
 /// as zeros already, so the time is proportional to the data the volume held.
 pub fn zero_allocated(path: &Path) -> Result<u64, BlockError> {
     use std::os::unix::fs::FileExt;
-    let file = File::options()
-        .write(true)
-        .read(true)
-        .open(path)
-        .map_err(|e| BlockError::io("open for clearing", path, e))?;
+    let file =
+        File::options().write(true).read(true).open(path).map_err(|e| BlockError::io("open for clearing", path, e))?;
     let len = file.metadata().map_err(|e| BlockError::io("stat", path, e))?.len();
     let zeros = vec![0u8; 1 << 20];
     let mut cleared = 0u64;
@@ -161,8 +147,7 @@ pub fn zero_allocated(path: &Path) -> Result<u64, BlockError> {
         let mut done = 0u64;
         while done < count {
             let n = usize::try_from((count - done).min(zeros.len() as u64)).unwrap_or(zeros.len());
-            file.write_all_at(&zeros[..n], offset + done)
-                .map_err(|e| BlockError::io("zero", path, e))?;
+            file.write_all_at(&zeros[..n], offset + done).map_err(|e| BlockError::io("zero", path, e))?;
             done += n as u64;
         }
         cleared += count;
@@ -173,10 +158,7 @@ pub fn zero_allocated(path: &Path) -> Result<u64, BlockError> {
 
 /// Releases every block of the file back to the filesystem (reads return zeros).
 pub fn discard_all(path: &Path) -> Result<(), BlockError> {
-    let file = File::options()
-        .write(true)
-        .open(path)
-        .map_err(|e| BlockError::io("open for discard", path, e))?;
+    let file = File::options().write(true).open(path).map_err(|e| BlockError::io("open for discard", path, e))?;
     let len = file.metadata().map_err(|e| BlockError::io("stat", path, e))?.len();
     punch_hole(&file, 0, len).map_err(|e| BlockError::io("punch holes in", path, e))?;
     file.sync_all().map_err(|e| BlockError::io("sync", path, e))

@@ -32,9 +32,7 @@ pub fn attach(backing: &Path, direct_io: bool) -> Result<LoopAttachment, BlockEr
     let control = LoopControl::open().map_err(|e| BlockError::io("open", "/dev/loop-control", e))?;
     let mut last_busy = None;
     for _ in 0..16 {
-        let device = control
-            .next_free()
-            .map_err(|e| BlockError::io("find a free loop device for", backing, e))?;
+        let device = control.next_free().map_err(|e| BlockError::io("find a free loop device for", backing, e))?;
         let path = device_path(&device)?;
         match device.with().part_scan(false).attach(backing) {
             Ok(()) => {}
@@ -45,11 +43,7 @@ pub fn attach(backing: &Path, direct_io: bool) -> Result<LoopAttachment, BlockEr
             Err(e) => return Err(BlockError::io("attach loop device to", backing, e)),
         }
         let direct_io = direct_io && device.set_direct_io(true).is_ok();
-        return Ok(LoopAttachment {
-            device: path,
-            backing_file: backing.to_path_buf(),
-            direct_io,
-        });
+        return Ok(LoopAttachment { device: path, backing_file: backing.to_path_buf(), direct_io });
     }
     Err(BlockError::io(
         "attach loop device to (every free device was taken)",
@@ -59,9 +53,7 @@ pub fn attach(backing: &Path, direct_io: bool) -> Result<LoopAttachment, BlockEr
 }
 
 fn device_path(device: &LoopDevice) -> Result<PathBuf, BlockError> {
-    device
-        .path()
-        .ok_or_else(|| BlockError::io("name", "loop device", io::Error::other("no path")))
+    device.path().ok_or_else(|| BlockError::io("name", "loop device", io::Error::other("no path")))
 }
 
 /// Releases a loop device. An already released device counts as success.

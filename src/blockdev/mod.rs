@@ -25,11 +25,7 @@ pub enum BlockError {
 
 impl BlockError {
     pub fn io(step: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        BlockError::Io {
-            step,
-            path: path.into(),
-            source,
-        }
+        BlockError::Io { step, path: path.into(), source }
     }
 }
 

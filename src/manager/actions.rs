@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::{Caller, Manager, ManagerError, Result, snapshot_not_found, type_not_found};
 use crate::store::{
-    Attachment, AttachStatus, JobKind, MetaKind, SnapshotStatus, Tx, Volume, VolumeStatus, not_migrating, now,
+    AttachStatus, Attachment, JobKind, MetaKind, SnapshotStatus, Tx, Volume, VolumeStatus, not_migrating, now,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,16 +28,22 @@ impl AttachMode {
 /// One validated action body.
 #[derive(Debug, Clone, PartialEq)]
 pub enum VolumeAction {
-    Extend { new_size: i64 },
+    Extend {
+        new_size: i64,
+    },
     ResetStatus {
         status: Option<VolumeStatus>,
         attach_status: Option<AttachStatus>,
         /// `Some(None)` is "none": clear it.
         migration_status: Option<Option<String>>,
     },
-    Revert { snapshot_id: Option<String> },
+    Revert {
+        snapshot_id: Option<String>,
+    },
     SetImageMetadata(BTreeMap<String, String>),
-    UnsetImageMetadata { key: String },
+    UnsetImageMetadata {
+        key: String,
+    },
     ShowImageMetadata,
     Attach {
         instance_uuid: Option<String>,
@@ -45,23 +51,41 @@ pub enum VolumeAction {
         mountpoint: String,
         mode: AttachMode,
     },
-    Detach { attachment_id: Option<String> },
+    Detach {
+        attachment_id: Option<String>,
+    },
     Unmanage,
-    ForceDetach { attachment_id: Option<String> },
-    Retype { new_type: String, on_demand: bool },
-    MigrateVolume { destination: String },
-    MigrateVolumeCompletion { new_volume: String, error: bool },
+    ForceDetach {
+        attachment_id: Option<String>,
+    },
+    Retype {
+        new_type: String,
+        on_demand: bool,
+    },
+    MigrateVolume {
+        destination: String,
+    },
+    MigrateVolumeCompletion {
+        new_volume: String,
+        error: bool,
+    },
     ForceDelete,
     SetBootable(bool),
-    UploadImage { force: bool },
+    UploadImage {
+        force: bool,
+    },
     Reserve,
     Unreserve,
     BeginDetaching,
     RollDetaching,
     TerminateConnection,
-    InitializeConnection { connector: serde_json::Value },
+    InitializeConnection {
+        connector: serde_json::Value,
+    },
     UpdateReadonly(bool),
-    Reimage { reimage_reserved: bool },
+    Reimage {
+        reimage_reserved: bool,
+    },
     ExtendVolumeCompletion,
 }
 
@@ -130,11 +154,9 @@ impl Manager {
         use VolumeAction as A;
         match action {
             A::Extend { new_size } => self.extend(caller, id, new_size, microversion >= (3, 42)),
-            A::ResetStatus {
-                status,
-                attach_status,
-                migration_status,
-            } => self.reset_status(caller, id, status, attach_status, migration_status),
+            A::ResetStatus { status, attach_status, migration_status } => {
+                self.reset_status(caller, id, status, attach_status, migration_status)
+            }
             A::Revert { snapshot_id } => self.revert(caller, id, snapshot_id),
             A::SetImageMetadata(map) => self.change(caller, id, |tx, v| {
                 refuse_maintenance_or_uploading(v)?;
@@ -152,12 +174,9 @@ impl Manager {
                 Ok(ActionOutcome::Done)
             }),
             A::ShowImageMetadata => Ok(ActionOutcome::Metadata(self.volume(caller, id)?.image_metadata)),
-            A::Attach {
-                instance_uuid,
-                host_name,
-                mountpoint,
-                mode,
-            } => self.attach(caller, id, instance_uuid, host_name, mountpoint, mode),
+            A::Attach { instance_uuid, host_name, mountpoint, mode } => {
+                self.attach(caller, id, instance_uuid, host_name, mountpoint, mode)
+            }
             A::Detach { attachment_id } => self.detach(caller, id, attachment_id),
             A::Unmanage => self.unmanage_volume(caller, id).map(|()| ActionOutcome::Done),
             A::ForceDelete => self.force_delete(caller, id),
@@ -182,8 +201,7 @@ impl Manager {
                 Ok(ActionOutcome::Done)
             }),
             A::Reserve => self.change(caller, id, |tx, v| {
-                let allowed = v.status == VolumeStatus::Available
-                    || (v.multiattach && v.status == VolumeStatus::InUse);
+                let allowed = v.status == VolumeStatus::Available || (v.multiattach && v.status == VolumeStatus::InUse);
                 if !allowed {
                     return Err(invalid(format!(
                         "Invalid volume: Volume status must be available to reserve, but the status is {}.",
@@ -327,7 +345,13 @@ impl Manager {
         })
     }
 
-    fn extend(self: &std::sync::Arc<Self>, caller: &Caller, id: &str, new_size: i64, attached_ok: bool) -> Result<ActionOutcome> {
+    fn extend(
+        self: &std::sync::Arc<Self>,
+        caller: &Caller,
+        id: &str,
+        new_size: i64,
+        attached_ok: bool,
+    ) -> Result<ActionOutcome> {
         let job = self.store.write(|tx| {
             let v = self.visible(tx, caller, id)?;
             if new_size <= v.size {
@@ -407,7 +431,12 @@ impl Manager {
         })
     }
 
-    fn revert(self: &std::sync::Arc<Self>, caller: &Caller, id: &str, snapshot_id: Option<String>) -> Result<ActionOutcome> {
+    fn revert(
+        self: &std::sync::Arc<Self>,
+        caller: &Caller,
+        id: &str,
+        snapshot_id: Option<String>,
+    ) -> Result<ActionOutcome> {
         let job = self.store.write(|tx| {
             let v = self.visible(tx, caller, id)?;
             let snapshots = tx.snapshots(None, Some(id))?;
@@ -477,7 +506,10 @@ impl Manager {
             // ember refuses to attach while device work runs on the volume (upstream
             // does not check; see README "Differences").
             if busy(v.status) {
-                return Err(invalid(format!("Invalid volume: Volume {id} is {}; it cannot be attached now.", v.status)));
+                return Err(invalid(format!(
+                    "Invalid volume: Volume {id} is {}; it cannot be attached now.",
+                    v.status
+                )));
             }
             if !v.admin_metadata.contains_key("readonly") {
                 tx.set_volume_meta(id, MetaKind::Admin, &BTreeMap::from([("readonly".into(), "False".into())]), false)?;
@@ -492,9 +524,7 @@ impl Manager {
             if v.status == VolumeStatus::Attaching {
                 if let Some(recorded) = v.admin_metadata.get("attached_mode") {
                     if recorded != mode.as_str() {
-                        return Err(invalid(format!(
-                            "InvalidVolume: being attached by different mode ({recorded})"
-                        )));
+                        return Err(invalid(format!("InvalidVolume: being attached by different mode ({recorded})")));
                     }
                 }
             }
@@ -556,7 +586,10 @@ impl Manager {
                     // Nothing attached: a detach only settles an in-between status.
                     if matches!(
                         v.status,
-                        VolumeStatus::InUse | VolumeStatus::Detaching | VolumeStatus::Attaching | VolumeStatus::Reserved
+                        VolumeStatus::InUse
+                            | VolumeStatus::Detaching
+                            | VolumeStatus::Attaching
+                            | VolumeStatus::Reserved
                     ) {
                         new.status = VolumeStatus::Available;
                     }
@@ -566,8 +599,7 @@ impl Manager {
                     // No export exists before the target layer lands; once it does,
                     // removing it is part of this step (spec §3.9).
                     tx.delete_attachment(&a.id)?;
-                    let remaining: Vec<Attachment> =
-                        v.attachments.iter().filter(|b| b.id != a.id).cloned().collect();
+                    let remaining: Vec<Attachment> = v.attachments.iter().filter(|b| b.id != a.id).cloned().collect();
                     if remaining.is_empty() {
                         tx.delete_volume_meta(id, MetaKind::Admin, "attached_mode")?;
                     }
@@ -595,7 +627,13 @@ impl Manager {
         self.delete_volume(caller, id, false, true).map(|()| ActionOutcome::Done)
     }
 
-    fn retype(self: &std::sync::Arc<Self>, caller: &Caller, id: &str, new_type: &str, on_demand: bool) -> Result<ActionOutcome> {
+    fn retype(
+        self: &std::sync::Arc<Self>,
+        caller: &Caller,
+        id: &str,
+        new_type: &str,
+        on_demand: bool,
+    ) -> Result<ActionOutcome> {
         let job = self.store.write(|tx| {
             let v = self.visible(tx, caller, id)?;
             let target = tx.volume_type(new_type)?.ok_or_else(|| type_not_found(new_type))?;
@@ -663,15 +701,19 @@ impl Manager {
         let backend_of_ours = ours.split('#').next().unwrap_or(ours);
         let backend_of_dest = destination.split('#').next().unwrap_or(destination);
         if backend_of_dest == backend_of_ours {
-            return Err(invalid(format!(
-                "Invalid host: Destination {destination} is the volume's current host."
-            )));
+            return Err(invalid(format!("Invalid host: Destination {destination} is the volume's current host.")));
         }
         // A single-backend agent knows no other service to migrate to.
         Err(invalid(format!("No available service named '{destination}'")))
     }
 
-    fn migrate_volume_completion(&self, caller: &Caller, id: &str, new_volume: &str, _error: bool) -> Result<ActionOutcome> {
+    fn migrate_volume_completion(
+        &self,
+        caller: &Caller,
+        id: &str,
+        new_volume: &str,
+        _error: bool,
+    ) -> Result<ActionOutcome> {
         let old = self.volume(caller, id)?;
         let new = self.volume(caller, new_volume)?;
         match (&old.migration_status, &new.migration_status) {
@@ -680,8 +722,10 @@ impl Manager {
             (Some(_), None) => return Err(invalid("Invalid volume: Destination volume not mid-migration.")),
             (Some(_), Some(dest)) => {
                 if *dest != format!("target:{id}") {
-                    return Err(invalid("Invalid volume: Destination has migration_status target:<other>, expected \
-                                        target:<source id>."));
+                    return Err(invalid(
+                        "Invalid volume: Destination has migration_status target:<other>, expected \
+                                        target:<source id>.",
+                    ));
                 }
             }
         }

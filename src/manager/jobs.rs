@@ -6,9 +6,9 @@
 use std::sync::Arc;
 
 use super::{Manager, ManagerError};
+use crate::manager::actions::derived_attach_state;
 use crate::pool::{PoolError, Source};
 use crate::store::{Job, JobKind, SnapshotStatus, StoreError, Tx, VolumeStatus};
-use crate::manager::actions::derived_attach_state;
 
 impl Manager {
     pub(super) fn spawn_job(self: &Arc<Self>, job: Job) {
@@ -127,19 +127,20 @@ fn finish(tx: &Tx, job: &Job, outcome: &Result<(), PoolError>) -> Result<(), Sto
         }
     };
     let snapshot = job.snapshot_id.as_deref().map(|s| tx.snapshot(s)).transpose()?.flatten();
-    let set_snapshot = |expected: SnapshotStatus, status: SnapshotStatus, progress: Option<&str>| -> Result<(), StoreError> {
-        match &snapshot {
-            Some(s) if s.status == expected => {
-                let mut new = s.clone();
-                new.status = status;
-                if let Some(p) = progress {
-                    new.progress = p.to_string();
+    let set_snapshot =
+        |expected: SnapshotStatus, status: SnapshotStatus, progress: Option<&str>| -> Result<(), StoreError> {
+            match &snapshot {
+                Some(s) if s.status == expected => {
+                    let mut new = s.clone();
+                    new.status = status;
+                    if let Some(p) = progress {
+                        new.progress = p.to_string();
+                    }
+                    tx.update_snapshot(expected, &new)
                 }
-                tx.update_snapshot(expected, &new)
+                _ => Ok(()),
             }
-            _ => Ok(()),
-        }
-    };
+        };
     match job.kind {
         JobKind::CreateVolume => set_volume(VolumeStatus::Creating, &|v| {
             v.status = if ok { VolumeStatus::Available } else { VolumeStatus::Error };
@@ -203,11 +204,7 @@ fn finish(tx: &Tx, job: &Job, outcome: &Result<(), PoolError>) -> Result<(), Sto
                 if ok {
                     v.volume_type_id = new_type.clone();
                 }
-                v.status = v
-                    .previous_status
-                    .as_deref()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(VolumeStatus::Available);
+                v.status = v.previous_status.as_deref().and_then(|s| s.parse().ok()).unwrap_or(VolumeStatus::Available);
             })
         }
     }

@@ -97,12 +97,7 @@ impl VolumeLocks {
 
 impl Manager {
     pub fn new(store: Arc<Store>, pool: Arc<dyn Pool>, settings: Settings) -> Arc<Manager> {
-        Arc::new(Manager {
-            store,
-            pool,
-            settings,
-            locks: VolumeLocks::default(),
-        })
+        Arc::new(Manager { store, pool, settings, locks: VolumeLocks::default() })
     }
 
     pub fn settings(&self) -> &Settings {

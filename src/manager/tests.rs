@@ -43,11 +43,7 @@ fn env_with(ratio: f64) -> Env {
         },
     );
     m.ensure_default_type().unwrap();
-    let admin = Caller {
-        user_id: "admin".into(),
-        project_id: "p1".into(),
-        is_admin: true,
-    };
+    let admin = Caller { user_id: "admin".into(), project_id: "p1".into(), is_admin: true };
     Env { m, pool, dir, admin }
 }
 
@@ -69,10 +65,7 @@ impl Env {
     }
 
     async fn volume(&self, size: i64) -> Volume {
-        let v = self
-            .m
-            .create_volume(&self.admin, CreateVolume { size: Some(size), ..Default::default() })
-            .unwrap();
+        let v = self.m.create_volume(&self.admin, CreateVolume { size: Some(size), ..Default::default() }).unwrap();
         assert_eq!(v.status, VolumeStatus::Creating);
         self.settle().await;
         self.get(&v.id)
@@ -144,10 +137,7 @@ async fn create_makes_a_sparse_file_of_the_size() {
 #[tokio::test(flavor = "multi_thread")]
 async fn capacity_is_refused_cleanly_without_oversubscription() {
     let e = env_with(1.0);
-    let err = e
-        .m
-        .create_volume(&e.admin, CreateVolume { size: Some(1 << 40), ..Default::default() })
-        .unwrap_err();
+    let err = e.m.create_volume(&e.admin, CreateVolume { size: Some(1 << 40), ..Default::default() }).unwrap_err();
     assert!(matches!(err, ManagerError::OverLimit(_)), "{err:?}");
     assert!(e.m.volumes(&e.admin, true).unwrap().is_empty(), "nothing may be left in the store");
 }
@@ -219,10 +209,9 @@ async fn multiattach_type_allows_second_attachment_and_detach_needs_an_id() {
         .m
         .create_volume_type("multi".into(), None, true, BTreeMap::from([("multiattach".into(), "<is> True".into())]))
         .unwrap();
-    let v = e
-        .m
-        .create_volume(&e.admin, CreateVolume { size: Some(1), volume_type: Some(t.name), ..Default::default() })
-        .unwrap();
+    let v =
+        e.m.create_volume(&e.admin, CreateVolume { size: Some(1), volume_type: Some(t.name), ..Default::default() })
+            .unwrap();
     e.settle().await;
     assert!(e.get(&v.id).multiattach);
     e.attach(&v.id, "55555555-5555-5555-5555-555555555555", AttachMode::Rw).unwrap();
@@ -255,10 +244,18 @@ async fn reset_status_rules() {
     let got = e.get(&v.id);
     assert!(got.attachments.is_empty());
     assert_eq!((got.status, got.attach_status), (VolumeStatus::Available, AttachStatus::Detached));
-    e.act(&v.id, VolumeAction::ResetStatus { status: None, attach_status: None, migration_status: Some(Some("migrating".into())) })
-        .unwrap();
+    e.act(
+        &v.id,
+        VolumeAction::ResetStatus {
+            status: None,
+            attach_status: None,
+            migration_status: Some(Some("migrating".into())),
+        },
+    )
+    .unwrap();
     assert_eq!(e.get(&v.id).migration_status.as_deref(), Some("migrating"));
-    e.act(&v.id, VolumeAction::ResetStatus { status: None, attach_status: None, migration_status: Some(None) }).unwrap();
+    e.act(&v.id, VolumeAction::ResetStatus { status: None, attach_status: None, migration_status: Some(None) })
+        .unwrap();
     assert_eq!(e.get(&v.id).migration_status, None);
 }
 
@@ -273,13 +270,23 @@ async fn maintenance_blocks_metadata_actions() {
     );
     let err = e.act(&v.id, VolumeAction::UnsetImageMetadata { key: "missing".into() }).unwrap_err();
     assert!(matches!(err, ManagerError::NotFound(_)));
-    e.act(&v.id, VolumeAction::ResetStatus { status: Some(VolumeStatus::Maintenance), attach_status: None, migration_status: None })
-        .unwrap();
+    e.act(
+        &v.id,
+        VolumeAction::ResetStatus {
+            status: Some(VolumeStatus::Maintenance),
+            attach_status: None,
+            migration_status: None,
+        },
+    )
+    .unwrap();
     is_invalid(e.act(&v.id, VolumeAction::SetImageMetadata(meta)));
     is_invalid(e.act(&v.id, VolumeAction::UnsetImageMetadata { key: "image_id".into() }));
     is_invalid(e.act(&v.id, VolumeAction::SetBootable(true)));
     is_invalid(e.attach(&v.id, "88888888-8888-8888-8888-888888888888", AttachMode::Rw));
-    assert_eq!(e.act(&v.id, VolumeAction::ShowImageMetadata).unwrap(), ActionOutcome::Metadata(BTreeMap::from([("image_id".into(), "x".into())])));
+    assert_eq!(
+        e.act(&v.id, VolumeAction::ShowImageMetadata).unwrap(),
+        ActionOutcome::Metadata(BTreeMap::from([("image_id".into(), "x".into())]))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -313,11 +320,21 @@ async fn revert_restores_the_latest_snapshot() {
     e.write_at(&v.id, 4096, b"AFTER  SNAPSHOT");
     e.write_at(&v.id, 512 << 20, b"later data");
     assert!(is_invalid(e.act(&v.id, revert(&s1.id))).contains("not the latest"));
-    e.act(&v.id, VolumeAction::ResetStatus { status: Some(VolumeStatus::Error), attach_status: None, migration_status: None })
-        .unwrap();
+    e.act(
+        &v.id,
+        VolumeAction::ResetStatus { status: Some(VolumeStatus::Error), attach_status: None, migration_status: None },
+    )
+    .unwrap();
     assert!(matches!(e.act(&v.id, revert(&s2.id)).unwrap_err(), ManagerError::Conflict(_)));
-    e.act(&v.id, VolumeAction::ResetStatus { status: Some(VolumeStatus::Available), attach_status: None, migration_status: None })
-        .unwrap();
+    e.act(
+        &v.id,
+        VolumeAction::ResetStatus {
+            status: Some(VolumeStatus::Available),
+            attach_status: None,
+            migration_status: None,
+        },
+    )
+    .unwrap();
     e.act(&v.id, revert(&s2.id)).unwrap();
     assert_eq!(e.get(&v.id).status, VolumeStatus::Reverting);
     e.settle().await;
@@ -346,8 +363,11 @@ async fn delete_rules_cascade_and_force() {
     assert!(!e.pool.snapshot_path(&s.id).exists());
     // force_delete ignores the status but not an attachment.
     let w = e.volume(1).await;
-    e.act(&w.id, VolumeAction::ResetStatus { status: Some(VolumeStatus::Creating), attach_status: None, migration_status: None })
-        .unwrap();
+    e.act(
+        &w.id,
+        VolumeAction::ResetStatus { status: Some(VolumeStatus::Creating), attach_status: None, migration_status: None },
+    )
+    .unwrap();
     is_invalid(e.m.delete_volume(&e.admin, &w.id, false, false));
     e.act(&w.id, VolumeAction::ForceDelete).unwrap();
     e.settle().await;
@@ -369,9 +389,11 @@ async fn unmanage_then_manage_back() {
     assert_eq!(entry.size_gib, 2);
     let bad_host = ManageVolume { host: "other@file#file".into(), source_name: name.clone(), ..Default::default() };
     is_invalid(e.m.manage_volume(&e.admin, bad_host));
-    let managed = e
-        .m
-        .manage_volume(&e.admin, ManageVolume { host: "node1@file#file".into(), source_name: name, ..Default::default() })
+    let managed =
+        e.m.manage_volume(
+            &e.admin,
+            ManageVolume { host: "node1@file#file".into(), source_name: name, ..Default::default() },
+        )
         .unwrap();
     e.settle().await;
     let got = e.get(&managed.id);
@@ -393,9 +415,17 @@ async fn retype_on_the_same_pool_is_a_store_change() {
     e.act(&v.id, retype("gold", false)).unwrap();
     e.settle().await;
     let got = e.get(&v.id);
-    assert_eq!((got.status, got.volume_type_id.as_str(), got.host.as_str()), (VolumeStatus::Available, gold.id.as_str(), "node1@file#file"));
-    e.m.create_volume_type("elsewhere".into(), None, true, BTreeMap::from([("volume_backend_name".into(), "lvm".into())]))
-        .unwrap();
+    assert_eq!(
+        (got.status, got.volume_type_id.as_str(), got.host.as_str()),
+        (VolumeStatus::Available, gold.id.as_str(), "node1@file#file")
+    );
+    e.m.create_volume_type(
+        "elsewhere".into(),
+        None,
+        true,
+        BTreeMap::from([("volume_backend_name".into(), "lvm".into())]),
+    )
+    .unwrap();
     is_invalid(e.act(&v.id, retype("elsewhere", false)));
     assert!(matches!(e.act(&v.id, retype("elsewhere", true)).unwrap_err(), ManagerError::NotImplemented(_)));
 }
@@ -410,17 +440,18 @@ async fn clones_copy_bytes() {
         .m
         .create_volume(&e.admin, CreateVolume { snapshot_id: Some(s.id.clone()), size: Some(2), ..Default::default() })
         .unwrap();
-    let from_vol = e
-        .m
-        .create_volume(&e.admin, CreateVolume { source_volid: Some(v.id.clone()), ..Default::default() })
-        .unwrap();
+    let from_vol =
+        e.m.create_volume(&e.admin, CreateVolume { source_volid: Some(v.id.clone()), ..Default::default() }).unwrap();
     e.settle().await;
     assert_eq!(e.get(&from_snap.id).size, 2);
     assert_eq!(std::fs::metadata(e.pool.volume_path(&from_snap.id)).unwrap().len(), 2 << 30);
     assert_eq!(e.read_at(&from_snap.id, 8192, 8), b"clone me");
     assert_eq!(e.get(&from_vol.id).size, 1);
     assert_eq!(e.read_at(&from_vol.id, 8192, 8), b"clone me");
-    is_invalid(e.m.create_volume(&e.admin, CreateVolume { snapshot_id: Some(s.id), size: Some(0), ..Default::default() }).map(|_| ()));
+    is_invalid(
+        e.m.create_volume(&e.admin, CreateVolume { snapshot_id: Some(s.id), size: Some(0), ..Default::default() })
+            .map(|_| ()),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

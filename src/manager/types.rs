@@ -28,9 +28,7 @@ impl Manager {
     }
 
     pub fn volume_type(&self, id_or_name: &str) -> Result<VolumeType> {
-        self.store
-            .read(|tx| tx.volume_type(id_or_name))?
-            .ok_or_else(|| type_not_found(id_or_name))
+        self.store.read(|tx| tx.volume_type(id_or_name))?.ok_or_else(|| type_not_found(id_or_name))
     }
 
     pub fn create_volume_type(
@@ -44,13 +42,7 @@ impl Manager {
             if tx.volume_type(&name)?.is_some() {
                 return Err(ManagerError::Conflict(format!("Volume Type {name} already exists.")));
             }
-            let t = VolumeType {
-                id: uuid::Uuid::new_v4().to_string(),
-                name,
-                description,
-                is_public,
-                extra_specs,
-            };
+            let t = VolumeType { id: uuid::Uuid::new_v4().to_string(), name, description, is_public, extra_specs };
             tx.save_volume_type(&t)?;
             tx.set_extra_specs(&t.id, &t.extra_specs)?;
             Ok(t)
@@ -115,9 +107,7 @@ impl Manager {
         self.store.write(|tx| {
             let t = tx.volume_type(id)?.filter(|t| t.id == id).ok_or_else(|| type_not_found(id))?;
             if !tx.delete_extra_spec(&t.id, key)? {
-                return Err(ManagerError::NotFound(format!(
-                    "Volume Type {id} has no extra specs with key {key}."
-                )));
+                return Err(ManagerError::NotFound(format!("Volume Type {id} has no extra specs with key {key}.")));
             }
             Ok(())
         })

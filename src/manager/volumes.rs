@@ -8,8 +8,7 @@ use serde_json::json;
 use super::{Caller, Manager, ManagerError, Result, snapshot_not_found, type_not_found, volume_not_found};
 use crate::pool::Source;
 use crate::store::{
-    AttachStatus, DEFAULT_TYPE_NAME, JobKind, MetaKind, SnapshotStatus, Volume, VolumeStatus,
-    not_migrating, now,
+    AttachStatus, DEFAULT_TYPE_NAME, JobKind, MetaKind, SnapshotStatus, Volume, VolumeStatus, not_migrating, now,
 };
 
 /// A validated `POST /volumes` body.
@@ -192,9 +191,7 @@ impl Manager {
                 MetadataChange::Replace(map) => tx.set_volume_meta(id, MetaKind::User, map, true)?,
                 MetadataChange::Delete(key) => {
                     if !tx.delete_volume_meta(id, MetaKind::User, key)? {
-                        return Err(ManagerError::NotFound(format!(
-                            "Volume {id} has no metadata with key {key}."
-                        )));
+                        return Err(ManagerError::NotFound(format!("Volume {id} has no metadata with key {key}.")));
                     }
                 }
             }
@@ -204,7 +201,13 @@ impl Manager {
 
     /// `DELETE /volumes/{id}`: `force` (3.23+, admin) skips the status check, as
     /// os-force_delete does; `cascade` takes the snapshots along.
-    pub fn delete_volume(self: &std::sync::Arc<Self>, caller: &Caller, id: &str, cascade: bool, force: bool) -> Result<()> {
+    pub fn delete_volume(
+        self: &std::sync::Arc<Self>,
+        caller: &Caller,
+        id: &str,
+        cascade: bool,
+        force: bool,
+    ) -> Result<()> {
         let job = self.store.write(|tx| {
             let v = self.visible(tx, caller, id)?;
             let snapshots = tx.snapshots(None, Some(id))?;
@@ -226,9 +229,8 @@ impl Manager {
                 reasons.push("volume has snapshots".to_string());
             }
             if cascade && !force {
-                if let Some(busy) = snapshots
-                    .iter()
-                    .find(|s| !matches!(s.status, SnapshotStatus::Available | SnapshotStatus::Error))
+                if let Some(busy) =
+                    snapshots.iter().find(|s| !matches!(s.status, SnapshotStatus::Available | SnapshotStatus::Error))
                 {
                     reasons.push(format!("snapshot {} is {}", busy.id, busy.status));
                 }
@@ -324,12 +326,12 @@ impl Manager {
                 req.host, self.settings.host
             )));
         }
-        let candidate = self
-            .manageable_volumes()?
-            .into_iter()
-            .find(|m| m.name == req.source_name)
-            .ok_or_else(|| {
-                ManagerError::NotFound(format!("Manage existing volume failed: '{}' not found in the pool.", req.source_name))
+        let candidate =
+            self.manageable_volumes()?.into_iter().find(|m| m.name == req.source_name).ok_or_else(|| {
+                ManagerError::NotFound(format!(
+                    "Manage existing volume failed: '{}' not found in the pool.",
+                    req.source_name
+                ))
             })?;
         if let Some(reason) = &candidate.reason_not_safe {
             return Err(ManagerError::Invalid(format!(
@@ -345,8 +347,8 @@ impl Manager {
         let (volume, job) = self.store.write(|tx| {
             let type_ref = req.volume_type.clone().unwrap_or_else(|| DEFAULT_TYPE_NAME.to_string());
             let vtype = tx.volume_type(&type_ref)?.ok_or_else(|| type_not_found(&type_ref))?;
-            let size = i64::try_from(candidate.size_gib)
-                .map_err(|_| ManagerError::Invalid("volume too large".to_string()))?;
+            let size =
+                i64::try_from(candidate.size_gib).map_err(|_| ManagerError::Invalid("volume too large".to_string()))?;
             let volume = Volume {
                 id: uuid::Uuid::new_v4().to_string(),
                 project_id: caller.project_id.clone(),

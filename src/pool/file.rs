@@ -26,11 +26,8 @@ const PARTIAL: &str = ".partial";
 
 impl FilePool {
     pub fn open(data_dir: &Path, volume_clear: VolumeClear) -> Result<FilePool, PoolError> {
-        let pool = FilePool {
-            volumes_dir: data_dir.join("volumes"),
-            snapshots_dir: data_dir.join("snapshots"),
-            volume_clear,
-        };
+        let pool =
+            FilePool { volumes_dir: data_dir.join("volumes"), snapshots_dir: data_dir.join("snapshots"), volume_clear };
         for dir in [&pool.volumes_dir, &pool.snapshots_dir] {
             fs::create_dir_all(dir).map_err(|e| PoolError::io("create", dir, e))?;
             // Leftovers of a copy interrupted by a crash: their job starts it again.
@@ -100,9 +97,7 @@ impl FilePool {
 
 fn sync_dir(path: &Path) -> Result<(), PoolError> {
     let dir = path.parent().unwrap_or(Path::new("/"));
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| PoolError::io("sync directory", dir, e))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| PoolError::io("sync directory", dir, e))
 }
 
 fn set_size(path: &Path, bytes: u64) -> Result<(), PoolError> {
@@ -119,9 +114,9 @@ fn set_size(path: &Path, bytes: u64) -> Result<(), PoolError> {
 fn file_size(path: &Path) -> Result<u64, PoolError> {
     match fs::metadata(path) {
         Ok(m) => Ok(m.len()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(PoolError::NotFound {
-            what: path.display().to_string(),
-        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(PoolError::NotFound { what: path.display().to_string() })
+        }
         Err(e) => Err(PoolError::io("stat", path, e)),
     }
 }

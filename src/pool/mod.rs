@@ -32,11 +32,7 @@ pub enum PoolError {
 
 impl PoolError {
     pub fn io(step: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        PoolError::Io {
-            step,
-            path: path.into(),
-            source,
-        }
+        PoolError::Io { step, path: path.into(), source }
     }
 }
 

@@ -30,11 +30,7 @@ pub enum StoreError {
     #[error("schema version {found} is newer than this ember understands ({known})")]
     TooNew { found: i64, known: i64 },
     #[error("{kind} {id} changed status concurrently (expected {expected})")]
-    StaleStatus {
-        kind: &'static str,
-        id: String,
-        expected: String,
-    },
+    StaleStatus { kind: &'static str, id: String, expected: String },
     #[error("corrupt row: {0}")]
     Corrupt(String),
 }
@@ -125,24 +121,24 @@ CREATE TABLE jobs (
 );
 "#];
 
+/// The schema version this ember writes.
+fn schema_version() -> i64 {
+    i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX)
+}
+
 pub struct Store {
     conn: Mutex<Connection>,
 }
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let open_err = |source| StoreError::Open {
-            path: path.display().to_string(),
-            source,
-        };
+        let open_err = |source| StoreError::Open { path: path.display().to_string(), source };
         let conn = Connection::open(path).map_err(open_err)?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
         )
         .map_err(open_err)?;
-        let store = Store {
-            conn: Mutex::new(conn),
-        };
+        let store = Store { conn: Mutex::new(conn) };
         store.migrate()?;
         Ok(store)
     }
@@ -150,14 +146,14 @@ impl Store {
     fn migrate(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        let known = MIGRATIONS.len() as i64;
+        let known = schema_version();
         if found > known {
             return Err(StoreError::TooNew { found, known });
         }
         let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
         for (index, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(found).unwrap_or(0)) {
             tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", index as i64 + 1)?;
+            tx.pragma_update(None, "user_version", i64::try_from(index + 1).unwrap_or(i64::MAX))?;
         }
         tx.commit()?;
         Ok(())
@@ -166,18 +162,14 @@ impl Store {
     /// Runs `f` in a read transaction.
     pub fn read<T, E: From<StoreError>>(&self, f: impl FnOnce(&Tx) -> Result<T, E>) -> Result<T, E> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Deferred)
-            .map_err(StoreError::from)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred).map_err(StoreError::from)?;
         f(&Tx(tx))
     }
 
     /// Runs `f` in an immediate write transaction, committed only if `f` succeeds.
     pub fn write<T, E: From<StoreError>>(&self, f: impl FnOnce(&Tx) -> Result<T, E>) -> Result<T, E> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(StoreError::from)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(StoreError::from)?;
         let tx = Tx(tx);
         let value = f(&tx)?;
         tx.0.commit().map_err(StoreError::from)?;
@@ -191,7 +183,7 @@ pub fn now() -> String {
     let secs = since.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
+    let z = i64::try_from(days).unwrap_or(0) + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
@@ -219,9 +211,8 @@ const SNAPSHOT_COLUMNS: &str = "id, volume_id, project_id, user_id, name, descri
      volume_size, progress, volume_type_id, created_at, updated_at";
 
 fn parse<T: std::str::FromStr<Err = String>>(text: String) -> rusqlite::Result<T> {
-    text.parse().map_err(|e: String| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
-    })
+    text.parse()
+        .map_err(|e: String| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into()))
 }
 
 fn volume_from_row(row: &Row) -> rusqlite::Result<Volume> {
@@ -312,12 +303,9 @@ impl Tx<'_> {
     }
 
     fn fill_volume(&self, mut v: Volume) -> Result<Volume, StoreError> {
-        let mut stmt = self
-            .0
-            .prepare_cached("SELECT kind, key, value FROM volume_metadata WHERE volume_id = ?1")?;
-        let rows = stmt.query_map([&v.id], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
-        })?;
+        let mut stmt = self.0.prepare_cached("SELECT kind, key, value FROM volume_metadata WHERE volume_id = ?1")?;
+        let rows =
+            stmt.query_map([&v.id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?;
         for row in rows {
             let (kind, key, value) = row?;
             match kind.as_str() {
@@ -343,11 +331,9 @@ impl Tx<'_> {
                 v.created_at, v.updated_at
             ],
         )?;
-        for (kind, map) in [
-            (MetaKind::User, &v.metadata),
-            (MetaKind::Admin, &v.admin_metadata),
-            (MetaKind::Image, &v.image_metadata),
-        ] {
+        for (kind, map) in
+            [(MetaKind::User, &v.metadata), (MetaKind::Admin, &v.admin_metadata), (MetaKind::Image, &v.image_metadata)]
+        {
             self.set_volume_meta(&v.id, kind, map, false)?;
         }
         Ok(())
@@ -362,20 +348,29 @@ impl Tx<'_> {
              multiattach = ?12, host = ?13, updated_at = ?14, project_id = ?15, user_id = ?16, \
              availability_zone = ?17 WHERE id = ?1 AND status = ?2",
             params![
-                new.id, expected.as_str(), new.name, new.description, new.size, new.status.as_str(),
-                new.previous_status, new.attach_status.as_str(), new.migration_status,
-                new.volume_type_id, new.bootable, new.multiattach, new.host, now(), new.project_id,
-                new.user_id, new.availability_zone
+                new.id,
+                expected.as_str(),
+                new.name,
+                new.description,
+                new.size,
+                new.status.as_str(),
+                new.previous_status,
+                new.attach_status.as_str(),
+                new.migration_status,
+                new.volume_type_id,
+                new.bootable,
+                new.multiattach,
+                new.host,
+                now(),
+                new.project_id,
+                new.user_id,
+                new.availability_zone
             ],
         )?;
         if changed == 1 {
             Ok(())
         } else {
-            Err(StoreError::StaleStatus {
-                kind: "volume",
-                id: new.id.clone(),
-                expected: expected.to_string(),
-            })
+            Err(StoreError::StaleStatus { kind: "volume", id: new.id.clone(), expected: expected.to_string() })
         }
     }
 
@@ -421,8 +416,7 @@ impl Tx<'_> {
     }
 
     fn touch_volume(&self, volume_id: &str) -> Result<(), StoreError> {
-        self.0
-            .execute("UPDATE volumes SET updated_at = ?2 WHERE id = ?1", params![volume_id, now()])?;
+        self.0.execute("UPDATE volumes SET updated_at = ?2 WHERE id = ?1", params![volume_id, now()])?;
         Ok(())
     }
 
@@ -492,9 +486,7 @@ impl Tx<'_> {
     }
 
     fn fill_snapshot(&self, mut s: Snapshot) -> Result<Snapshot, StoreError> {
-        let mut stmt = self
-            .0
-            .prepare_cached("SELECT key, value FROM snapshot_metadata WHERE snapshot_id = ?1")?;
+        let mut stmt = self.0.prepare_cached("SELECT key, value FROM snapshot_metadata WHERE snapshot_id = ?1")?;
         let rows = stmt.query_map([&s.id], |r| Ok((r.get(0)?, r.get(1)?)))?;
         s.metadata = rows.collect::<Result<_, _>>()?;
         Ok(s)
@@ -502,10 +494,22 @@ impl Tx<'_> {
 
     pub fn insert_snapshot(&self, s: &Snapshot) -> Result<(), StoreError> {
         self.0.execute(
-            &format!("INSERT INTO snapshots ({SNAPSHOT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+            &format!(
+                "INSERT INTO snapshots ({SNAPSHOT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+            ),
             params![
-                s.id, s.volume_id, s.project_id, s.user_id, s.name, s.description, s.status.as_str(),
-                s.volume_size, s.progress, s.volume_type_id, s.created_at, s.updated_at
+                s.id,
+                s.volume_id,
+                s.project_id,
+                s.user_id,
+                s.name,
+                s.description,
+                s.status.as_str(),
+                s.volume_size,
+                s.progress,
+                s.volume_type_id,
+                s.created_at,
+                s.updated_at
             ],
         )?;
         self.set_snapshot_meta(&s.id, &s.metadata)
@@ -517,18 +521,20 @@ impl Tx<'_> {
             "UPDATE snapshots SET name = ?3, description = ?4, status = ?5, progress = ?6, \
              volume_type_id = ?7, updated_at = ?8 WHERE id = ?1 AND status = ?2",
             params![
-                new.id, expected.as_str(), new.name, new.description, new.status.as_str(),
-                new.progress, new.volume_type_id, now()
+                new.id,
+                expected.as_str(),
+                new.name,
+                new.description,
+                new.status.as_str(),
+                new.progress,
+                new.volume_type_id,
+                now()
             ],
         )?;
         if changed == 1 {
             Ok(())
         } else {
-            Err(StoreError::StaleStatus {
-                kind: "snapshot",
-                id: new.id.clone(),
-                expected: expected.to_string(),
-            })
+            Err(StoreError::StaleStatus { kind: "snapshot", id: new.id.clone(), expected: expected.to_string() })
         }
     }
 
@@ -550,19 +556,17 @@ impl Tx<'_> {
 
     // ---- volume types ------------------------------------------------------------
 
-    fn fill_type(&self, id: String, name: String, description: Option<String>, is_public: bool) -> Result<VolumeType, StoreError> {
-        let mut stmt = self
-            .0
-            .prepare_cached("SELECT key, value FROM volume_type_extra_specs WHERE type_id = ?1")?;
+    fn fill_type(
+        &self,
+        id: String,
+        name: String,
+        description: Option<String>,
+        is_public: bool,
+    ) -> Result<VolumeType, StoreError> {
+        let mut stmt = self.0.prepare_cached("SELECT key, value FROM volume_type_extra_specs WHERE type_id = ?1")?;
         let rows = stmt.query_map([&id], |r| Ok((r.get(0)?, r.get(1)?)))?;
         let extra_specs = rows.collect::<Result<_, _>>()?;
-        Ok(VolumeType {
-            id,
-            name,
-            description,
-            is_public,
-            extra_specs,
-        })
+        Ok(VolumeType { id, name, description, is_public, extra_specs })
     }
 
     /// A type by id, or else by name.
@@ -576,17 +580,14 @@ impl Tx<'_> {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()?;
-        row.map(|(id, name, description, is_public)| self.fill_type(id, name, description, is_public))
-            .transpose()
+        row.map(|(id, name, description, is_public)| self.fill_type(id, name, description, is_public)).transpose()
     }
 
     pub fn volume_types(&self) -> Result<Vec<VolumeType>, StoreError> {
-        let mut stmt = self
-            .0
-            .prepare("SELECT id, name, description, is_public FROM volume_types ORDER BY created_at, rowid")?;
-        let rows: Vec<(String, String, Option<String>, bool)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-            .collect::<Result<_, _>>()?;
+        let mut stmt =
+            self.0.prepare("SELECT id, name, description, is_public FROM volume_types ORDER BY created_at, rowid")?;
+        let rows: Vec<(String, String, Option<String>, bool)> =
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<Result<_, _>>()?;
         rows.into_iter()
             .map(|(id, name, description, is_public)| self.fill_type(id, name, description, is_public))
             .collect()
@@ -615,10 +616,9 @@ impl Tx<'_> {
     }
 
     pub fn delete_extra_spec(&self, type_id: &str, key: &str) -> Result<bool, StoreError> {
-        let n = self.0.execute(
-            "DELETE FROM volume_type_extra_specs WHERE type_id = ?1 AND key = ?2",
-            params![type_id, key],
-        )?;
+        let n = self
+            .0
+            .execute("DELETE FROM volume_type_extra_specs WHERE type_id = ?1 AND key = ?2", params![type_id, key])?;
         Ok(n > 0)
     }
 
@@ -628,9 +628,7 @@ impl Tx<'_> {
     }
 
     pub fn volume_type_in_use(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .0
-            .query_row("SELECT EXISTS (SELECT 1 FROM volumes WHERE volume_type_id = ?1)", [id], |r| r.get(0))?)
+        Ok(self.0.query_row("SELECT EXISTS (SELECT 1 FROM volumes WHERE volume_type_id = ?1)", [id], |r| r.get(0))?)
     }
 
     // ---- jobs ------------------------------------------------------------------
@@ -667,9 +665,7 @@ impl Tx<'_> {
     }
 
     pub fn jobs(&self) -> Result<Vec<Job>, StoreError> {
-        let mut stmt = self
-            .0
-            .prepare("SELECT id, kind, volume_id, snapshot_id, args FROM jobs ORDER BY id")?;
+        let mut stmt = self.0.prepare("SELECT id, kind, volume_id, snapshot_id, args FROM jobs ORDER BY id")?;
         let rows = stmt.query_map([], |r| {
             let args: String = r.get(4)?;
             Ok(Job {
@@ -699,10 +695,9 @@ mod tests {
         let (store, dir) = temp_store();
         drop(store);
         let store = Store::open(&dir.join("ember.db")).unwrap();
-        let version: i64 = store
-            .read(|tx| Ok::<_, StoreError>(tx.0.query_row("PRAGMA user_version", [], |r| r.get(0))?))
-            .unwrap();
-        assert_eq!(version, MIGRATIONS.len() as i64);
+        let version: i64 =
+            store.read(|tx| Ok::<_, StoreError>(tx.0.query_row("PRAGMA user_version", [], |r| r.get(0))?)).unwrap();
+        assert_eq!(version, schema_version());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -165,9 +165,7 @@ pub struct VolumeType {
 impl VolumeType {
     /// `multiattach` extra spec in Cinder's "<is> True" form.
     pub fn multiattach(&self) -> bool {
-        self.extra_specs
-            .get("multiattach")
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("<is> true"))
+        self.extra_specs.get("multiattach").is_some_and(|v| v.trim().eq_ignore_ascii_case("<is> true"))
     }
 }
 
