@@ -87,7 +87,7 @@ pub fn parse(body: &Value, version: Version) -> Result<(VolumeAction, Policy), A
         }
         "os-set_image_metadata" => {
             let o = object(name, value, &["metadata"])?;
-            let map = schema::metadata("metadata", required(name, o, "metadata")?, schema::image_key, 65535)?;
+            let map = schema::metadata("metadata", required(name, o, "metadata")?, schema::meta_key, 65535)?;
             (A::SetImageMetadata(map), Policy::Member("volume_extension:volume_image_metadata:set"))
         }
         "os-unset_image_metadata" => {

@@ -154,6 +154,18 @@ async fn pipeline(
     version: &mut Version,
 ) -> Result<Reply, Early> {
     let base = base_url(state, headers);
+    // The body is read before anything can refuse the request: a keep-alive client
+    // sends it after the headers, and an unread body would cost it the connection.
+    let body = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+        let fault = ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("Request is too large: the body limit is {MAX_BODY} bytes."),
+        );
+        let mut r = (fault.status, axum::Json(fault.body())).into_response();
+        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("0"));
+        Early::Response(r)
+    })?;
     let segments: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
     match segments.as_slice() {
         [] => {
@@ -203,12 +215,6 @@ async fn pipeline(
             return Err(ApiError::bad_request("Malformed request url").into());
         }
     }
-    let body = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("Request is too large: the body limit is {MAX_BODY} bytes."),
-        )
-    })?;
     if !body.is_empty() {
         let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();

@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use super::actions::{self, Policy};
 use super::fault::ApiError;
 use super::schema::{
-    self, any_key, boolean, closed, envelope, field_error, integer, metadata, name, required, string, uuid_like,
+    self, boolean, closed, envelope, field_error, integer, meta_key, metadata, name, optional_metadata, required,
+    spec_key, string, uuid_like,
 };
 use super::views::{self, ViewContext};
 use super::{Reply, Req, bad_method};
@@ -93,16 +94,14 @@ pub fn route(m: &std::sync::Arc<Manager>, req: &Req, path: &[&str]) -> Result<Re
         },
         ["types", id, "extra_specs"] => extra_specs(m, req, id, None),
         ["types", id, "extra_specs", key] => extra_specs(m, req, id, Some(key)),
-        ["manageable_volumes"] | ["manageable_volumes", "detail"] => {
-            if !req.version.at_least(3, 8) {
-                return Err(ApiError::resource_not_found());
-            }
-            match (method, path.len()) {
-                (&Method::GET, n) => list_manageable(m, req, n == 2),
-                (&Method::POST, 1) => manage_volume(m, req),
-                _ => Err(bad_method()),
-            }
-        }
+        // Upstream serves these from 3.8 only; ember serves them at every version,
+        // because openstacksdk lists manageable volumes without a microversion
+        // (README, "Differences").
+        ["manageable_volumes"] | ["manageable_volumes", "detail"] => match (method, path.len()) {
+            (&Method::GET, n) => list_manageable(m, req, n == 2),
+            (&Method::POST, 1) => manage_volume(m, req),
+            _ => Err(bad_method()),
+        },
         ["os-volume-manage"] => only(method, Method::POST, || manage_volume(m, req)),
         ["os-volume-manage", "detail"] => only(method, Method::GET, || list_manageable(m, req, true)),
         _ => Err(ApiError::resource_not_found()),
@@ -161,7 +160,7 @@ fn list_volumes(m: &Manager, req: &Req, detail: bool) -> Result<Reply> {
         volumes.retain(|v| v.bootable == want);
     }
     let ctx = view_ctx(m, req)?;
-    let (page, count, next) = paginate(req, volumes, |v| v.id.clone(), volume_sort_key)?;
+    let (page, count, next) = paginate(req, volumes, |v| v.id.clone(), volume_sort_key, ("created_at", true))?;
     let view = ctx.view();
     let items: Vec<Value> = page
         .iter()
@@ -206,6 +205,7 @@ fn paginate<T>(
     mut items: Vec<T>,
     id_of: impl Fn(&T) -> String,
     sort_key: fn(&T, &str) -> Option<String>,
+    default_sort: (&str, bool),
 ) -> Result<(Vec<T>, usize, Option<String>)> {
     let mut keys: Vec<(String, bool)> = Vec::new();
     if let Some(sort) = req.param("sort") {
@@ -216,7 +216,8 @@ fn paginate<T>(
     } else if let Some(k) = req.param("sort_key") {
         keys.push((k.to_string(), sort_dir(req.param("sort_dir").unwrap_or("desc"))?));
     } else {
-        keys.push(("created_at".to_string(), true));
+        let desc = req.param("sort_dir").map(sort_dir).transpose()?.unwrap_or(default_sort.1);
+        keys.push((default_sort.0.to_string(), desc));
     }
     if let Some(sample) = items.first() {
         for (k, _) in &keys {
@@ -310,7 +311,7 @@ fn create_volume(m: &std::sync::Arc<Manager>, req: &Req) -> Result<Reply> {
     let description = text(["description", "display_description"])?;
     let volume_type =
         v.get("volume_type").map(|t| schema::nullable_string("volume_type", t, 0, 255)).transpose()?.flatten();
-    let meta = v.get("metadata").map(|x| metadata("metadata", x, any_key, 255)).transpose()?.unwrap_or_default();
+    let meta = optional_metadata(v, "metadata")?;
     let id_field = |key: &str| -> Result<Option<String>> {
         match v.get(key) {
             None | Some(Value::Null) => Ok(None),
@@ -394,7 +395,7 @@ fn update_volume(m: &Manager, req: &Req, id: &str) -> Result<Reply> {
             if target == 0 { change.name = Some(text) } else { change.description = Some(text) }
         }
     }
-    change.metadata = v.get("metadata").map(|x| metadata("metadata", x, any_key, 255)).transpose()?;
+    change.metadata = v.get("metadata").map(|x| metadata("metadata", x, meta_key, 255)).transpose()?;
     let current = m.volume(&req.ctx.caller(), id)?;
     req.ctx.require_member("volume:update", &current.project_id)?;
     let updated = m.update_volume(&req.ctx.caller(), id, change)?;
@@ -437,7 +438,7 @@ fn volume_metadata(m: &Manager, req: &Req, id: &str, key: Option<&str>) -> Resul
         }
         (&Method::POST | &Method::PUT, None) => {
             let body = req.json()?;
-            let map = metadata("metadata", required_meta(&body, "metadata")?, any_key, 255)?;
+            let map = metadata("metadata", required_meta(&body, "metadata")?, meta_key, 255)?;
             write("volume:update_volume_metadata")?;
             let change =
                 if req.method == Method::PUT { MetadataChange::Replace(map) } else { MetadataChange::Merge(map) };
@@ -446,7 +447,7 @@ fn volume_metadata(m: &Manager, req: &Req, id: &str, key: Option<&str>) -> Resul
         }
         (&Method::PUT, Some(key)) => {
             let body = req.json()?;
-            let map = metadata("meta", required_meta(&body, "meta")?, any_key, 255)?;
+            let map = metadata("meta", required_meta(&body, "meta")?, meta_key, 255)?;
             if map.len() != 1 {
                 return Err(ApiError::bad_request("Request body contains too many items."));
             }
@@ -497,7 +498,21 @@ fn volume_action(m: &std::sync::Arc<Manager>, req: &Req, id: &str) -> Result<Rep
 
 fn list_manageable(m: &Manager, req: &Req, detail: bool) -> Result<Reply> {
     req.ctx.require_admin("volume_extension:list_manageable")?;
-    let items: Vec<Value> = m.manageable_volumes()?.iter().map(|x| views::manageable(x, detail)).collect();
+    let all = m.manageable_volumes()?;
+    let (page, _, _) = paginate(
+        req,
+        all,
+        |x| x.name.clone(),
+        |x, k| {
+            Some(match k {
+                "size" => format!("{:020}", x.size_gib),
+                "reference" => x.name.clone(),
+                _ => return None,
+            })
+        },
+        ("reference", false),
+    )?;
+    let items: Vec<Value> = page.iter().map(|x| views::manageable(x, detail)).collect();
     Ok(Reply::ok(json!({"manageable-volumes": items})))
 }
 
@@ -528,8 +543,11 @@ fn manage_volume(m: &std::sync::Arc<Manager>, req: &Req) -> Result<Reply> {
             description: opt("description")?,
             volume_type: opt("volume_type")?,
             availability_zone: opt("availability_zone")?,
-            metadata: v.get("metadata").map(|x| metadata("metadata", x, any_key, 255)).transpose()?.unwrap_or_default(),
-            bootable: v.get("bootable").map(|x| boolean("bootable", x)).transpose()?.unwrap_or(false),
+            metadata: optional_metadata(v, "metadata")?,
+            bootable: match v.get("bootable") {
+                None | Some(Value::Null) => false,
+                Some(x) => boolean("bootable", x)?,
+            },
         },
     )?;
     let ctx = view_ctx(m, req)?;
@@ -564,6 +582,7 @@ fn list_snapshots(m: &Manager, req: &Req) -> Result<Reply> {
                 _ => return None,
             })
         },
+        ("created_at", true),
     )?;
     let ctx = view_ctx(m, req)?;
     let view = ctx.view();
@@ -603,7 +622,7 @@ fn create_snapshot(m: &std::sync::Arc<Manager>, req: &Req) -> Result<Reply> {
         name: text(["name", "display_name"])?,
         description: text(["description", "display_description"])?,
         force: force.unwrap_or(false),
-        metadata: s.get("metadata").map(|x| metadata("metadata", x, any_key, 255)).transpose()?.unwrap_or_default(),
+        metadata: optional_metadata(s, "metadata")?,
     };
     let caller = req.ctx.caller();
     let v = m.volume(&caller, &volume_id)?;
@@ -685,7 +704,10 @@ fn create_type(m: &Manager, req: &Req) -> Result<Reply> {
         None => true,
         Some(v) => boolean("os-volume-type-access:is_public", v)?,
     };
-    let specs = t.get("extra_specs").map(|s| metadata("extra_specs", s, any_key, 255)).transpose()?.unwrap_or_default();
+    let specs = match t.get("extra_specs") {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(s) => metadata("extra_specs", s, spec_key, 255)?,
+    };
     req.ctx.require_admin("volume_extension:types_manage")?;
     let created = m.create_volume_type(type_name, description, is_public, specs)?;
     let ctx = view_ctx(m, req)?;
@@ -699,7 +721,7 @@ fn update_type(m: &Manager, req: &Req, id: &str) -> Result<Reply> {
     if t.is_empty() {
         return Err(field_error("volume_type", &body["volume_type"], "{} does not have enough properties"));
     }
-    let new_name = t.get("name").map(|n| string("name", n, 1, 255)).transpose()?;
+    let new_name = t.get("name").map(|n| schema::nullable_string("name", n, 1, 255)).transpose()?.flatten();
     let description = t.get("description").map(|d| schema::nullable_string("description", d, 0, 255)).transpose()?;
     let is_public = t.get("is_public").map(|p| boolean("is_public", p)).transpose()?;
     req.ctx.require_admin("volume_extension:types_manage")?;
@@ -724,13 +746,13 @@ fn extra_specs(m: &Manager, req: &Req, id: &str, key: Option<&str>) -> Result<Re
         }
         (&Method::POST, None) => {
             let body = req.json()?;
-            let specs = metadata("extra_specs", required_meta(&body, "extra_specs")?, any_key, 255)?;
+            let specs = metadata("extra_specs", required_meta(&body, "extra_specs")?, spec_key, 255)?;
             req.ctx.require_admin("volume_extension:types_extra_specs:create")?;
             Ok(Reply::ok(json!({"extra_specs": m.set_extra_specs(id, specs)?})))
         }
         (&Method::PUT, Some(key)) => {
             let body = req.json()?;
-            let specs = metadata("extra_specs", &body, any_key, 255)?;
+            let specs = metadata("extra_specs", &body, spec_key, 255)?;
             if specs.len() != 1 {
                 return Err(ApiError::bad_request("Request body contains too many items."));
             }

@@ -157,14 +157,23 @@ pub fn metadata(
     Ok(out)
 }
 
-/// Keys of user metadata and extra specs: any characters.
-pub fn any_key(_: &str) -> bool {
-    true
+/// Keys of volume, snapshot and image metadata (Cinder's `parameter_types.metadata`):
+/// `^[a-zA-Z0-9-_:. /]{1,255}$`.
+pub fn meta_key(k: &str) -> bool {
+    k.chars().all(|c| c.is_ascii_alphanumeric() || "-_:. /".contains(c))
 }
 
-/// Image metadata keys: `^[a-zA-Z0-9-_:. /]{1,255}$`.
-pub fn image_key(k: &str) -> bool {
-    k.chars().all(|c| c.is_ascii_alphanumeric() || "-_:. /".contains(c))
+/// Keys of extra specs: the same without spaces and slashes.
+pub fn spec_key(k: &str) -> bool {
+    k.chars().all(|c| c.is_ascii_alphanumeric() || "-_:.".contains(c))
+}
+
+/// An optional metadata field of `obj`; absent or null is empty.
+pub fn optional_metadata(obj: &Obj, key: &str) -> Result<BTreeMap<String, String>, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(BTreeMap::new()),
+        Some(v) => metadata(key, v, meta_key, 255),
+    }
 }
 
 #[cfg(test)]
@@ -215,11 +224,12 @@ mod tests {
     }
 
     #[test]
-    fn image_metadata_keys() {
-        assert!(image_key("image_id"));
-        assert!(image_key("os:type. /x-y"));
-        assert!(!image_key("bad$key"));
-        let bad = metadata("metadata", &json!({"k": 1}), any_key, 255);
+    fn metadata_keys() {
+        assert!(meta_key("image_id"));
+        assert!(meta_key("os:type. /x-y"));
+        assert!(!meta_key("bad$key"));
+        assert!(!spec_key("a b"));
+        let bad = metadata("metadata", &json!({"k": 1}), meta_key, 255);
         assert!(bad.is_err());
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
-use super::{Caller, Manager, ManagerError, Result, snapshot_not_found, type_not_found};
+use super::{Caller, Manager, ManagerError, Result, type_not_found};
 use crate::store::{
     AttachStatus, Attachment, JobKind, MetaKind, SnapshotStatus, Tx, Volume, VolumeStatus, not_migrating, now,
 };
@@ -447,9 +447,6 @@ impl Manager {
                 return Err(invalid("Invalid input received: snapshot_id is required to revert a volume."));
             };
             if latest.id != snapshot_id {
-                if tx.snapshot(&snapshot_id)?.is_none() {
-                    return Err(snapshot_not_found(&snapshot_id));
-                }
                 return Err(invalid(format!(
                     "Invalid snapshot: snapshot {snapshot_id} is not the latest one of volume {id} ({}).",
                     latest.id
