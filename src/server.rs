@@ -15,7 +15,9 @@ pub async fn serve(config: Config) -> Result<(), String> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("create data dir {}: {e}", config.data_dir.display()))?;
     let store = Arc::new(Store::open(&config.data_dir.join("ember.db")).map_err(|e| e.to_string())?);
-    let pool = Arc::new(FilePool::open(&config.data_dir, config.pool.volume_clear).map_err(|e| e.to_string())?);
+    let pool = Arc::new(
+        FilePool::open(&config.data_dir, config.pool.volume_clear, config.pool.direct_io).map_err(|e| e.to_string())?,
+    );
     let settings = Settings {
         host: config.volume_host(),
         backend_name: config.pool.backend_name.clone(),

@@ -81,7 +81,8 @@ impl Reply {
 }
 
 /// Collections that may follow `/v3/` directly, without a project segment.
-const COLLECTIONS: &[&str] = &["volumes", "snapshots", "types", "manageable_volumes", "os-volume-manage"];
+const COLLECTIONS: &[&str] =
+    &["volumes", "snapshots", "types", "manageable_volumes", "os-volume-manage", "scheduler-stats"];
 
 async fn handle(State(state): State<Arc<ApiState>>, request: Request) -> Response {
     let request_id = format!("req-{}", uuid::Uuid::new_v4());

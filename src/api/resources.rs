@@ -104,6 +104,11 @@ pub fn route(m: &std::sync::Arc<Manager>, req: &Req, path: &[&str]) -> Result<Re
         },
         ["os-volume-manage"] => only(method, Method::POST, || manage_volume(m, req)),
         ["os-volume-manage", "detail"] => only(method, Method::GET, || list_manageable(m, req, true)),
+        ["scheduler-stats", "get_pools"] => only(method, Method::GET, || {
+            req.ctx.require_admin("scheduler_extension:scheduler_stats:get_pools")?;
+            let detail = req.param("detail").map(|d| boolean("detail", &json!(d))).transpose()?.unwrap_or(false);
+            Ok(Reply::ok(json!({"pools": [views::pool(m.settings(), &m.pool_stats()?, detail)]})))
+        }),
         _ => Err(ApiError::resource_not_found()),
     }
 }

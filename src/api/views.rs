@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use super::microversion::Version;
-use crate::manager::ManageableVolume;
+use crate::manager::{ManageableVolume, PoolStats, Settings};
 use crate::store::{AttachStatus, Snapshot, Volume, VolumeType};
 
 /// What a view needs besides the record.
@@ -165,6 +165,30 @@ pub fn manageable(m: &ManageableVolume, detail: bool) -> Value {
         out["reason_not_safe"] = json!(m.reason_not_safe);
         out["cinder_id"] = json!(m.cinder_id);
         out["extra_info"] = Value::Null;
+    }
+    out
+}
+
+/// One pool of `GET /scheduler-stats/get_pools`.
+pub fn pool(settings: &Settings, stats: &PoolStats, detail: bool) -> Value {
+    let mut out = json!({"name": settings.host});
+    if detail {
+        out["capabilities"] = json!({
+            "volume_backend_name": settings.backend_name,
+            "vendor_name": "ember",
+            "driver_version": env!("CARGO_PKG_VERSION"),
+            "storage_protocol": "iSCSI",
+            "total_capacity_gb": stats.total_gib,
+            "free_capacity_gb": stats.free_gib,
+            "provisioned_capacity_gb": stats.provisioned_gib,
+            "allocated_capacity_gb": stats.allocated_gib,
+            "max_over_subscription_ratio": stats.max_over_subscription_ratio,
+            "reserved_percentage": 0,
+            "thin_provisioning_support": true,
+            "thick_provisioning_support": false,
+            "multiattach": true,
+            "timestamp": crate::store::now(),
+        });
     }
     out
 }

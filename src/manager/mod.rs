@@ -146,6 +146,36 @@ impl Manager {
     }
 }
 
+/// The pool's capacity as Cinder's scheduler stats show it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolStats {
+    pub total_gib: f64,
+    pub free_gib: f64,
+    pub provisioned_gib: i64,
+    pub allocated_gib: f64,
+    pub max_over_subscription_ratio: f64,
+}
+
+impl Manager {
+    pub fn pool_stats(&self) -> Result<PoolStats> {
+        let capacity = self.pool.capacity()?;
+        let provisioned_gib = self.store.read(|tx| {
+            Ok::<_, StoreError>(
+                tx.volumes(None)?.iter().map(|v| v.size).sum::<i64>()
+                    + tx.snapshots(None, None)?.iter().map(|s| s.volume_size).sum::<i64>(),
+            )
+        })?;
+        let gib = |bytes: u64| (bytes as f64 / GIB as f64 * 100.0).round() / 100.0;
+        Ok(PoolStats {
+            total_gib: gib(capacity.total_bytes),
+            free_gib: gib(capacity.free_bytes),
+            provisioned_gib,
+            allocated_gib: gib(capacity.allocated_bytes),
+            max_over_subscription_ratio: self.settings.max_over_subscription_ratio,
+        })
+    }
+}
+
 pub fn volume_not_found(id: &str) -> ManagerError {
     ManagerError::NotFound(format!("Volume {id} could not be found."))
 }

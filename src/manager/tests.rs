@@ -31,7 +31,7 @@ fn env_with(ratio: f64) -> Env {
     let dir = std::env::temp_dir().join(format!("ember-manager-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let store = Arc::new(Store::open(&dir.join("ember.db")).unwrap());
-    let pool = Arc::new(FilePool::open(&dir, VolumeClear::Zero).unwrap());
+    let pool = Arc::new(FilePool::open(&dir, VolumeClear::Zero, false).unwrap());
     let m = Manager::new(
         store,
         pool.clone(),

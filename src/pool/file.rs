@@ -20,14 +20,19 @@ pub struct FilePool {
     volumes_dir: PathBuf,
     snapshots_dir: PathBuf,
     volume_clear: VolumeClear,
+    direct_io: bool,
 }
 
 const PARTIAL: &str = ".partial";
 
 impl FilePool {
-    pub fn open(data_dir: &Path, volume_clear: VolumeClear) -> Result<FilePool, PoolError> {
-        let pool =
-            FilePool { volumes_dir: data_dir.join("volumes"), snapshots_dir: data_dir.join("snapshots"), volume_clear };
+    pub fn open(data_dir: &Path, volume_clear: VolumeClear, direct_io: bool) -> Result<FilePool, PoolError> {
+        let pool = FilePool {
+            volumes_dir: data_dir.join("volumes"),
+            snapshots_dir: data_dir.join("snapshots"),
+            volume_clear,
+            direct_io,
+        };
         for dir in [&pool.volumes_dir, &pool.snapshots_dir] {
             fs::create_dir_all(dir).map_err(|e| PoolError::io("create", dir, e))?;
             // Leftovers of a copy interrupted by a crash: their job starts it again.
@@ -221,6 +226,23 @@ impl Pool for FilePool {
         Ok(out)
     }
 
+    fn attach_device(&self, id: &str) -> Result<PathBuf, PoolError> {
+        let path = self.volume_path(id);
+        file_size(&path)?;
+        if let Some(existing) = loopback::devices_backed_by(&path).into_iter().next() {
+            return Ok(existing);
+        }
+        Ok(loopback::attach(&path, self.direct_io)?.device)
+    }
+
+    fn detach_device(&self, id: &str) -> Result<Removed, PoolError> {
+        let devices = loopback::devices_backed_by(&self.volume_path(id));
+        for device in &devices {
+            loopback::detach(device)?;
+        }
+        Ok(if devices.is_empty() { Removed::Absent } else { Removed::Removed })
+    }
+
     fn volume_name(&self, id: &str) -> String {
         format!("volume-{id}")
     }
@@ -243,5 +265,46 @@ impl Pool for FilePool {
             set_size(&target, gib * GIB)?;
         }
         Ok(gib * GIB)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Needs root and loop devices (`root_` prefix).
+    #[test]
+    fn root_devices_follow_the_volume_and_never_leak() {
+        let dir = std::env::temp_dir().join(format!("ember-filepool-{}", uuid::Uuid::new_v4()));
+        let pool = FilePool::open(&dir, VolumeClear::Zero, true).unwrap();
+        pool.create_volume("v1", 1, &Source::Blank).unwrap();
+        let dev = pool.attach_device("v1").unwrap();
+        assert_eq!(pool.attach_device("v1").unwrap(), dev, "a second attach reuses the device");
+        pool.extend_volume("v1", 2).unwrap();
+        let size = crate::blockdev::block_device_size(&File::open(&dev).unwrap()).unwrap();
+        assert_eq!(size, 2 * GIB, "the bound device learns the new size");
+        assert!(pool.list_existing().unwrap().iter().all(|m| m.in_use));
+        // Delete releases what is still bound.
+        assert_eq!(pool.delete_volume("v1").unwrap(), Removed::Removed);
+        assert!(loopback::devices_backed_by(&pool.volume_path("v1")).is_empty());
+        assert_eq!(pool.detach_device("v1").unwrap(), Removed::Absent);
+        assert_eq!(pool.delete_volume("v1").unwrap(), Removed::Absent);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn builds_are_atomic_and_idempotent() {
+        let dir = std::env::temp_dir().join(format!("ember-filepool-{}", uuid::Uuid::new_v4()));
+        // A copy interrupted by a crash leaves a .partial file; opening the pool clears it.
+        fs::create_dir_all(dir.join("volumes")).unwrap();
+        fs::write(dir.join("volumes/volume-v9.partial"), b"half").unwrap();
+        let pool = FilePool::open(&dir, VolumeClear::None, false).unwrap();
+        assert!(!dir.join("volumes/volume-v9.partial").exists());
+        assert_eq!(pool.create_volume("v1", 1, &Source::Blank).unwrap(), Created::Created);
+        assert_eq!(pool.create_volume("v1", 1, &Source::Blank).unwrap(), Created::AlreadyPresent);
+        assert_eq!(pool.extend_volume("v1", 1).unwrap(), Resized::Unchanged);
+        assert_eq!(pool.extend_volume("v1", 2).unwrap(), Resized::Resized { from: GIB, to: 2 * GIB });
+        assert!(matches!(pool.manage_existing("../etc", "x"), Err(PoolError::Refused(_))));
+        fs::remove_dir_all(dir).unwrap();
     }
 }

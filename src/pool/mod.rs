@@ -91,6 +91,11 @@ pub trait Pool: Send + Sync {
     fn delete_snapshot(&self, snapshot_id: &str) -> Result<Removed, PoolError>;
     /// Puts the snapshot's bytes back into the volume, in place.
     fn revert_to_snapshot(&self, volume_id: &str, snapshot_id: &str) -> Result<(), PoolError>;
+    /// The block device serving the volume (exports and device copies use it);
+    /// the same device again if one is bound already.
+    fn attach_device(&self, id: &str) -> Result<PathBuf, PoolError>;
+    /// Releases what `attach_device` bound.
+    fn detach_device(&self, id: &str) -> Result<Removed, PoolError>;
     /// Everything in the pool, managed or not; the manager tells them apart.
     fn list_existing(&self) -> Result<Vec<Manageable>, PoolError>;
     /// Name under which a volume with this id is kept (what unmanage leaves behind).

@@ -212,7 +212,9 @@ def make_cinder(agent, version="3.71", project=PROJECT):
     from keystoneauth1 import session
     auth = noauth.CinderNoAuthPlugin(user_id=USER, project_id=project,
                                      endpoint=agent.endpoint)
-    return client.Client(version, session=session.Session(auth=auth))
+    # A timeout, so that a request the agent never answers fails the test instead
+    # of hanging the suite.
+    return client.Client(version, session=session.Session(auth=auth, timeout=30))
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +247,7 @@ def make_sdk(agent):
     token "notused"); clouds.yaml and OS_* variables are not read."""
     import openstack
     return openstack.connect(auth_type="none", auth={"endpoint": agent.endpoint},
-                             load_yaml_config=False, load_envvars=False)
+                             load_yaml_config=False, load_envvars=False, api_timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -199,6 +199,21 @@ def test_volume_metadata(agent, cinder, vol):
         c30.volumes.delete_metadata(vol, ["nope"])
 
 
+def test_project_scoping(agent, cinder):
+    """Volumes belong to the caller's project; list is filtered by it unless an admin
+    asks for all_tenants; GET by id works across projects for an admin."""
+    other = make_cinder(agent, project="fedcba9876543210fedcba9876543210")
+    theirs = other.volumes.create(1, name="theirs")
+    wait_vol(other, theirs.id, "available")
+    assert getattr(other.volumes.get(theirs.id), "os-vol-tenant-attr:tenant_id") == \
+        "fedcba9876543210fedcba9876543210"
+    assert theirs.id not in [x.id for x in cinder.volumes.list()]
+    assert theirs.id in [x.id for x in cinder.volumes.list(search_opts={"all_tenants": 1})]
+    assert cinder.volumes.get(theirs.id).id == theirs.id
+    other.volumes.delete(theirs)
+    wait_vol_gone(other, theirs.id)
+
+
 def test_list_unknown_name_or_status_is_empty(cinder, vol):
     assert cinder.volumes.list(search_opts={"name": "no-such-" + uuid.uuid4().hex}) == []
     assert cinder.volumes.list(search_opts={"status": "no-such-status"}) == []

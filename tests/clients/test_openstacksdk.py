@@ -164,6 +164,24 @@ def test_volume_crud(agent, sdk):
     assert not agent.volume_file(v.id).exists()
 
 
+def test_project_scoping(agent, sdk, vol):
+    """The SDK's token is "notused" and its URLs have no project: its volumes belong
+    to project "notused". A volume of another project is hidden from its list but
+    visible with all_projects, and by id."""
+    assert vol.project_id == "notused"
+    r = agent.request("POST", "/volumes", {"volume": {"size": 1, "name": "other-project"}})
+    assert r.status_code == 202, r.text
+    theirs = r.json()["volume"]["id"]
+    agent.wait_volume(theirs, "available")
+    assert theirs not in [x.id for x in bs(sdk).volumes()]
+    assert vol.id in [x.id for x in bs(sdk).volumes()]
+    assert theirs in [x.id for x in bs(sdk).volumes(all_projects=True)]
+    got = bs(sdk).get_volume(theirs)
+    assert got.project_id == agent.base.rsplit("/", 1)[1]
+    bs(sdk).delete_volume(theirs)
+    wait_vol_gone(sdk, theirs)
+
+
 def test_volume_metadata(sdk, vol):
     got = bs(sdk).set_volume_metadata(vol, k1="v1", k2="v2")
     assert user_md(got) == {"k1": "v1", "k2": "v2"}
