@@ -1,0 +1,145 @@
+"""Token auth and policy (spec §1.6), noauth's guard rails, and the command line."""
+
+import os
+import subprocess
+import textwrap
+
+import pytest
+import requests
+
+from conftest import ember_binary, free_port, start_agent, stop_agent, wait_for
+
+P1 = "11111111111111111111111111111111"
+P2 = "22222222222222222222222222222222"
+TOKENS = {
+    "admin": ("admin-token-0123456789", "root", P1, ["admin"]),
+    "alice": ("alice-token-0123456789", "alice", P1, ["member"]),
+    "rita": ("rita-token-01234567890", "rita", P1, ["reader"]),
+    "bob": ("bob-token-012345678901", "bob", P2, ["member"]),
+}
+
+
+@pytest.fixture(scope="module")
+def token_agent(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tokens")
+    tokens = d / "tokens.toml"
+    tokens.write_text("".join(
+        f'[[tokens]]\ntoken = "{t}"\nuser_id = "{u}"\nproject_id = "{p}"\nroles = {r!r}\n\n'.replace("'", '"')
+        for t, u, p, r in TOKENS.values()))
+    agent = start_agent(f'[auth]\nstrategy = "token"\ntokens_file = "{tokens}"\n')
+    yield agent
+    stop_agent(agent)
+
+
+def call(agent, who, method, path, body=None, version=None):
+    headers = {"Accept": "application/json"}
+    if who:
+        headers["X-Auth-Token"] = TOKENS[who][0]
+    if version:
+        headers["OpenStack-API-Version"] = f"volume {version}"
+    return requests.request(method, agent.endpoint + path, json=body, headers=headers, timeout=30)
+
+
+def fault(r, code, name):
+    assert r.status_code == code, r.text
+    assert set(r.json()) == {name}, r.text
+    assert r.json()[name]["code"] == code
+
+
+def test_missing_or_unknown_token_is_401(token_agent):
+    fault(call(token_agent, None, "GET", "/volumes"), 401, "unauthorized")
+    r = requests.get(token_agent.endpoint + "/volumes", headers={"X-Auth-Token": "nope"}, timeout=10)
+    fault(r, 401, "unauthorized")
+    # The version documents need no token.
+    assert requests.get(token_agent.root + "/", timeout=10).status_code == 300
+
+
+def test_member_owns_reader_reads_other_project_sees_404(token_agent):
+    r = call(token_agent, "alice", "POST", "/volumes", {"volume": {"size": 1, "name": "a"}})
+    assert r.status_code == 202, r.text
+    vid = r.json()["volume"]["id"]
+    assert r.json()["volume"]["user_id"] == "alice"
+    assert "os-vol-host-attr:host" not in r.json()["volume"], "admin-only field shown to a member"
+    wait_for(lambda: call(token_agent, "alice", "GET", f"/volumes/{vid}").json()["volume"]["status"] == "available",
+             what="volume available")
+
+    # The reader of the project sees it but may not change it.
+    assert call(token_agent, "rita", "GET", f"/volumes/{vid}").status_code == 200
+    fault(call(token_agent, "rita", "POST", f"/volumes/{vid}/action", {"os-reserve": None}), 403, "forbidden")
+    fault(call(token_agent, "rita", "DELETE", f"/volumes/{vid}"), 403, "forbidden")
+
+    # Another project's member gets 404, not 403, and an empty list.
+    fault(call(token_agent, "bob", "GET", f"/volumes/{vid}"), 404, "itemNotFound")
+    fault(call(token_agent, "bob", "POST", f"/volumes/{vid}/action", {"os-reserve": None}), 404, "itemNotFound")
+    assert call(token_agent, "bob", "GET", "/volumes").json()["volumes"] == []
+    assert call(token_agent, "bob", "GET", "/volumes?all_tenants=1").json()["volumes"] == []
+
+    # Admin-only actions: 403 for the member, fine for the admin.
+    reset = {"os-reset_status": {"status": "error"}}
+    fault(call(token_agent, "alice", "POST", f"/volumes/{vid}/action", reset), 403, "forbidden")
+    assert call(token_agent, "admin", "POST", f"/volumes/{vid}/action", reset).status_code == 202
+    listed = call(token_agent, "admin", "GET", "/volumes/detail?all_tenants=1").json()["volumes"]
+    assert [v["id"] for v in listed] == [vid]
+    assert listed[0]["os-vol-host-attr:host"].count("@") == 1
+
+    # A URL naming another project than the token's is malformed.
+    r = requests.get(f"{token_agent.root}/v3/{P2}/volumes", headers={"X-Auth-Token": TOKENS["alice"][0]}, timeout=10)
+    fault(r, 400, "badRequest")
+    assert r.json()["badRequest"]["message"] == "Malformed request url"
+
+    # Member deletes its own volume.
+    assert call(token_agent, "admin", "POST", f"/volumes/{vid}/action",
+                {"os-reset_status": {"status": "available"}}).status_code == 202
+    assert call(token_agent, "alice", "DELETE", f"/volumes/{vid}").status_code == 202
+
+
+def test_types_are_admin_managed(token_agent):
+    body = {"volume_type": {"name": "gold"}}
+    fault(call(token_agent, "alice", "POST", "/types", body), 403, "forbidden")
+    r = call(token_agent, "admin", "POST", "/types", body)
+    assert r.status_code == 200, r.text
+    assert call(token_agent, "alice", "GET", "/types/default").json()["volume_type"]["name"] == "__DEFAULT__"
+
+
+def test_noauth_without_token_answers_204_with_the_token_to_use(agent):
+    r = requests.get(agent.endpoint + "/volumes", headers={"X-Auth-User": "joe", "X-Auth-Project-Id": "abc"},
+                     timeout=10)
+    assert r.status_code == 204
+    assert r.headers["X-Auth-Token"] == "joe:abc"
+    assert r.headers["X-Server-Management-Url"].endswith("/v3")
+
+
+def run_ember(*args, timeout=20):
+    return subprocess.run([ember_binary(), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_noauth_refused_on_a_non_loopback_address(tmp_path):
+    r = run_ember("serve", "--data-dir", str(tmp_path), "--listen", f"0.0.0.0:{free_port()}")
+    assert r.returncode != 0
+    assert "refusing noauth on non-loopback address" in r.stderr
+    assert not (tmp_path / "ember.db").exists(), "nothing may be created before refusing"
+
+
+def test_bad_config_is_refused_with_the_reason(tmp_path):
+    cfg = tmp_path / "ember.toml"
+    cfg.write_text("[pool]\nvolume_clear = \"shred\"\n")
+    r = run_ember("serve", "--config", str(cfg), "--data-dir", str(tmp_path / "d"))
+    assert r.returncode != 0 and "volume_clear" in r.stderr, r.stderr
+    cfg.write_text(textwrap.dedent("""\
+        [auth]
+        strategy = "token"
+    """))
+    r = run_ember("serve", "--config", str(cfg), "--data-dir", str(tmp_path / "d"))
+    assert r.returncode != 0 and "tokens_file" in r.stderr, r.stderr
+
+
+def test_version_and_doctor(tmp_path):
+    r = run_ember("version")
+    assert r.returncode == 0 and r.stdout.startswith("ember ") and "3.71" in r.stdout
+    r = run_ember("doctor", "--data-dir", str(tmp_path / "d"))
+    assert r.returncode == 0
+    lines = {line.split()[0]: line for line in r.stdout.splitlines() if line.strip()}
+    expected = "ok" if os.path.exists("/dev/loop-control") else "MISSING"
+    assert lines["loop"].split()[1] == expected, r.stdout
+    assert lines["libblkid"].split()[1] == "ok", r.stdout
+    assert lines["data"].split()[2] == "ok", r.stdout
