@@ -129,7 +129,7 @@ def vol(cinder):
 
 # -- versions -----------------------------------------------------------------------
 
-def test_versions_documents(agent):
+def test_versions_documents(agent, cinder):
     r = requests.get(agent.root + "/", timeout=10)
     assert r.status_code == 300
     entry = r.json()["versions"][0]
@@ -142,6 +142,9 @@ def test_versions_documents(agent):
     # cinderclient's own discovery (used by the CLI to negotiate the microversion)
     lo, hi = cinder_client_mod.get_server_version(agent.endpoint)
     assert (lo.get_string(), hi.get_string()) == ("3.0", "3.71")
+    # services.server_api_version(): GET "" on the root URL
+    versions = cinder.services.server_api_version()
+    assert [(v.version, v.min_version) for v in versions] == [("3.71", "3.0")]
 
 
 # -- volumes CRUD -------------------------------------------------------------------
@@ -199,6 +202,27 @@ def test_volume_metadata(agent, cinder, vol):
         c30.volumes.delete_metadata(vol, ["nope"])
 
 
+def test_metadata_etag_from_315(agent, cinder, vol):
+    """cinderclient >= 3.15 deletes metadata keys by GET metadata, then PUT of the
+    remaining keys with `If-Match: <Etag of the GET>`. Upstream (cinder/api/v3/
+    volume_metadata.py, mv ETAGS = 3.15) answers GET with an Etag header (md5 of the
+    body) and PUT with a stale If-Match with 412. Not in the spec; this is what
+    gives cinderclient's read-modify-write its lost-update protection."""
+    cinder.volumes.set_metadata(vol, {"a": "1"})
+    r = agent.request("GET", f"/volumes/{vol.id}/metadata", version="3.15")
+    assert r.status_code == 200 and r.json()["metadata"] == {"a": "1"}
+    etag = r.headers.get("Etag")
+    assert etag, f"no Etag on GET metadata at 3.15: {dict(r.headers)}"
+    r = agent.request("PUT", f"/volumes/{vol.id}/metadata", {"metadata": {"a": "2"}},
+                      version="3.15", headers={"If-Match": "0" * 32})
+    assert r.status_code == 412, (r.status_code, r.text)
+    assert user_md(cinder.volumes.get(vol.id)) == {"a": "1"}
+    r = agent.request("PUT", f"/volumes/{vol.id}/metadata", {"metadata": {"a": "2"}},
+                      version="3.15", headers={"If-Match": etag})
+    assert r.status_code == 200, r.text
+    assert user_md(cinder.volumes.get(vol.id)) == {"a": "2"}
+
+
 def test_project_scoping(agent, cinder):
     """Volumes belong to the caller's project; list is filtered by it unless an admin
     asks for all_tenants; GET by id works across projects for an admin."""
@@ -212,6 +236,23 @@ def test_project_scoping(agent, cinder):
     assert cinder.volumes.get(theirs.id).id == theirs.id
     other.volumes.delete(theirs)
     wait_vol_gone(other, theirs.id)
+
+
+def test_list_limit_marker_sort(cinder):
+    prefix = f"pg-{uuid.uuid4().hex[:6]}-"
+    made = [mk_volume(cinder, name=prefix + str(i)) for i in range(3)]
+    mine = lambda vols: [v.name for v in vols if v.name and v.name.startswith(prefix)]
+    assert mine(cinder.volumes.list(sort="name:asc")) == [prefix + "0", prefix + "1", prefix + "2"]
+    assert mine(cinder.volumes.list(sort="name:desc")) == [prefix + "2", prefix + "1", prefix + "0"]
+    assert len(cinder.volumes.list(limit=1)) == 1
+    first = cinder.volumes.list(limit=1, sort="name:desc")[0]
+    after = cinder.volumes.list(marker=first.id, sort="name:desc")
+    assert first.id not in [v.id for v in after]
+    assert len(after) == len(cinder.volumes.list()) - 1
+    for v in made:
+        cinder.volumes.delete(v)
+    for v in made:
+        wait_vol_gone(cinder, v.id)
 
 
 def test_list_unknown_name_or_status_is_empty(cinder, vol):
@@ -279,6 +320,23 @@ def test_snapshot_crud(agent, cinder, vol):
     assert not (agent.data_dir / "snapshots" / f"snapshot-{s.id}").exists()
 
 
+def test_snapshot_reset_status_and_force_delete(agent, cinder, vol):
+    """POST /snapshots/{id}/action: os-reset_status and os-force_delete (admin)."""
+    s = mk_snapshot(cinder, vol.id)
+    cinder.volume_snapshots.reset_state(s, "creating")
+    assert cinder.volume_snapshots.get(s.id).status == "creating"
+    with pytest.raises(cexc.BadRequest):  # delete needs available or error
+        cinder.volume_snapshots.delete(s)
+    cinder.volume_snapshots.reset_state(s, "error")
+    assert cinder.volume_snapshots.get(s.id).status == "error"
+    cinder.volume_snapshots.reset_state(s, "creating")
+    cinder.volume_snapshots.delete(s, force=True)  # {"os-force_delete": null}
+    wait_snap_gone(cinder, s.id)
+    assert not (agent.data_dir / "snapshots" / f"snapshot-{s.id}").exists()
+    with pytest.raises(cexc.NotFound):
+        cinder.volume_snapshots.reset_state(str(uuid.uuid4()), "error")
+
+
 def test_snapshot_of_in_use_volume_force(agent, cinder, vol):
     c30 = make_cinder(agent, "3.0")
     cinder.volumes.attach(vol, str(uuid.uuid4()), "/dev/vdb")
@@ -295,6 +353,28 @@ def test_snapshot_of_in_use_volume_force(agent, cinder, vol):
         wait_snap_gone(cinder, s.id)
     cinder.volumes.detach(vol)
     wait_vol(cinder, vol.id, "available")
+
+
+def test_create_from_snapshot_and_clone_copy_data(agent, cinder, vol):
+    data = b"SNAP-DATA-" + os.urandom(1000)
+    write_at(agent.volume_file(vol.id), 12345, data)
+    snap = mk_snapshot(cinder, vol.id)
+    from_snap = cinder.volumes.create(2, snapshot_id=snap.id)
+    from_snap = wait_vol(cinder, from_snap.id, "available")
+    assert from_snap.snapshot_id == snap.id and from_snap.size == 2
+    assert agent.volume_file(from_snap.id).stat().st_size == 2 * GiB
+    assert read_at(agent.volume_file(from_snap.id), 12345, len(data)) == data
+    # size may be omitted (null) with a source: it takes the snapshot's size
+    sized = wait_vol(cinder, cinder.volumes.create(None, snapshot_id=snap.id).id, "available")
+    assert sized.size == 1
+    clone = wait_vol(cinder, cinder.volumes.create(1, source_volid=vol.id).id, "available")
+    assert clone.source_volid == vol.id
+    assert read_at(agent.volume_file(clone.id), 12345, len(data)) == data
+    for v in (from_snap, sized, clone):
+        cinder.volumes.delete(v)
+        wait_vol_gone(cinder, v.id)
+    cinder.volume_snapshots.delete(snap)
+    wait_snap_gone(cinder, snap.id)
 
 
 def test_cascade_delete(agent, cinder):
@@ -429,6 +509,32 @@ def test_attach_detach(cinder, vol):
     assert wait_vol(cinder, vol.id, "available").attachments == []
 
 
+def test_legacy_nova_attach_flow(cinder, vol):
+    """reserve → attach → begin_detaching → detach, as Nova's legacy flow does."""
+    server = str(uuid.uuid4())
+    cinder.volumes.reserve(vol)
+    assert cinder.volumes.get(vol.id).status == "attaching"
+    cinder.volumes.attach(vol, server, "/dev/vdb")
+    v = wait_vol(cinder, vol.id, "in-use")
+    assert v.attachments[0]["server_id"] == server
+    cinder.volumes.begin_detaching(vol)
+    assert cinder.volumes.get(vol.id).status == "detaching"
+    cinder.volumes.detach(vol, v.attachments[0]["attachment_id"])
+    v = wait_vol(cinder, vol.id, "available")
+    assert v.attachments == []
+
+
+def test_reset_attach_status_detached_clears_attachments(cinder, vol):
+    cinder.volumes.attach(vol, str(uuid.uuid4()), "/dev/vdb")
+    wait_vol(cinder, vol.id, "in-use")
+    cinder.volumes.reset_state(vol, "error")
+    assert cinder.volumes.get(vol.id).status == "error"
+    cinder.volumes.reset_state(vol, None, attach_status="detached")
+    v = cinder.volumes.get(vol.id)
+    assert v.attachments == [] and v.status == "available"
+    assert "attached_mode" not in v.metadata
+
+
 def test_attach_in_maintenance_400(cinder, vol):
     cinder.volumes.reset_state(vol, "maintenance")
     with pytest.raises(cexc.BadRequest):
@@ -476,6 +582,16 @@ def test_set_bootable(cinder, vol):
     assert cinder.volumes.get(vol.id).bootable == "false"
     with pytest.raises(cexc.BadRequest):
         cinder.volumes.set_bootable(vol, "maybe")
+
+
+def test_readonly_volume_attaches_ro(cinder, vol):
+    cinder.volumes.update_readonly_flag(vol, True)
+    cinder.volumes.attach(vol, str(uuid.uuid4()), "/dev/vdb", mode="ro")
+    v = wait_vol(cinder, vol.id, "in-use")
+    assert v.metadata["attached_mode"] == "ro" and v.metadata["readonly"] == "True"
+    cinder.volumes.detach(vol)
+    wait_vol(cinder, vol.id, "available")
+    cinder.volumes.update_readonly_flag(vol, False)
 
 
 def test_update_readonly_flag(cinder, vol):
@@ -529,6 +645,7 @@ def test_unmanage_and_manage_back(agent, cinder, vol):
     # cinderclient's manage() posts to /os-volume-manage
     new = cinder.volumes.manage(host, {"source-name": f"volume-{vol.id}"}, name="managed")
     assert new.id != vol.id
+    assert new.status in ("creating", "available")  # "managing" is shown as "creating"
     new = wait_vol(cinder, new.id, "available")
     assert new.size == 1 and new.name == "managed"
     assert new.volume_type == "__DEFAULT__"
@@ -779,6 +896,13 @@ def test_later_action_501_raw(agent, cinder, vol, action, valid, invalid, mv):
     assert_501(agent.action(vol.id, {action: valid}, version=mv))
     v = cinder.volumes.get(vol.id)
     assert v.status == "available" and v.attachments == []
+    r = agent.action(str(uuid.uuid4()), {action: valid}, version=mv)
+    assert r.status_code == 404 and r.json()["itemNotFound"]["code"] == 404, r.text
+
+
+def test_extend_volume_id_none_404(agent):
+    r = agent.action("None", {"os-extend": {"new_size": 2}})
+    assert r.status_code == 404, r.text
 
 
 def test_reimage_below_368_404(agent, vol):
@@ -879,6 +1003,41 @@ def test_cli_types_and_snapshots(cinder_cli, cinder):
     wait_snap_gone(cinder, sid)
     cinder_cli("delete", vid)
     wait_vol_gone(cinder, vid)
+
+
+def test_cli_types_retype_image_metadata_revert(agent, cinder_cli, cinder):
+    tname = f"clitype-{uuid.uuid4().hex[:6]}"
+    cinder_cli("type-create", tname)
+    cinder_cli("type-key", tname, "set", "color=blue")
+    assert "color" in cinder_cli("extra-specs-list").stdout
+    name = f"clivol-{uuid.uuid4().hex[:6]}"
+    vid = cli_field(cinder_cli("create", "--name", name, "1").stdout, "id")
+    wait_vol(cinder, vid, "available")
+    # the CLI finds volumes by name too (GET by id → 404, then list ?name=)
+    assert cli_field(cinder_cli("show", name).stdout, "id") == vid
+    cinder_cli("retype", name, tname)
+    wait_for(lambda: cinder.volumes.get(vid).volume_type == tname, what="cli retype")
+    wait_vol(cinder, vid, "available")
+    cinder_cli("image-metadata", vid, "set", "image_name=cirros", "os_distro=cirros")
+    out = cinder_cli("image-metadata-show", vid).stdout
+    assert "image_name" in out and "os_distro" in out
+    cinder_cli("image-metadata", vid, "unset", "os_distro")
+    assert cinder.volumes.get(vid).volume_image_metadata == {"image_name": "cirros"}
+
+    path = agent.volume_file(vid)
+    write_at(path, 0, b"cli-original")
+    sid = cli_field(cinder_cli("snapshot-create", vid).stdout, "id")
+    wait_snap(cinder, sid, "available")
+    write_at(path, 0, b"cli-changed!")
+    cinder_cli("revert-to-snapshot", sid)
+    wait_vol(cinder, vid, "available")
+    wait_snap(cinder, sid, "available")
+    assert read_at(path, 0, 12) == b"cli-original"
+    cinder_cli("delete", "--cascade", vid)
+    wait_vol_gone(cinder, vid)
+    wait_snap_gone(cinder, sid)
+    cinder_cli("type-delete", tname)
+    assert tname not in cinder_cli("type-list").stdout
 
 
 def test_cli_version_discovery(cinder_cli):

@@ -9,6 +9,7 @@ The SDK discovers versions itself (GET /v3, GET /v3/), sends X-Auth-Token
 import os
 import time
 import uuid
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -182,6 +183,29 @@ def test_project_scoping(agent, sdk, vol):
     wait_vol_gone(sdk, theirs)
 
 
+def test_pagination_follows_next_links(agent, sdk):
+    """volumes(limit=1) makes the SDK follow `volumes_links` rel=next. Upstream
+    (cinder/api/common.py _get_project_id_in_url) puts the project into links only
+    when the request URL had one; the SDK's URLs have none."""
+    made = [mk_volume(sdk, name=f"page-{i}").id for i in range(3)]
+    everything = sorted(x.id for x in bs(sdk).volumes())
+    paged = [x.id for x in bs(sdk).volumes(limit=1)]
+    assert len(paged) == len(set(paged)), paged
+    assert sorted(paged) == everything and set(made) <= set(paged)
+    r = requests.get(agent.endpoint + "/volumes/detail?limit=1",
+                     headers={"X-Auth-Token": "notused"}, timeout=10)
+    assert r.status_code == 200
+    nxt = [link["href"] for link in r.json()["volumes_links"] if link["rel"] == "next"]
+    assert len(nxt) == 1
+    assert urlsplit(nxt[0]).path == "/v3/volumes/detail", nxt[0]
+    self_link = [link["href"] for link in r.json()["volumes"][0]["links"] if link["rel"] == "self"]
+    assert urlsplit(self_link[0]).path == f"/v3/volumes/{r.json()['volumes'][0]['id']}", self_link
+    for vid in made:
+        bs(sdk).delete_volume(vid)
+    for vid in made:
+        wait_vol_gone(sdk, vid)
+
+
 def test_volume_metadata(sdk, vol):
     got = bs(sdk).set_volume_metadata(vol, k1="v1", k2="v2")
     assert user_md(got) == {"k1": "v1", "k2": "v2"}
@@ -252,6 +276,18 @@ def test_snapshot_crud(agent, sdk, vol):
     with pytest.raises(oexc.BadRequestException):
         bs(sdk).delete_volume(vol)  # has a snapshot, no cascade
     bs(sdk).delete_snapshot(s)
+    wait_snap_gone(sdk, s.id)
+    assert not (agent.data_dir / "snapshots" / f"snapshot-{s.id}").exists()
+
+
+def test_snapshot_reset_status_and_force_delete(agent, sdk, vol):
+    s = mk_snapshot(sdk, vol.id)
+    bs(sdk).reset_snapshot_status(s, "error")
+    assert bs(sdk).get_snapshot(s.id).status == "error"
+    bs(sdk).reset_snapshot_status(s, "creating")
+    with pytest.raises(oexc.BadRequestException):
+        bs(sdk).delete_snapshot(s)
+    bs(sdk).delete_snapshot(s, force=True)  # {"os-force_delete": null}
     wait_snap_gone(sdk, s.id)
     assert not (agent.data_dir / "snapshots" / f"snapshot-{s.id}").exists()
 
@@ -455,6 +491,7 @@ def test_unmanage_manage(agent, sdk, vol):
     # POST /v3/manageable_volumes (3.8+)
     new = bs(sdk).manage_volume(host=host, ref=ref, name="managed-sdk")
     assert new.id and new.id != vol.id
+    assert new.status in ("creating", "available")  # "managing" is shown as "creating"
     new = wait_vol(sdk, new.id, "available")
     assert new.size == 1 and new.name == "managed-sdk"
     assert new.volume_type == "__DEFAULT__" and new.host == host
@@ -516,6 +553,14 @@ def test_retype_never(sdk):
         p.retype_volume(v, t2)
     with pytest.raises(oexc.NotFoundException):
         p.retype_volume(v, str(uuid.uuid4()))
+    # an in-use volume retypes too (same backend) and stays in-use
+    p.attach_volume(v, "/dev/vdb", instance=str(uuid.uuid4()))
+    att = wait_vol(sdk, v.id, "in-use").attachments[0]
+    p.retype_volume(v, t1)
+    wait_for(lambda: (lambda x: x.volume_type == t1.name and x.status == "in-use")(p.get_volume(v.id)),
+             what="in-use retype")
+    p.detach_volume(v, att["attachment_id"])
+    wait_vol(sdk, v.id, "available")
     p.delete_volume(v)
     wait_vol_gone(sdk, v.id)
     p.delete_type(t1)
@@ -562,6 +607,16 @@ def test_upload_to_image_501(sdk, vol):
         bs(sdk).upload_volume_to_image(vol, "img", disk_format="raw", container_format="bare")
     assert raw_status(e) == 501
     assert bs(sdk).get_volume(vol.id).status == "available"
+
+
+def test_migrate_volume_refused(sdk, vol):
+    """A single-backend agent has no destination: 400 (or 501 once migration lands
+    with a known destination); never 2xx, and nothing changes."""
+    with pytest.raises(oexc.HttpException) as e:
+        bs(sdk).migrate_volume(vol, host="otherhost@lvm#pool")
+    assert raw_status(e) in (400, 501)
+    v = bs(sdk).get_volume(vol.id)
+    assert v.status == "available" and v.migration_status is None and v.host == vol.host
 
 
 def test_migrate_completion_501(sdk, vol):
