@@ -211,7 +211,7 @@ fn root_jobs_resume_after_kill_9() {
     let file = data_dir.join("volumes").join(format!("volume-{id}"));
     {
         let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
-        let chunk: Vec<u8> = (0..(1 << 20)).map(|i| (i % 251) as u8).collect();
+        let chunk: Vec<u8> = (0..1u32 << 20).map(|i| u8::try_from(i % 251).unwrap()).collect();
         for mib in 0..384u64 {
             f.write_all_at(&chunk, mib << 20).unwrap();
         }
@@ -228,7 +228,7 @@ fn root_jobs_resume_after_kill_9() {
     let snap_file = data_dir.join("snapshots").join(format!("snapshot-{snap}"));
     let mut buf = vec![0u8; 4096];
     std::fs::File::open(&snap_file).unwrap().read_exact_at(&mut buf, 383 << 20).unwrap();
-    assert!(buf.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8), "snapshot copy is incomplete");
+    assert!(buf.iter().enumerate().all(|(i, b)| usize::from(*b) == i % 251), "snapshot copy is incomplete");
 
     let (code, body) = agent.call("DELETE", &format!("/volumes/{id}?cascade=true"), None, None);
     assert_eq!(code, 202, "{body}");
