@@ -188,7 +188,7 @@ mod tests {
         f.sync_all().unwrap();
         // The destination starts with other data that must disappear.
         std::fs::write(&dst, vec![9u8; 1 << 20]).unwrap();
-        copy_contents(&src, &dst).unwrap();
+        assert_eq!(copy_contents(&src, &dst).unwrap(), CopyMethod::SparseCopy, "ext4/tmpfs have no reflink");
         let (mut a, mut b) = (Vec::new(), Vec::new());
         File::open(&src).unwrap().read_to_end(&mut a).unwrap();
         File::open(&dst).unwrap().read_to_end(&mut b).unwrap();
@@ -198,6 +198,35 @@ mod tests {
         let blocks = std::fs::metadata(&dst).unwrap().blocks();
         assert!(blocks * 512 < 4 << 20, "copy is not sparse: {} bytes allocated", blocks * 512);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// FICLONE on a real reflink filesystem: an XFS image on a loop device (root).
+    #[test]
+    fn root_reflink_on_xfs_shares_extents() {
+        use crate::blockdev::loopback;
+        use crate::cmd::{resolve, run};
+        use std::time::Duration;
+        let dir = temp_dir();
+        let image = dir.join("xfs.img");
+        File::create(&image).unwrap().set_len(512 << 20).unwrap();
+        let dev = loopback::attach(&image, false).unwrap();
+        let mnt = dir.join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let t = Duration::from_secs(60);
+        let result = std::panic::catch_unwind(|| {
+            let mkfs = resolve("mkfs.xfs").expect("xfsprogs (scripts/install-deps)");
+            run(&mkfs, &["-q", "-m", "reflink=1", dev.device.to_str().unwrap()], t).unwrap();
+            run(&resolve("mount").unwrap(), &[dev.device.to_str().unwrap(), mnt.to_str().unwrap()], t).unwrap();
+            let (src, dst) = (mnt.join("src"), mnt.join("dst"));
+            std::fs::write(&src, vec![0x5au8; 8 << 20]).unwrap();
+            assert_eq!(copy_contents(&src, &dst).unwrap(), CopyMethod::Reflink);
+            assert!(std::fs::read(&src).unwrap() == std::fs::read(&dst).unwrap());
+        });
+        // Whatever happened above, leave no mount and no loop device behind.
+        let _ = run(&resolve("umount").unwrap(), &[mnt.to_str().unwrap()], t);
+        loopback::detach(&dev.device).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+        result.unwrap();
     }
 
     #[test]

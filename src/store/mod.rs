@@ -128,6 +128,30 @@ fn schema_version() -> i64 {
 
 pub struct Store {
     conn: Mutex<Connection>,
+    /// Dropping it stops the checkpoint thread.
+    _checkpointer: std::sync::mpsc::Sender<()>,
+}
+
+/// WAL checkpoints run on their own connection and thread, so no request pays for
+/// copying the log into the database file (SQLite's automatic checkpoint would run
+/// inside whichever commit crosses the threshold).
+fn spawn_checkpointer(path: &Path) -> Result<std::sync::mpsc::Sender<()>, StoreError> {
+    let conn =
+        Connection::open(path).map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("ember-checkpoint".into())
+        .spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(std::time::Duration::from_millis(500))
+            {
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
+                }
+            }
+        })
+        .map_err(|e| StoreError::Corrupt(format!("start checkpoint thread: {e}")))?;
+    Ok(stop)
 }
 
 impl Store {
@@ -135,10 +159,11 @@ impl Store {
         let open_err = |source| StoreError::Open { path: path.display().to_string(), source };
         let conn = Connection::open(path).map_err(open_err)?;
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000; \
+             PRAGMA wal_autocheckpoint=0;",
         )
         .map_err(open_err)?;
-        let store = Store { conn: Mutex::new(conn) };
+        let store = Store { conn: Mutex::new(conn), _checkpointer: spawn_checkpointer(path)? };
         store.migrate()?;
         Ok(store)
     }
@@ -284,7 +309,7 @@ impl Tx<'_> {
 
     pub fn volume(&self, id: &str) -> Result<Option<Volume>, StoreError> {
         let sql = format!("SELECT {VOLUME_COLUMNS} FROM volumes WHERE id = ?1");
-        let found = self.0.query_row(&sql, [id], volume_from_row).optional()?;
+        let found = self.0.prepare_cached(&sql)?.query_row([id], volume_from_row).optional()?;
         found.map(|v| self.fill_volume(v)).transpose()
     }
 
@@ -293,7 +318,7 @@ impl Tx<'_> {
         let sql = format!(
             "SELECT {VOLUME_COLUMNS} FROM volumes WHERE (?1 IS NULL OR project_id = ?1) ORDER BY created_at, rowid"
         );
-        let mut stmt = self.0.prepare(&sql)?;
+        let mut stmt = self.0.prepare_cached(&sql)?;
         let rows = stmt.query_map([project_id], volume_from_row)?;
         let mut out = Vec::new();
         for row in rows {
@@ -466,7 +491,7 @@ impl Tx<'_> {
 
     pub fn snapshot(&self, id: &str) -> Result<Option<Snapshot>, StoreError> {
         let sql = format!("SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE id = ?1");
-        let found = self.0.query_row(&sql, [id], snapshot_from_row).optional()?;
+        let found = self.0.prepare_cached(&sql)?.query_row([id], snapshot_from_row).optional()?;
         found.map(|s| self.fill_snapshot(s)).transpose()
     }
 
@@ -476,7 +501,7 @@ impl Tx<'_> {
             "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE (?1 IS NULL OR project_id = ?1) \
              AND (?2 IS NULL OR volume_id = ?2) ORDER BY created_at, rowid"
         );
-        let mut stmt = self.0.prepare(&sql)?;
+        let mut stmt = self.0.prepare_cached(&sql)?;
         let rows = stmt.query_map(params![project_id, volume_id], snapshot_from_row)?;
         let mut out = Vec::new();
         for row in rows {
@@ -584,8 +609,9 @@ impl Tx<'_> {
     }
 
     pub fn volume_types(&self) -> Result<Vec<VolumeType>, StoreError> {
-        let mut stmt =
-            self.0.prepare("SELECT id, name, description, is_public FROM volume_types ORDER BY created_at, rowid")?;
+        let mut stmt = self
+            .0
+            .prepare_cached("SELECT id, name, description, is_public FROM volume_types ORDER BY created_at, rowid")?;
         let rows: Vec<(String, String, Option<String>, bool)> =
             stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<Result<_, _>>()?;
         rows.into_iter()

@@ -9,7 +9,7 @@ The SDK discovers versions itself (GET /v3, GET /v3/), sends X-Auth-Token
 import os
 import time
 import uuid
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
@@ -183,27 +183,51 @@ def test_project_scoping(agent, sdk, vol):
     wait_vol_gone(sdk, theirs)
 
 
-def test_pagination_follows_next_links(agent, sdk):
-    """volumes(limit=1) makes the SDK follow `volumes_links` rel=next. Upstream
-    (cinder/api/common.py _get_project_id_in_url) puts the project into links only
-    when the request URL had one; the SDK's URLs have none."""
+@pytest.fixture
+def three_volumes(sdk):
     made = [mk_volume(sdk, name=f"page-{i}").id for i in range(3)]
-    everything = sorted(x.id for x in bs(sdk).volumes())
-    paged = [x.id for x in bs(sdk).volumes(limit=1)]
-    assert len(paged) == len(set(paged)), paged
-    assert sorted(paged) == everything and set(made) <= set(paged)
-    r = requests.get(agent.endpoint + "/volumes/detail?limit=1",
-                     headers={"X-Auth-Token": "notused"}, timeout=10)
-    assert r.status_code == 200
-    nxt = [link["href"] for link in r.json()["volumes_links"] if link["rel"] == "next"]
-    assert len(nxt) == 1
-    assert urlsplit(nxt[0]).path == "/v3/volumes/detail", nxt[0]
-    self_link = [link["href"] for link in r.json()["volumes"][0]["links"] if link["rel"] == "self"]
-    assert urlsplit(self_link[0]).path == f"/v3/volumes/{r.json()['volumes'][0]['id']}", self_link
+    yield made
     for vid in made:
         bs(sdk).delete_volume(vid)
     for vid in made:
         wait_vol_gone(sdk, vid)
+
+
+def next_link(agent, query):
+    r = requests.get(agent.endpoint + "/volumes/detail?" + query,
+                     headers={"X-Auth-Token": "notused"}, timeout=10)
+    assert r.status_code == 200, r.text
+    nxt = [link["href"] for link in r.json()["volumes_links"] if link["rel"] == "next"]
+    assert len(nxt) == 1, r.json().get("volumes_links")
+    return r.json(), nxt[0]
+
+
+def test_pagination_follows_next_links(sdk, three_volumes):
+    """volumes(limit=1) makes the SDK follow `volumes_links` rel=next page by page."""
+    everything = sorted(x.id for x in bs(sdk).volumes())
+    paged = [x.id for x in bs(sdk).volumes(limit=1)]
+    assert len(paged) == len(set(paged)), paged
+    assert sorted(paged) == everything and set(three_volumes) <= set(paged)
+
+
+def test_links_have_no_project_for_projectless_request(agent, three_volumes):
+    """Upstream (cinder/api/common.py _get_project_id_in_url) puts the project into
+    self/next links only when the request URL had one; the SDK's URLs have none."""
+    body, nxt = next_link(agent, "limit=1")
+    assert urlsplit(nxt).path == "/v3/volumes/detail", nxt
+    vol = body["volumes"][0]
+    self_link = [link["href"] for link in vol["links"] if link["rel"] == "self"][0]
+    assert urlsplit(self_link).path == f"/v3/volumes/{vol['id']}", self_link
+
+
+def test_next_link_keeps_query_parameters(agent, three_volumes):
+    """Upstream builds the next link from a copy of request.params plus marker, so
+    filters, sort and all_tenants carry over to the following pages."""
+    _, nxt = next_link(agent, "limit=1&sort=name:asc&all_tenants=1&status=available")
+    q = parse_qs(urlsplit(nxt).query)
+    assert q.get("sort") == ["name:asc"], nxt
+    assert q.get("all_tenants") == ["1"] and q.get("status") == ["available"], nxt
+    assert q.get("limit") == ["1"] and len(q.get("marker", [])) == 1, nxt
 
 
 def test_volume_metadata(sdk, vol):
