@@ -119,9 +119,6 @@ def vol(cinder):
     if cur.status not in ("deleting",):
         try:
             cinder.volumes.reset_state(v.id, "available", attach_status="detached")
-            for s in cinder.volume_snapshots.list():
-                if s.volume_id == v.id:
-                    cinder.volume_snapshots.delete(s)
             cinder.volumes.delete(v.id, cascade=True)
         except cexc.ClientException:
             pass
@@ -282,6 +279,15 @@ def test_create_bad_size_400(cinder, size):
         cinder.volumes.create(size)
 
 
+def test_create_availability_zone(cinder):
+    v = mk_volume(cinder, availability_zone="nova")
+    assert v.availability_zone == "nova"
+    cinder.volumes.delete(v)
+    wait_vol_gone(cinder, v.id)
+    with pytest.raises(cexc.BadRequest):
+        cinder.volumes.create(1, availability_zone="elsewhere")
+
+
 def test_create_missing_references_404(cinder):
     with pytest.raises(cexc.NotFound):
         cinder.volumes.create(1, volume_type="no-such-type-" + uuid.uuid4().hex[:6])
@@ -306,6 +312,8 @@ def test_random_uuid_404(cinder):
         lambda: cinder.volumes.set_bootable(rid, True),
         lambda: cinder.volumes.force_delete(rid),
         lambda: cinder.volume_snapshots.get(rid),
+        lambda: cinder.volume_snapshots.create(rid),
+        lambda: cinder.volume_snapshots.delete(rid),
     ]
     for call in calls:
         with pytest.raises(cexc.NotFound):
@@ -350,6 +358,15 @@ def test_snapshot_reset_status_and_force_delete(agent, cinder, vol):
     assert not (agent.data_dir / "snapshots" / f"snapshot-{s.id}").exists()
     with pytest.raises(cexc.NotFound):
         cinder.volume_snapshots.reset_state(str(uuid.uuid4()), "error")
+
+
+@pytest.mark.parametrize("status", ["error", "maintenance"])
+def test_snapshot_of_volume_in_bad_status_400(cinder, vol, status):
+    cinder.volumes.reset_state(vol, status)
+    with pytest.raises(cexc.BadRequest):
+        cinder.volume_snapshots.create(vol.id)
+    cinder.volumes.reset_state(vol, "available")
+    assert not [s for s in cinder.volume_snapshots.list() if s.volume_id == vol.id]
 
 
 def test_snapshot_of_in_use_volume_force(agent, cinder, vol):

@@ -113,9 +113,6 @@ def vol(sdk):
     if cur.status != "deleting":
         try:
             bs(sdk).reset_volume_status(v.id, "available", "detached", None)
-            for s in bs(sdk).snapshots():
-                if s.volume_id == v.id:
-                    bs(sdk).delete_snapshot(s)
             bs(sdk).delete_volume(v.id, cascade=True)
         except oexc.SDKException:
             pass
@@ -275,6 +272,8 @@ def test_random_uuid_404(sdk):
         lambda: p.reset_volume_status(rid, "error", None, None),
         lambda: p.set_volume_bootable_status(rid, True),
         lambda: p.get_snapshot(rid),
+        lambda: p.create_snapshot(volume_id=rid),
+        lambda: p.delete_snapshot(rid, ignore_missing=False),
     ]
     for call in calls:
         with pytest.raises(oexc.NotFoundException):
