@@ -48,6 +48,12 @@ pub struct Req {
     pub version: Version,
     pub base_url: String,
     pub query: HashMap<String, String>,
+    /// The query as sent, in order, for the links that repeat it.
+    pub query_pairs: Vec<(String, String)>,
+    /// The project segment of the URL, if it had one (links repeat the URL's form).
+    pub url_project: Option<String>,
+    /// The If-Match header, for the volume metadata ETag check (3.15+).
+    pub if_match: Option<String>,
     body: Bytes,
 }
 
@@ -66,17 +72,19 @@ impl Req {
 pub struct Reply {
     pub status: StatusCode,
     pub body: Option<Value>,
+    /// An entity tag for the body (volume metadata from 3.15).
+    pub etag: Option<String>,
 }
 
 impl Reply {
     pub fn ok(body: Value) -> Reply {
-        Reply { status: StatusCode::OK, body: Some(body) }
+        Reply { status: StatusCode::OK, body: Some(body), etag: None }
     }
     pub fn accepted(body: Option<Value>) -> Reply {
-        Reply { status: StatusCode::ACCEPTED, body }
+        Reply { status: StatusCode::ACCEPTED, body, etag: None }
     }
     pub fn empty(status: StatusCode) -> Reply {
-        Reply { status, body: None }
+        Reply { status, body: None, etag: None }
     }
 }
 
@@ -104,6 +112,9 @@ async fn handle(State(state): State<Arc<ApiState>>, request: Request) -> Respons
                 }
             };
             *r.status_mut() = reply.status;
+            if let Some(tag) = reply.etag.and_then(|t| HeaderValue::from_str(&t).ok()) {
+                r.headers_mut().insert(header::ETAG, tag);
+            }
             r
         }
         Err(Early::Fault(e)) => {
@@ -173,7 +184,7 @@ async fn pipeline(
             if *method != Method::GET {
                 return Err(bad_method().into());
             }
-            return Ok(Reply { status: StatusCode::MULTIPLE_CHOICES, body: Some(views::versions(&base)) });
+            return Ok(Reply { status: StatusCode::MULTIPLE_CHOICES, body: Some(views::versions(&base)), etag: None });
         }
         ["v3", ..] => {}
         _ => return Err(ApiError::resource_not_found().into()),
@@ -223,7 +234,7 @@ async fn pipeline(
             return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported Content-Type").into());
         }
     }
-    let query = uri
+    let query_pairs: Vec<(String, String)> = uri
         .query()
         .map(|q| {
             q.split('&')
@@ -235,7 +246,17 @@ async fn pipeline(
                 .collect()
         })
         .unwrap_or_default();
-    let req = Req { method: method.clone(), ctx, version: *version, base_url: base, query, body };
+    let req = Req {
+        method: method.clone(),
+        ctx,
+        version: *version,
+        base_url: base,
+        query: query_pairs.iter().cloned().collect(),
+        query_pairs,
+        url_project: url_project.map(str::to_string),
+        if_match: headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()).map(str::to_string),
+        body,
+    };
     let manager = Arc::clone(&state.manager);
     // Handlers touch SQLite (fsync on commit) and may stat files: keep them off the
     // async workers.
@@ -257,6 +278,19 @@ async fn pipeline(
 
 pub fn bad_method() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "The method specified is not allowed for this resource.")
+}
+
+/// Encodes a query component (RFC 3986 unreserved characters stay as they are).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Decodes %XX escapes (and, in query strings, '+' as a space).

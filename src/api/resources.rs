@@ -132,6 +132,7 @@ impl ViewContextOwned<'_> {
     fn view(&self) -> ViewContext<'_> {
         ViewContext {
             base_url: &self.req.base_url,
+            project: self.req.url_project.as_deref(),
             version: self.req.version,
             is_admin: self.req.ctx.is_admin,
             type_names: &self.names,
@@ -160,6 +161,10 @@ fn list_volumes(m: &Manager, req: &Req, detail: bool) -> Result<Reply> {
     if let Some(status) = req.param("status") {
         volumes.retain(|v| v.status.shown() == status);
     }
+    if let Some(filter) = req.param("metadata") {
+        let wanted = schema::dict_filter("metadata", filter)?;
+        volumes.retain(|v| wanted.iter().all(|(k, want)| v.metadata.get(k) == Some(want)));
+    }
     if let Some(bootable) = req.param("bootable") {
         let want = boolean("bootable", &json!(bootable))?;
         volumes.retain(|v| v.bootable == want);
@@ -174,11 +179,7 @@ fn list_volumes(m: &Manager, req: &Req, detail: bool) -> Result<Reply> {
     let mut out = json!({"volumes": items});
     if let Some(marker) = next {
         let path = if detail { "volumes/detail" } else { "volumes" };
-        let limit = req.param("limit").unwrap_or_default();
-        out["volumes_links"] = json!([{
-            "rel": "next",
-            "href": format!("{}/v3/{}/{path}?limit={limit}&marker={marker}", req.base_url, req.ctx.project_id),
-        }]);
+        out["volumes_links"] = json!([{"rel": "next", "href": next_link(req, path, &marker)}]);
     }
     if req.version.at_least(3, 45)
         && req.param("with_count").is_some_and(|v| boolean("with_count", &json!(v)).unwrap_or(false))
@@ -186,6 +187,19 @@ fn list_volumes(m: &Manager, req: &Req, detail: bool) -> Result<Reply> {
         out["count"] = json!(count);
     }
     Ok(Reply::ok(out))
+}
+
+/// The link to the next page: the same URL form and query, with the new marker.
+fn next_link(req: &Req, path: &str, marker: &str) -> String {
+    let project = req.url_project.as_deref().map(|p| format!("{p}/")).unwrap_or_default();
+    let mut query: Vec<String> = req
+        .query_pairs
+        .iter()
+        .filter(|(k, _)| k != "marker")
+        .map(|(k, v)| format!("{}={}", super::percent_encode(k), super::percent_encode(v)))
+        .collect();
+    query.push(format!("marker={}", super::percent_encode(marker)));
+    format!("{}/v3/{project}{path}?{}", req.base_url, query.join("&"))
 }
 
 fn volume_sort_key(v: &Volume, key: &str) -> Option<String> {
@@ -431,7 +445,11 @@ fn volume_metadata(m: &Manager, req: &Req, id: &str, key: Option<&str>) -> Resul
     match (&req.method, key) {
         (&Method::GET, None) => {
             read("volume:get_volume_metadata")?;
-            Ok(Reply::ok(json!({"metadata": v.metadata})))
+            let mut reply = Reply::ok(json!({"metadata": v.metadata}));
+            if req.version.at_least(3, 15) {
+                reply.etag = Some(metadata_etag(&v.metadata));
+            }
+            Ok(reply)
         }
         (&Method::GET, Some(key)) => {
             read("volume:get_volume_metadata")?;
@@ -447,7 +465,16 @@ fn volume_metadata(m: &Manager, req: &Req, id: &str, key: Option<&str>) -> Resul
             write("volume:update_volume_metadata")?;
             let change =
                 if req.method == Method::PUT { MetadataChange::Replace(map) } else { MetadataChange::Merge(map) };
-            let all = m.update_volume_metadata(&caller, id, change)?;
+            let replace = req.method == Method::PUT;
+            let all =
+                m.update_volume_metadata(
+                    &caller,
+                    id,
+                    change,
+                    |current| {
+                        if replace { check_etag(req, current) } else { Ok(()) }
+                    },
+                )?;
             Ok(Reply::ok(json!({"metadata": all})))
         }
         (&Method::PUT, Some(key)) => {
@@ -460,15 +487,45 @@ fn volume_metadata(m: &Manager, req: &Req, id: &str, key: Option<&str>) -> Resul
                 return Err(ApiError::bad_request("Request body and URI mismatch"));
             }
             write("volume:update_volume_metadata")?;
-            m.update_volume_metadata(&caller, id, MetadataChange::Merge(map.clone()))?;
+            m.update_volume_metadata(&caller, id, MetadataChange::Merge(map.clone()), |current| {
+                check_etag(req, current)
+            })?;
             Ok(Reply::ok(json!({"meta": map})))
         }
         (&Method::DELETE, Some(key)) => {
             write("volume:delete_volume_metadata")?;
-            m.update_volume_metadata(&caller, id, MetadataChange::Delete(key.to_string()))?;
+            m.update_volume_metadata(&caller, id, MetadataChange::Delete(key.to_string()), |_| Ok(()))?;
             Ok(Reply::empty(StatusCode::OK))
         }
         _ => Err(bad_method()),
+    }
+}
+
+/// The entity tag of a volume's metadata: a hash of its canonical JSON. Clients
+/// only echo it back in If-Match, so any stable digest serves (FNV-1a, 64 bits).
+fn metadata_etag(metadata: &BTreeMap<String, String>) -> String {
+    let text = json!({"metadata": metadata}).to_string();
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    format!("{hash:016x}")
+}
+
+/// From 3.15 a metadata update carrying If-Match must match the current ETag
+/// (412 otherwise): cinderclient relies on it to avoid lost updates.
+fn check_etag(req: &Req, metadata: &BTreeMap<String, String>) -> crate::manager::Result<()> {
+    let Some(if_match) = req.if_match.as_deref().filter(|_| req.version.at_least(3, 15)) else {
+        return Ok(());
+    };
+    let current = metadata_etag(metadata);
+    let matches = if_match
+        .split(',')
+        .map(|t| t.trim().trim_start_matches("W/").trim_matches('"'))
+        .any(|t| t == "*" || t == current);
+    if matches {
+        Ok(())
+    } else {
+        Err(crate::manager::ManagerError::PreconditionFailed(
+            "The volume's metadata changed since it was read (ETag mismatch).".to_string(),
+        ))
     }
 }
 

@@ -176,6 +176,77 @@ pub fn optional_metadata(obj: &Obj, key: &str) -> Result<BTreeMap<String, String
     }
 }
 
+/// A dict given in a query string, as clients send it: JSON (`{"k": "v"}`) or a
+/// Python literal (`{'k': 'v'}`, what cinderclient's `search_opts` produces).
+/// Values are compared as strings.
+pub fn dict_filter(field: &str, text: &str) -> Result<BTreeMap<String, String>, ApiError> {
+    let bad = || ApiError::bad_request(format!("Invalid input received: {field} filter {text:?} is not a dict"));
+    if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(text) {
+        return Ok(map
+            .into_iter()
+            .map(|(k, v)| {
+                let v = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+                (k, v)
+            })
+            .collect());
+    }
+    let mut chars = text.trim().chars().peekable();
+    let mut out = BTreeMap::new();
+    let skip_ws = |c: &mut std::iter::Peekable<std::str::Chars>| {
+        while c.peek().is_some_and(|x| x.is_whitespace()) {
+            c.next();
+        }
+    };
+    let literal = |c: &mut std::iter::Peekable<std::str::Chars>| -> Option<String> {
+        skip_ws(c);
+        let quote = *c.peek()?;
+        if quote != '\'' && quote != '"' {
+            let mut s = String::new();
+            while c.peek().is_some_and(|x| !matches!(x, ',' | '}' | ':') && !x.is_whitespace()) {
+                s.push(c.next()?);
+            }
+            return (!s.is_empty()).then_some(s);
+        }
+        c.next();
+        let mut s = String::new();
+        loop {
+            match c.next()? {
+                '\\' => s.push(c.next()?),
+                x if x == quote => return Some(s),
+                x => s.push(x),
+            }
+        }
+    };
+    if chars.next() != Some('{') {
+        return Err(bad());
+    }
+    loop {
+        skip_ws(&mut chars);
+        if chars.peek() == Some(&'}') {
+            chars.next();
+            break;
+        }
+        let key = literal(&mut chars).ok_or_else(bad)?;
+        skip_ws(&mut chars);
+        if chars.next() != Some(':') {
+            return Err(bad());
+        }
+        let value = literal(&mut chars).ok_or_else(bad)?;
+        out.insert(key, value);
+        skip_ws(&mut chars);
+        match chars.next() {
+            Some(',') => {}
+            Some('}') => break,
+            _ => return Err(bad()),
+        }
+    }
+    skip_ws(&mut chars);
+    if chars.next().is_some() {
+        return Err(bad());
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +292,18 @@ mod tests {
         assert!(envelope(&json!([]), "volume", &[]).is_err());
         assert!(parse_body(b"{\"a\":").is_err());
         assert!(parse_body(b"  ").is_err());
+    }
+
+    #[test]
+    fn dict_filters_in_json_or_python_form() {
+        let want = BTreeMap::from([("tag".to_string(), "x y".to_string()), ("n".to_string(), "1".to_string())]);
+        assert_eq!(dict_filter("m", r#"{"tag": "x y", "n": 1}"#).unwrap(), want);
+        assert_eq!(dict_filter("m", "{'tag': 'x y', 'n': 1}").unwrap(), want);
+        assert_eq!(dict_filter("m", "{}").unwrap(), BTreeMap::new());
+        assert_eq!(dict_filter("m", r"{'a': 'it\'s'}").unwrap()["a"], "it's");
+        for bad in ["", "tag", "{'a'}", "{'a': 'b'", "{'a': 'b'} x", "[1]"] {
+            assert!(dict_filter("m", bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -12,21 +12,26 @@ use crate::store::{AttachStatus, Snapshot, Volume, VolumeType};
 /// What a view needs besides the record.
 pub struct ViewContext<'a> {
     pub base_url: &'a str,
+    /// The project segment the request's URL had; links use the same form.
+    pub project: Option<&'a str>,
     pub version: Version,
     pub is_admin: bool,
     /// Type id → name, for `volume_type`.
     pub type_names: &'a BTreeMap<String, String>,
 }
 
-pub fn volume_links(ctx: &ViewContext, project_id: &str, id: &str) -> Value {
+/// Self and bookmark links, with the project segment only when the request had one
+/// (as upstream's `_get_project_id_in_url`).
+pub fn volume_links(ctx: &ViewContext, id: &str) -> Value {
+    let project = ctx.project.map(|p| format!("{p}/")).unwrap_or_default();
     json!([
-        {"rel": "self", "href": format!("{}/v3/{project_id}/volumes/{id}", ctx.base_url)},
-        {"rel": "bookmark", "href": format!("{}/{project_id}/volumes/{id}", ctx.base_url)},
+        {"rel": "self", "href": format!("{}/v3/{project}volumes/{id}", ctx.base_url)},
+        {"rel": "bookmark", "href": format!("{}/{project}volumes/{id}", ctx.base_url)},
     ])
 }
 
 pub fn volume_summary(ctx: &ViewContext, v: &Volume) -> Value {
-    json!({"id": v.id, "name": v.name, "links": volume_links(ctx, &v.project_id, &v.id)})
+    json!({"id": v.id, "name": v.name, "links": volume_links(ctx, &v.id)})
 }
 
 pub fn volume_detail(ctx: &ViewContext, v: &Volume) -> Value {
@@ -65,7 +70,7 @@ pub fn volume_detail(ctx: &ViewContext, v: &Volume) -> Value {
         "snapshot_id": v.snapshot_id,
         "source_volid": v.source_volid,
         "metadata": metadata,
-        "links": volume_links(ctx, &v.project_id, &v.id),
+        "links": volume_links(ctx, &v.id),
         "user_id": v.user_id,
         "bootable": if v.bootable { "true" } else { "false" },
         "encrypted": false,
@@ -244,7 +249,8 @@ mod tests {
 
     fn keys(version: Version, admin: bool) -> Vec<String> {
         let names = BTreeMap::from([("t1".to_string(), "gold".to_string())]);
-        let ctx = ViewContext { base_url: "http://x", version, is_admin: admin, type_names: &names };
+        let ctx =
+            ViewContext { base_url: "http://x", project: Some("p"), version, is_admin: admin, type_names: &names };
         let view = volume_detail(&ctx, &volume());
         let mut keys: Vec<String> = view.as_object().unwrap().keys().cloned().collect();
         keys.sort();
@@ -280,7 +286,13 @@ mod tests {
     #[test]
     fn status_bootable_and_metadata_as_cinder_shows_them() {
         let names = BTreeMap::from([("t1".to_string(), "gold".to_string())]);
-        let ctx = ViewContext { base_url: "http://x", version: Version(3, 0), is_admin: true, type_names: &names };
+        let ctx = ViewContext {
+            base_url: "http://x",
+            project: Some("p"),
+            version: Version(3, 0),
+            is_admin: true,
+            type_names: &names,
+        };
         let view = volume_detail(&ctx, &volume());
         assert_eq!(view["status"], "creating");
         assert_eq!(view["bootable"], "true");

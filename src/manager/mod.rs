@@ -46,6 +46,8 @@ pub enum ManagerError {
     OverLimit(String),
     #[error("{0}")]
     NotImplemented(String),
+    #[error("{0}")]
+    PreconditionFailed(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]

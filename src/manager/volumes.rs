@@ -176,9 +176,12 @@ impl Manager {
         caller: &Caller,
         id: &str,
         change: MetadataChange,
+        precondition: impl FnOnce(&BTreeMap<String, String>) -> Result<()>,
     ) -> Result<BTreeMap<String, String>> {
         self.store.write(|tx| {
             let v = self.visible(tx, caller, id)?;
+            // Checked inside the transaction, so no other update slips in between.
+            precondition(&v.metadata)?;
             if matches!(v.status, VolumeStatus::Maintenance | VolumeStatus::Uploading) {
                 return Err(ManagerError::Invalid(format!(
                     "Invalid volume: Volume {id} status must not be maintenance or uploading to change its metadata, \

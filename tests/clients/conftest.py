@@ -1,12 +1,13 @@
 """Fixtures that start a real `ember serve` on a temporary data dir and talk to it.
 
-The agent binary comes from $EMBER_BIN, else target/release/ember, else
-target/debug/ember. Every test module gets its own agent (module scope), so a test
+The agent binary comes from $EMBER_BIN, else the newest of target/{release,debug}/ember.
+Every test module gets its own agent (module scope), so a test
 that breaks the store cannot poison the next module.
 """
 
 import json
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -24,13 +25,15 @@ USER = "admin"
 
 
 def ember_binary():
+    """$EMBER_BIN, else the newer of target/release/ember and target/debug/ember
+    (a stale release build must not shadow the debug build just made)."""
     if os.environ.get("EMBER_BIN"):
         return os.environ["EMBER_BIN"]
-    for profile in ("release", "debug"):
-        candidate = ROOT / "target" / profile / "ember"
-        if candidate.exists():
-            return str(candidate)
-    raise RuntimeError("no ember binary: run `cargo build` or set EMBER_BIN")
+    built = [ROOT / "target" / p / "ember" for p in ("release", "debug")]
+    built = [b for b in built if b.exists()]
+    if not built:
+        raise RuntimeError("no ember binary: run `cargo build` or set EMBER_BIN")
+    return str(max(built, key=lambda b: b.stat().st_mtime))
 
 
 def free_port():
@@ -182,6 +185,8 @@ def stop_agent(agent):
         agent.proc.kill()
         agent.proc.wait()
     assert "panicked" not in agent.log(), agent.log()
+    # A clean stop removes the data dir; after a failure it stays for inspection.
+    shutil.rmtree(agent.data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
