@@ -114,6 +114,18 @@ fn loop_devices() -> usize {
     std::fs::read_dir("/sys/block").unwrap().flatten().filter(|e| e.path().join("loop/backing_file").exists()).count()
 }
 
+/// No volume or snapshot file and no loop device outlives the test; then the data
+/// dir goes.
+fn assert_nothing_left(data_dir: &Path, loops_before: usize) {
+    let leftovers: Vec<_> = ["volumes", "snapshots"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(data_dir.join(d)).unwrap().flatten().map(|e| e.path()))
+        .collect();
+    assert!(leftovers.is_empty(), "files left behind: {leftovers:?}");
+    assert_eq!(loop_devices(), loops_before, "loop devices leaked");
+    std::fs::remove_dir_all(data_dir).unwrap();
+}
+
 fn device_size(dev: &Path) -> u64 {
     ember::blockdev::block_device_size(&std::fs::File::open(dev).unwrap()).unwrap()
 }
@@ -180,13 +192,7 @@ fn root_volume_lifecycle_through_http() {
     agent.wait_status("snapshots", &snap, "gone");
     agent.stop();
 
-    let leftovers: Vec<_> = ["volumes", "snapshots"]
-        .iter()
-        .flat_map(|d| std::fs::read_dir(data_dir.join(d)).unwrap().flatten().map(|e| e.path()))
-        .collect();
-    assert!(leftovers.is_empty(), "files left behind: {leftovers:?}");
-    assert_eq!(loop_devices(), loops_before, "loop devices leaked");
-    std::fs::remove_dir_all(&data_dir).unwrap();
+    assert_nothing_left(&data_dir, loops_before);
 }
 
 fn unfinished_jobs(data_dir: &Path) -> Vec<String> {
@@ -238,11 +244,5 @@ fn root_jobs_resume_after_kill_9() {
     agent.wait_status("volumes", &id, "gone");
     assert!(unfinished_jobs(&data_dir).is_empty());
     agent.stop();
-    let leftovers: Vec<_> = ["volumes", "snapshots"]
-        .iter()
-        .flat_map(|d| std::fs::read_dir(data_dir.join(d)).unwrap().flatten().map(|e| e.path()))
-        .collect();
-    assert!(leftovers.is_empty(), "files left behind: {leftovers:?}");
-    assert_eq!(loop_devices(), loops_before, "loop devices leaked");
-    std::fs::remove_dir_all(&data_dir).unwrap();
+    assert_nothing_left(&data_dir, loops_before);
 }

@@ -22,7 +22,8 @@ impl Manager {
         self.store.read(|tx| self.visible_snapshot(tx, caller, id))
     }
 
-    fn visible_snapshot(&self, tx: &Tx, caller: &Caller, id: &str) -> Result<Snapshot> {
+    /// The snapshot if the caller may see it, inside a transaction.
+    pub(super) fn visible_snapshot(&self, tx: &Tx, caller: &Caller, id: &str) -> Result<Snapshot> {
         tx.snapshot(id)?
             .filter(|s| caller.is_admin || s.project_id == caller.project_id)
             .ok_or_else(|| snapshot_not_found(id))

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
-use super::{Caller, Manager, ManagerError, Result, snapshot_not_found, type_not_found, volume_not_found};
+use super::{Caller, Manager, ManagerError, Result, type_not_found, volume_not_found};
 use crate::pool::Source;
 use crate::store::{
     AttachStatus, DEFAULT_TYPE_NAME, JobKind, MetaKind, SnapshotStatus, Volume, VolumeStatus, not_migrating, now,
@@ -48,89 +48,55 @@ impl Manager {
     }
 
     pub fn create_volume(self: &std::sync::Arc<Self>, caller: &Caller, req: CreateVolume) -> Result<Volume> {
-        if let Some(zone) = &req.availability_zone {
-            if *zone != self.settings.availability_zone {
-                return Err(ManagerError::Invalid(format!("Availability zone '{zone}' is invalid.")));
-            }
-        }
+        self.check_zone(req.availability_zone.as_deref())?;
         let (volume, job) = self.store.write(|tx| {
-            let mut type_ref = req.volume_type.clone();
-            let mut size = req.size;
-            let source = if let Some(snapshot_id) = &req.snapshot_id {
-                let snap = tx
-                    .snapshot(snapshot_id)?
-                    .filter(|s| caller.is_admin || s.project_id == caller.project_id)
-                    .ok_or_else(|| snapshot_not_found(snapshot_id))?;
+            // A clone takes its source's size (at least) and, unless told otherwise, its type.
+            let (source, source_size, source_type) = if let Some(snapshot_id) = &req.snapshot_id {
+                let snap = self.visible_snapshot(tx, caller, snapshot_id)?;
                 if snap.status != SnapshotStatus::Available {
                     return Err(ManagerError::Invalid(format!(
                         "Originating snapshot status must be one of 'available' values, but it is {}.",
                         snap.status
                     )));
                 }
-                let size = *size.get_or_insert(snap.volume_size);
-                if size < snap.volume_size {
-                    return Err(ManagerError::Invalid(format!(
-                        "Volume size '{size}GB' cannot be smaller than the snapshot size {}GB. \
-                         They must be >= original snapshot size.",
-                        snap.volume_size
-                    )));
-                }
-                type_ref.get_or_insert(snap.volume_type_id.clone());
-                Source::Snapshot(snap.id)
+                (Source::Snapshot(snap.id), Some(("snapshot", snap.volume_size)), Some(snap.volume_type_id))
             } else if let Some(source_id) = &req.source_volid {
-                let src = tx
-                    .volume(source_id)?
-                    .filter(|v| caller.is_admin || v.project_id == caller.project_id)
-                    .ok_or_else(|| volume_not_found(source_id))?;
+                let src = self.visible(tx, caller, source_id)?;
                 if !matches!(src.status, VolumeStatus::Available | VolumeStatus::InUse) {
                     return Err(ManagerError::Invalid(format!(
                         "Unable to clone volumes that are in an error state or busy: source status is {}.",
                         src.status
                     )));
                 }
-                let size = *size.get_or_insert(src.size);
-                if size < src.size {
-                    return Err(ManagerError::Invalid(format!(
-                        "Volume size '{size}GB' cannot be smaller than the source volume size {}GB.",
-                        src.size
-                    )));
-                }
-                type_ref.get_or_insert(src.volume_type_id.clone());
-                Source::Volume(src.id)
+                (Source::Volume(src.id), Some(("source volume", src.size)), Some(src.volume_type_id))
             } else {
-                Source::Blank
+                (Source::Blank, None, None)
             };
-            let size = size.ok_or_else(|| {
+            let size = req.size.or(source_size.map(|(_, s)| s)).ok_or_else(|| {
                 ManagerError::Invalid("Volume size must be given when creating a blank volume.".to_string())
             })?;
-            let type_ref = type_ref.unwrap_or_else(|| DEFAULT_TYPE_NAME.to_string());
+            if let Some((what, min)) = source_size.filter(|(_, min)| size < *min) {
+                return Err(ManagerError::Invalid(format!(
+                    "Volume size '{size}GB' cannot be smaller than the {what} size {min}GB. They must be >= the \
+                     original {what} size."
+                )));
+            }
+            let type_ref = req.volume_type.clone().or(source_type).unwrap_or_else(|| DEFAULT_TYPE_NAME.to_string());
             let vtype = tx.volume_type(&type_ref)?.ok_or_else(|| {
                 ManagerError::NotFound(format!("Volume type with name {type_ref} could not be found."))
             })?;
             let volume = Volume {
-                id: uuid::Uuid::new_v4().to_string(),
-                project_id: caller.project_id.clone(),
-                user_id: caller.user_id.clone(),
-                name: req.name.clone(),
-                description: req.description.clone(),
-                size,
-                status: VolumeStatus::Creating,
-                previous_status: None,
-                attach_status: AttachStatus::Detached,
-                migration_status: None,
-                volume_type_id: vtype.id.clone(),
-                availability_zone: self.settings.availability_zone.clone(),
-                bootable: false,
-                multiattach: vtype.multiattach(),
                 snapshot_id: req.snapshot_id.clone(),
                 source_volid: req.source_volid.clone(),
-                host: self.settings.host.clone(),
-                created_at: now(),
-                updated_at: None,
-                metadata: req.metadata.clone(),
-                admin_metadata: BTreeMap::new(),
-                image_metadata: BTreeMap::new(),
-                attachments: Vec::new(),
+                ..self.new_volume(
+                    caller,
+                    VolumeStatus::Creating,
+                    size,
+                    &vtype,
+                    &req.name,
+                    &req.description,
+                    &req.metadata,
+                )
             };
             self.check_capacity(tx, size)?;
             tx.insert_volume(&volume)?;
@@ -342,40 +308,23 @@ impl Manager {
                 req.source_name
             )));
         }
-        if let Some(zone) = &req.availability_zone {
-            if *zone != self.settings.availability_zone {
-                return Err(ManagerError::Invalid(format!("Availability zone '{zone}' is invalid.")));
-            }
-        }
+        self.check_zone(req.availability_zone.as_deref())?;
         let (volume, job) = self.store.write(|tx| {
             let type_ref = req.volume_type.clone().unwrap_or_else(|| DEFAULT_TYPE_NAME.to_string());
             let vtype = tx.volume_type(&type_ref)?.ok_or_else(|| type_not_found(&type_ref))?;
             let size =
                 i64::try_from(candidate.size_gib).map_err(|_| ManagerError::Invalid("volume too large".to_string()))?;
             let volume = Volume {
-                id: uuid::Uuid::new_v4().to_string(),
-                project_id: caller.project_id.clone(),
-                user_id: caller.user_id.clone(),
-                name: req.name.clone(),
-                description: req.description.clone(),
-                size,
-                status: VolumeStatus::Managing,
-                previous_status: None,
-                attach_status: AttachStatus::Detached,
-                migration_status: None,
-                volume_type_id: vtype.id.clone(),
-                availability_zone: self.settings.availability_zone.clone(),
                 bootable: req.bootable,
-                multiattach: vtype.multiattach(),
-                snapshot_id: None,
-                source_volid: None,
-                host: self.settings.host.clone(),
-                created_at: now(),
-                updated_at: None,
-                metadata: req.metadata.clone(),
-                admin_metadata: BTreeMap::new(),
-                image_metadata: BTreeMap::new(),
-                attachments: Vec::new(),
+                ..self.new_volume(
+                    caller,
+                    VolumeStatus::Managing,
+                    size,
+                    &vtype,
+                    &req.name,
+                    &req.description,
+                    &req.metadata,
+                )
             };
             tx.insert_volume(&volume)?;
             let job = tx.insert_job(JobKind::ManageVolume, Some(&volume.id), None, json!({"name": req.source_name}))?;
@@ -383,6 +332,55 @@ impl Manager {
         })?;
         self.spawn_job(job);
         Ok(volume)
+    }
+
+    /// A new record of this agent's, owned by the caller, in `status`.
+    #[allow(clippy::too_many_arguments)]
+    fn new_volume(
+        &self,
+        caller: &Caller,
+        status: VolumeStatus,
+        size: i64,
+        vtype: &crate::store::VolumeType,
+        name: &Option<String>,
+        description: &Option<String>,
+        metadata: &BTreeMap<String, String>,
+    ) -> Volume {
+        Volume {
+            id: uuid::Uuid::new_v4().to_string(),
+            project_id: caller.project_id.clone(),
+            user_id: caller.user_id.clone(),
+            name: name.clone(),
+            description: description.clone(),
+            size,
+            status,
+            previous_status: None,
+            attach_status: AttachStatus::Detached,
+            migration_status: None,
+            volume_type_id: vtype.id.clone(),
+            availability_zone: self.settings.availability_zone.clone(),
+            bootable: false,
+            multiattach: vtype.multiattach(),
+            snapshot_id: None,
+            source_volid: None,
+            host: self.settings.host.clone(),
+            created_at: now(),
+            updated_at: None,
+            metadata: metadata.clone(),
+            admin_metadata: BTreeMap::new(),
+            image_metadata: BTreeMap::new(),
+            attachments: Vec::new(),
+        }
+    }
+
+    /// The one availability zone this agent serves.
+    fn check_zone(&self, zone: Option<&str>) -> Result<()> {
+        match zone {
+            Some(zone) if zone != self.settings.availability_zone => {
+                Err(ManagerError::Invalid(format!("Availability zone '{zone}' is invalid.")))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The volume if the caller may see it, inside a transaction.
