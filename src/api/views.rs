@@ -284,6 +284,55 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_fields_by_band() {
+        let names = BTreeMap::new();
+        let snap = Snapshot {
+            id: "s".into(),
+            volume_id: "v".into(),
+            project_id: "p".into(),
+            user_id: "u".into(),
+            name: None,
+            description: None,
+            status: crate::store::SnapshotStatus::Available,
+            volume_size: 1,
+            progress: "100%".into(),
+            volume_type_id: "t".into(),
+            created_at: "2026-01-01T00:00:00.000000".into(),
+            updated_at: None,
+            metadata: BTreeMap::new(),
+        };
+        let at = |minor| {
+            let ctx = ViewContext {
+                base_url: "http://x",
+                project: None,
+                version: Version(3, minor),
+                is_admin: true,
+                type_names: &names,
+            };
+            snapshot_detail(&ctx, &snap)
+        };
+        assert!(at(13).get("group_snapshot_id").is_none() && at(14).get("group_snapshot_id").is_some());
+        assert!(at(40).get("user_id").is_none() && at(41)["user_id"] == "u");
+        assert!(at(64).get("consumes_quota").is_none() && at(65)["consumes_quota"] == true);
+        assert_eq!(at(0)["os-extended-snapshot-attributes:progress"], "100%");
+    }
+
+    #[test]
+    fn links_follow_the_request_url_form() {
+        let names = BTreeMap::new();
+        let ctx = ViewContext {
+            base_url: "http://x",
+            project: None,
+            version: Version(3, 0),
+            is_admin: false,
+            type_names: &names,
+        };
+        let links = volume_links(&ctx, "v1");
+        assert_eq!(links[0]["href"], "http://x/v3/volumes/v1");
+        assert_eq!(links[1]["href"], "http://x/volumes/v1");
+    }
+
+    #[test]
     fn status_bootable_and_metadata_as_cinder_shows_them() {
         let names = BTreeMap::from([("t1".to_string(), "gold".to_string())]);
         let ctx = ViewContext {

@@ -484,3 +484,82 @@ async fn other_projects_see_not_found() {
     assert!(matches!(e.m.volume_action(&other, &v.id, VolumeAction::Reserve, V30), Err(ManagerError::NotFound(_))));
     assert!(e.m.volumes(&other, true).unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn detaching_and_unreserve_follow_attachments_and_migration() {
+    let e = env();
+    let v = e.volume(1).await;
+    e.attach(&v.id, "12121212-1212-1212-1212-121212121212", AttachMode::Rw).unwrap();
+    // Unreserve from attaching goes back to in-use while an attachment exists.
+    e.act(
+        &v.id,
+        VolumeAction::ResetStatus {
+            status: Some(VolumeStatus::Attaching),
+            attach_status: None,
+            migration_status: None,
+        },
+    )
+    .unwrap();
+    e.act(&v.id, VolumeAction::Unreserve).unwrap();
+    assert_eq!(e.get(&v.id).status, VolumeStatus::InUse);
+    // Mid-migration, begin_detaching is a silent success that changes nothing.
+    e.act(
+        &v.id,
+        VolumeAction::ResetStatus {
+            status: None,
+            attach_status: None,
+            migration_status: Some(Some("migrating".into())),
+        },
+    )
+    .unwrap();
+    e.act(&v.id, VolumeAction::BeginDetaching).unwrap();
+    assert_eq!(e.get(&v.id).status, VolumeStatus::InUse);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshot_delete_rules_and_admin_actions() {
+    let e = env();
+    let v = e.volume(1).await;
+    let s = e.snapshot(&v.id).await;
+    e.m.reset_snapshot_status(&e.admin, &s.id, SnapshotStatus::Creating).unwrap();
+    is_invalid(e.m.delete_snapshot(&e.admin, &s.id, false));
+    assert_eq!(
+        e.m.snapshot(&e.admin, &s.id).unwrap().status,
+        SnapshotStatus::Creating,
+        "a refused delete changes nothing"
+    );
+    e.m.delete_snapshot(&e.admin, &s.id, true).unwrap();
+    e.settle().await;
+    assert!(matches!(e.m.snapshot(&e.admin, &s.id), Err(ManagerError::NotFound(_))));
+    assert!(!e.pool.snapshot_path(&s.id).exists());
+    // Snapshots of an in-use volume need force (or 3.66).
+    e.attach(&v.id, "34343434-3434-3434-3434-343434343434", AttachMode::Rw).unwrap();
+    let req = CreateSnapshot { volume_id: v.id.clone(), ..Default::default() };
+    is_invalid(e.m.create_snapshot(&e.admin, req.clone(), false).map(|_| ()));
+    e.m.create_snapshot(&e.admin, CreateSnapshot { force: true, ..req.clone() }, false).unwrap();
+    e.m.create_snapshot(&e.admin, req, true).unwrap();
+    e.settle().await;
+    assert_eq!(e.m.snapshots(&e.admin, false).unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn types_protect_the_default_and_types_in_use() {
+    let e = env();
+    let default = e.m.volume_type(crate::store::DEFAULT_TYPE_NAME).unwrap();
+    is_invalid(e.m.delete_volume_type(&default.id));
+    let t = e.m.create_volume_type("silver".into(), None, true, BTreeMap::new()).unwrap();
+    assert!(matches!(
+        e.m.create_volume_type("silver".into(), None, true, BTreeMap::new()),
+        Err(ManagerError::Conflict(_))
+    ));
+    e.m.create_volume(
+        &e.admin,
+        CreateVolume { size: Some(1), volume_type: Some("silver".into()), ..Default::default() },
+    )
+    .unwrap();
+    e.settle().await;
+    is_invalid(e.m.delete_volume_type(&t.id));
+    e.m.set_extra_specs(&t.id, BTreeMap::from([("k".into(), "v".into())])).unwrap();
+    e.m.delete_extra_spec(&t.id, "k").unwrap();
+    assert!(matches!(e.m.delete_extra_spec(&t.id, "k"), Err(ManagerError::NotFound(_))));
+}
