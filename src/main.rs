@@ -64,7 +64,11 @@ fn main() -> ExitCode {
                 }
                 cfg.auth.allow_remote_noauth |= allow_remote_noauth;
                 let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("start runtime: {e}"))?;
-                runtime.block_on(ember::server::serve(cfg))
+                let result = runtime.block_on(ember::server::serve(cfg));
+                // A job still copying or clearing on a blocking thread is not waited
+                // for long: its journal row resumes it at the next start.
+                runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+                result
             })
         }
         Command::Doctor { config, data_dir } => load(config, data_dir).map(|cfg| {

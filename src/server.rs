@@ -2,6 +2,8 @@
 //! the API until SIGINT/SIGTERM. Running jobs are not waited for: their rows stay
 //! in the journal and resume at the next start.
 
+use std::future::IntoFuture;
+
 use std::sync::Arc;
 
 use crate::api::{self, ApiState, Auth};
@@ -45,10 +47,26 @@ pub async fn serve(config: Config) -> Result<(), String> {
         resumed_jobs = resumed,
         "ember serving the Cinder v3 API"
     );
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| format!("serve: {e}"))
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .into_future(),
+    );
+    shutdown_signal().await;
+    let _ = stop.send(());
+    // In-flight requests get a moment to finish; a client that keeps its
+    // connection busy cannot hold the agent up. Unfinished jobs stay journaled.
+    match tokio::time::timeout(std::time::Duration::from_secs(10), server).await {
+        Ok(Ok(result)) => result.map_err(|e| format!("serve: {e}")),
+        Ok(Err(join)) => Err(format!("server task failed: {join}")),
+        Err(_) => {
+            tracing::warn!("connections still open after 10 s; exiting anyway");
+            Ok(())
+        }
+    }
 }
 
 async fn shutdown_signal() {

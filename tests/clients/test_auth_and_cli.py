@@ -143,3 +143,25 @@ def test_version_and_doctor(tmp_path):
     assert lines["loop"].split()[1] == expected, r.stdout
     assert lines["libblkid"].split()[1] == "ok", r.stdout
     assert lines["data"].split()[2] == "ok", r.stdout
+
+
+def test_sigterm_exits_even_with_a_stuck_client():
+    """A client that sent headers and never its body must not hold the agent up."""
+    import socket
+    import time
+
+    agent = start_agent()
+    try:
+        stuck = socket.create_connection(("127.0.0.1", agent.port))
+        stuck.sendall(b"POST /v3/volumes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"X-Auth-Token: a:b\r\nContent-Length: 100\r\n\r\n{")
+        time.sleep(0.2)
+        started = time.time()
+        agent.proc.terminate()
+        agent.proc.wait(timeout=30)
+        assert agent.proc.returncode == 0, agent.log()
+        assert time.time() - started < 20
+        stuck.close()
+    finally:
+        if agent.proc.poll() is None:
+            agent.proc.kill()
