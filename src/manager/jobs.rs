@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::{Manager, ManagerError};
 use crate::manager::actions::derived_attach_state;
 use crate::pool::{PoolError, Source};
-use crate::store::{Job, JobKind, SnapshotStatus, StoreError, Tx, VolumeStatus};
+use crate::store::{Job, JobKind, SnapshotStatus, StoreError, Tx, Volume, VolumeStatus};
 
 impl Manager {
     pub(super) fn spawn_job(self: &Arc<Self>, job: Job) {
@@ -148,9 +148,10 @@ fn finish(tx: &Tx, job: &Job, outcome: &Result<(), PoolError>) -> Result<(), Sto
         JobKind::ManageVolume => set_volume(VolumeStatus::Managing, &|v| {
             v.status = if ok { VolumeStatus::Available } else { VolumeStatus::ErrorManaging };
         }),
+        // Once the bytes are gone the rows go too, even if an admin reset the status
+        // meanwhile: a record pointing at nothing would be worse than either.
         JobKind::DeleteVolume => {
-            let deleting = volume.as_ref().is_some_and(|v| v.status == VolumeStatus::Deleting);
-            if ok && deleting {
+            if ok {
                 for snap in tx.snapshots(None, Some(vid))? {
                     tx.delete_snapshot(&snap.id)?;
                 }
@@ -168,14 +169,24 @@ fn finish(tx: &Tx, job: &Job, outcome: &Result<(), PoolError>) -> Result<(), Sto
         }
         JobKind::ExtendVolume => {
             let new_size = job.args.get("new_size").and_then(|s| s.as_i64()).unwrap_or_default();
-            set_volume(VolumeStatus::Extending, &|v| {
-                if ok {
-                    v.size = new_size;
-                    v.status = derived_attach_state(&v.attachments).1;
-                } else {
-                    v.status = VolumeStatus::ErrorExtending;
+            match &volume {
+                Some(v) if v.status == VolumeStatus::Extending => {
+                    let mut new = v.clone();
+                    if ok {
+                        new.size = new_size;
+                        new.status = derived_attach_state(&v.attachments).1;
+                    } else {
+                        new.status = VolumeStatus::ErrorExtending;
+                    }
+                    tx.update_volume(v.status, &new)
                 }
-            })
+                // Reset meanwhile: the status is the admin's, but the size must
+                // still say what the file now holds.
+                Some(v) if ok && v.size < new_size => {
+                    tx.update_volume(v.status, &Volume { size: new_size, ..v.clone() })
+                }
+                _ => Ok(()),
+            }
         }
         JobKind::RevertVolume => {
             set_snapshot(SnapshotStatus::Restoring, SnapshotStatus::Available, None)?;
@@ -191,7 +202,7 @@ fn finish(tx: &Tx, job: &Job, outcome: &Result<(), PoolError>) -> Result<(), Sto
             }
         }
         JobKind::DeleteSnapshot => match &snapshot {
-            Some(s) if s.status == SnapshotStatus::Deleting && ok => tx.delete_snapshot(&s.id),
+            Some(s) if ok => tx.delete_snapshot(&s.id),
             _ => set_snapshot(SnapshotStatus::Deleting, SnapshotStatus::ErrorDeleting, None),
         },
         JobKind::UnmanageVolume => match &volume {
