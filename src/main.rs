@@ -55,6 +55,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("EMBER_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match Cli::parse().command {
         Command::Serve { config, data_dir, listen, allow_remote_noauth } => {
@@ -74,7 +75,7 @@ fn main() -> ExitCode {
         Command::Doctor { config, data_dir } => load(config, data_dir).map(|cfg| {
             let checks = ember::doctor::checks(&cfg.data_dir);
             for c in &checks {
-                println!("{:<14} {:<4} {}", c.name, if c.ok { "ok" } else { "MISSING" }, c.detail);
+                println!("{:<14} {:<8} {}", c.name, if c.ok { "ok" } else { "MISSING" }, c.detail);
             }
         }),
         Command::Version => {
