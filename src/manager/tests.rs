@@ -88,6 +88,18 @@ impl Env {
         self.m.snapshot(&self.admin, &s.id).unwrap()
     }
 
+    /// os-reset_status of the status alone.
+    fn reset(&self, id: &str, status: VolumeStatus) {
+        self.act(id, VolumeAction::ResetStatus { status: Some(status), attach_status: None, migration_status: None })
+            .unwrap();
+    }
+
+    /// os-reset_status of the migration status alone (None is "none").
+    fn reset_migration(&self, id: &str, migration: Option<&str>) {
+        let migration_status = Some(migration.map(str::to_string));
+        self.act(id, VolumeAction::ResetStatus { status: None, attach_status: None, migration_status }).unwrap();
+    }
+
     fn attach(&self, id: &str, instance: &str, mode: AttachMode) -> Result<ActionOutcome> {
         self.act(
             id,
@@ -244,18 +256,9 @@ async fn reset_status_rules() {
     let got = e.get(&v.id);
     assert!(got.attachments.is_empty());
     assert_eq!((got.status, got.attach_status), (VolumeStatus::Available, AttachStatus::Detached));
-    e.act(
-        &v.id,
-        VolumeAction::ResetStatus {
-            status: None,
-            attach_status: None,
-            migration_status: Some(Some("migrating".into())),
-        },
-    )
-    .unwrap();
+    e.reset_migration(&v.id, Some("migrating"));
     assert_eq!(e.get(&v.id).migration_status.as_deref(), Some("migrating"));
-    e.act(&v.id, VolumeAction::ResetStatus { status: None, attach_status: None, migration_status: Some(None) })
-        .unwrap();
+    e.reset_migration(&v.id, None);
     assert_eq!(e.get(&v.id).migration_status, None);
 }
 
@@ -270,15 +273,7 @@ async fn maintenance_blocks_metadata_actions() {
     );
     let err = e.act(&v.id, VolumeAction::UnsetImageMetadata { key: "missing".into() }).unwrap_err();
     assert!(matches!(err, ManagerError::NotFound(_)));
-    e.act(
-        &v.id,
-        VolumeAction::ResetStatus {
-            status: Some(VolumeStatus::Maintenance),
-            attach_status: None,
-            migration_status: None,
-        },
-    )
-    .unwrap();
+    e.reset(&v.id, VolumeStatus::Maintenance);
     is_invalid(e.act(&v.id, VolumeAction::SetImageMetadata(meta)));
     is_invalid(e.act(&v.id, VolumeAction::UnsetImageMetadata { key: "image_id".into() }));
     is_invalid(e.act(&v.id, VolumeAction::SetBootable(true)));
@@ -320,21 +315,9 @@ async fn revert_restores_the_latest_snapshot() {
     e.write_at(&v.id, 4096, b"AFTER  SNAPSHOT");
     e.write_at(&v.id, 512 << 20, b"later data");
     assert!(is_invalid(e.act(&v.id, revert(&s1.id))).contains("not the latest"));
-    e.act(
-        &v.id,
-        VolumeAction::ResetStatus { status: Some(VolumeStatus::Error), attach_status: None, migration_status: None },
-    )
-    .unwrap();
+    e.reset(&v.id, VolumeStatus::Error);
     assert!(matches!(e.act(&v.id, revert(&s2.id)).unwrap_err(), ManagerError::Conflict(_)));
-    e.act(
-        &v.id,
-        VolumeAction::ResetStatus {
-            status: Some(VolumeStatus::Available),
-            attach_status: None,
-            migration_status: None,
-        },
-    )
-    .unwrap();
+    e.reset(&v.id, VolumeStatus::Available);
     e.act(&v.id, revert(&s2.id)).unwrap();
     assert_eq!(e.get(&v.id).status, VolumeStatus::Reverting);
     e.settle().await;
@@ -363,11 +346,7 @@ async fn delete_rules_cascade_and_force() {
     assert!(!e.pool.snapshot_path(&s.id).exists());
     // force_delete ignores the status but not an attachment.
     let w = e.volume(1).await;
-    e.act(
-        &w.id,
-        VolumeAction::ResetStatus { status: Some(VolumeStatus::Creating), attach_status: None, migration_status: None },
-    )
-    .unwrap();
+    e.reset(&w.id, VolumeStatus::Creating);
     is_invalid(e.m.delete_volume(&e.admin, &w.id, false, false));
     e.act(&w.id, VolumeAction::ForceDelete).unwrap();
     e.settle().await;
@@ -491,27 +470,11 @@ async fn detaching_and_unreserve_follow_attachments_and_migration() {
     let v = e.volume(1).await;
     e.attach(&v.id, "12121212-1212-1212-1212-121212121212", AttachMode::Rw).unwrap();
     // Unreserve from attaching goes back to in-use while an attachment exists.
-    e.act(
-        &v.id,
-        VolumeAction::ResetStatus {
-            status: Some(VolumeStatus::Attaching),
-            attach_status: None,
-            migration_status: None,
-        },
-    )
-    .unwrap();
+    e.reset(&v.id, VolumeStatus::Attaching);
     e.act(&v.id, VolumeAction::Unreserve).unwrap();
     assert_eq!(e.get(&v.id).status, VolumeStatus::InUse);
     // Mid-migration, begin_detaching is a silent success that changes nothing.
-    e.act(
-        &v.id,
-        VolumeAction::ResetStatus {
-            status: None,
-            attach_status: None,
-            migration_status: Some(Some("migrating".into())),
-        },
-    )
-    .unwrap();
+    e.reset_migration(&v.id, Some("migrating"));
     e.act(&v.id, VolumeAction::BeginDetaching).unwrap();
     assert_eq!(e.get(&v.id).status, VolumeStatus::InUse);
 }

@@ -151,6 +151,21 @@ class Agent:
         return Path(self.log_path).read_text(errors="replace")
 
 
+def write_at(path, offset, data):
+    """Writes bytes into a volume file and makes them durable, as a guest would."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_at(path, offset, n):
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(n)
+
+
 def start_agent(config_text=None):
     data_dir = tempfile.mkdtemp(prefix="ember-test-", dir=os.environ.get("EMBER_TEST_TMP"))
     port = free_port()

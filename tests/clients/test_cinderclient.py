@@ -16,7 +16,7 @@ import requests
 from cinderclient import client as cinder_client_mod
 from cinderclient import exceptions as cexc
 
-from conftest import PROJECT, USER, make_cinder, wait_for
+from conftest import PROJECT, USER, make_cinder, read_at, wait_for, write_at
 
 GiB = 1 << 30
 HOST_RE = re.compile(r"^.+@file#file$")
@@ -91,20 +91,6 @@ def user_md(v):
 
 def host_of(v):
     return getattr(v, "os-vol-host-attr:host")
-
-
-def write_at(path, offset, data):
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def read_at(path, offset, n):
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read(n)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 import requests
 from openstack import exceptions as oexc
 
-from conftest import wait_for
+from conftest import read_at, wait_for, write_at
 
 GiB = 1 << 30
 ADMIN_MD = ("readonly", "attached_mode")
@@ -82,20 +82,6 @@ def mk_snapshot(sdk, vid, **kw):
 
 def user_md(v):
     return {k: val for k, val in (v.metadata or {}).items() if k not in ADMIN_MD}
-
-
-def write_at(path, offset, data):
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def read_at(path, offset, n):
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read(n)
 
 
 def raw_status(exc_info):
