@@ -1,6 +1,7 @@
 //! The one runner for external programs: absolute paths resolved once, `LC_ALL=C`,
 //! a timeout that kills the child, and errors that carry argv, status and stderr.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,37 +33,62 @@ pub fn resolve(program: &str) -> Result<PathBuf, CmdError> {
 
 /// Runs `program args...` and returns its stdout.
 pub fn run(program: &Path, args: &[&str], timeout: Duration) -> Result<String, CmdError> {
+    run_with_env(program, args, &[], timeout)
+}
+
+/// `run` with extra environment variables (e.g. `LVM_SYSTEM_DIR`).
+pub fn run_with_env(
+    program: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<String, CmdError> {
     let argv: Vec<String> =
         std::iter::once(program.display().to_string()).chain(args.iter().map(|a| a.to_string())).collect();
     let mut child = Command::new(program)
         .args(args)
         .env("LC_ALL", "C")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|source| CmdError::Spawn { argv: argv.clone(), source })?;
+    // Drain both pipes while waiting: a child whose output outgrows the pipe
+    // buffer would otherwise block forever and look like a timeout.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
     let started = Instant::now();
-    loop {
+    let status = loop {
         match child.try_wait() {
-            Ok(Some(_)) => break,
+            Ok(Some(status)) => break status,
             Ok(None) if started.elapsed() >= timeout => {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(CmdError::Timeout { argv, timeout });
             }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Ok(None) => std::thread::sleep(Duration::from_millis(2)),
             Err(source) => return Err(CmdError::Spawn { argv, source }),
         }
-    }
-    let output = child.wait_with_output().map_err(|source| CmdError::Spawn { argv: argv.clone(), source })?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    if status.success() {
+        Ok(String::from_utf8_lossy(&stdout).into_owned())
     } else {
         Err(CmdError::Failed {
             argv,
-            status: output.status.to_string(),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            status: status.to_string(),
+            stderr: String::from_utf8_lossy(&stderr).trim().to_string(),
         })
     }
 }
@@ -80,5 +106,10 @@ mod tests {
         let err = run(&sh, &["-c", "sleep 5"], Duration::from_millis(100)).unwrap_err();
         assert!(matches!(err, CmdError::Timeout { .. }));
         assert!(matches!(resolve("no-such-program-ember"), Err(CmdError::NotFound { .. })));
+        // Output larger than a pipe buffer must not wedge the child.
+        let big = run(&sh, &["-c", "head -c 1000000 /dev/zero | tr '\\0' x"], Duration::from_secs(10)).unwrap();
+        assert_eq!(big.len(), 1_000_000);
+        let env = run_with_env(&sh, &["-c", "echo $EMBER_X"], &[("EMBER_X", "y")], Duration::from_secs(5)).unwrap();
+        assert_eq!(env, "y\n");
     }
 }
