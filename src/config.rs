@@ -52,6 +52,8 @@ pub enum VolumeClear {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolConfig {
+    /// Where volumes live: `file` (sparse files, the default) or `lvm`.
+    pub backend: PoolBackend,
     /// Backend name (the `@backend` part of the host string).
     pub backend_name: String,
     /// Pool name (the `#pool` part).
@@ -63,6 +65,31 @@ pub struct PoolConfig {
     /// Provisioned GiB may reach this multiple of the filesystem size. At 1.0 (the
     /// default) every volume can be written in full without the disk filling up.
     pub max_over_subscription_ratio: f64,
+    /// lvm: the volume group ember allocates from.
+    pub volume_group: String,
+    /// lvm: thick LVs, or thin LVs in `thin_pool`.
+    pub lvm_type: LvmType,
+    /// lvm: the thin pool's LV name inside `volume_group`.
+    pub thin_pool: String,
+    /// lvm: create the thin pool when absent, using this share of the VG (0 < f <= 1).
+    pub create_thin_pool: Option<f64>,
+    /// lvm: a directory holding the lvm.conf ember's LVM commands use
+    /// (LVM_SYSTEM_DIR); unset means the host's /etc/lvm.
+    pub lvm_system_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolBackend {
+    File,
+    Lvm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LvmType {
+    Thick,
+    Thin,
 }
 
 impl Default for Config {
@@ -88,11 +115,17 @@ impl Default for AuthConfig {
 impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
+            backend: PoolBackend::File,
             backend_name: "file".to_string(),
             name: "file".to_string(),
             volume_clear: VolumeClear::Zero,
             direct_io: false,
             max_over_subscription_ratio: 1.0,
+            volume_group: "ember".to_string(),
+            lvm_type: LvmType::Thick,
+            thin_pool: "ember-pool".to_string(),
+            create_thin_pool: None,
+            lvm_system_dir: None,
         }
     }
 }

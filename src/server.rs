@@ -7,9 +7,12 @@ use std::future::IntoFuture;
 use std::sync::Arc;
 
 use crate::api::{self, ApiState, Auth};
+use crate::config::PoolBackend;
 use crate::config::{AuthStrategy, Config};
 use crate::manager::{Manager, Settings};
+use crate::pool::Pool;
 use crate::pool::file::FilePool;
+use crate::pool::lvm::LvmPool;
 use crate::store::Store;
 
 pub async fn serve(config: Config) -> Result<(), String> {
@@ -17,9 +20,23 @@ pub async fn serve(config: Config) -> Result<(), String> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("create data dir {}: {e}", config.data_dir.display()))?;
     let store = Arc::new(Store::open(&config.data_dir.join("ember.db")).map_err(|e| e.to_string())?);
-    let pool = Arc::new(
-        FilePool::open(&config.data_dir, config.pool.volume_clear, config.pool.direct_io).map_err(|e| e.to_string())?,
-    );
+    let p = &config.pool;
+    let pool: Arc<dyn Pool> = match p.backend {
+        PoolBackend::File => {
+            Arc::new(FilePool::open(&config.data_dir, p.volume_clear, p.direct_io).map_err(|e| e.to_string())?)
+        }
+        PoolBackend::Lvm => Arc::new(
+            LvmPool::open(
+                &p.volume_group,
+                p.lvm_type,
+                &p.thin_pool,
+                p.create_thin_pool,
+                p.volume_clear,
+                p.lvm_system_dir.as_deref(),
+            )
+            .map_err(|e| e.to_string())?,
+        ),
+    };
     let settings = Settings {
         host: config.volume_host(),
         backend_name: config.pool.backend_name.clone(),

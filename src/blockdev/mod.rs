@@ -4,6 +4,7 @@
 
 pub mod blkid;
 pub mod copy;
+pub mod device;
 pub mod loopback;
 
 use std::io;

@@ -99,8 +99,8 @@ fn do_work(pool: &dyn crate::pool::Pool, job: &Job) -> Result<(), PoolError> {
         JobKind::RevertVolume => pool.revert_to_snapshot(id, snapshot_id(job)),
         JobKind::CreateSnapshot => pool.create_snapshot(snapshot_id(job), id).map(drop),
         JobKind::DeleteSnapshot => pool.delete_snapshot(snapshot_id(job)).map(drop),
-        // The file stays where it is, under the volume's name, for manage to find.
-        JobKind::UnmanageVolume => Ok(()),
+        // The volume stays where it is, under its name, for manage to find.
+        JobKind::UnmanageVolume => pool.unmanage(id),
         JobKind::ManageVolume => {
             let name = arg_str(job, &["name"]).unwrap_or_default();
             pool.manage_existing(name, id).map(drop)

@@ -243,6 +243,11 @@ impl Pool for FilePool {
         Ok(if devices.is_empty() { Removed::Absent } else { Removed::Removed })
     }
 
+    fn unmanage(&self, _id: &str) -> Result<(), PoolError> {
+        // A file carries no ownership mark: the store alone says whose it is.
+        Ok(())
+    }
+
     fn volume_name(&self, id: &str) -> String {
         format!("volume-{id}")
     }

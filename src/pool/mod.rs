@@ -6,6 +6,7 @@
 //! `Absent` or `Unchanged` instead of an error.
 
 pub mod file;
+pub mod lvm;
 
 use std::path::PathBuf;
 
@@ -102,4 +103,6 @@ pub trait Pool: Send + Sync {
     fn volume_name(&self, id: &str) -> String;
     /// Takes `name` under management as volume `new_id`; returns its size in bytes.
     fn manage_existing(&self, name: &str, new_id: &str) -> Result<u64, PoolError>;
+    /// Gives the volume up: it stays under `volume_name(id)`, no longer marked ember's.
+    fn unmanage(&self, id: &str) -> Result<(), PoolError>;
 }
