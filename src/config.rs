@@ -56,8 +56,9 @@ pub struct PoolConfig {
     pub backend: PoolBackend,
     /// Backend name (the `@backend` part of the host string).
     pub backend_name: String,
-    /// Pool name (the `#pool` part).
-    pub name: String,
+    /// Pool name (the `#pool` part); by default `file` for the file pool and the
+    /// volume group's name for lvm, as Cinder's LVM driver names its pool.
+    pub name: Option<String>,
     /// How a deleted volume's data is cleared before its file goes.
     pub volume_clear: VolumeClear,
     /// Ask for direct I/O on loop devices (falls back when the filesystem refuses).
@@ -117,7 +118,7 @@ impl Default for PoolConfig {
         PoolConfig {
             backend: PoolBackend::File,
             backend_name: "file".to_string(),
-            name: "file".to_string(),
+            name: None,
             volume_clear: VolumeClear::Zero,
             direct_io: false,
             max_over_subscription_ratio: 1.0,
@@ -176,7 +177,7 @@ impl Config {
         if ratio.is_nan() || ratio < 1.0 {
             return Err(ConfigError::Invalid("[pool] max_over_subscription_ratio must be at least 1.0".to_string()));
         }
-        for (what, value) in [("backend_name", &self.pool.backend_name), ("name", &self.pool.name)] {
+        for (what, value) in [("backend_name", &self.pool.backend_name), ("name", &self.pool_name())] {
             if value.is_empty() || value.contains(['@', '#', '/']) {
                 return Err(ConfigError::Invalid(format!("[pool] {what} must be non-empty without '@', '#' or '/'")));
             }
@@ -193,9 +194,16 @@ impl Config {
         })
     }
 
+    pub fn pool_name(&self) -> String {
+        self.pool.name.clone().unwrap_or_else(|| match self.pool.backend {
+            PoolBackend::File => "file".to_string(),
+            PoolBackend::Lvm => self.pool.volume_group.clone(),
+        })
+    }
+
     /// `host@backend#pool`, as `os-vol-host-attr:host` shows it.
     pub fn volume_host(&self) -> String {
-        format!("{}@{}#{}", self.hostname(), self.pool.backend_name, self.pool.name)
+        format!("{}@{}#{}", self.hostname(), self.pool.backend_name, self.pool_name())
     }
 }
 

@@ -37,9 +37,12 @@ pub fn discard(path: &Path) -> Result<(), BlockError> {
     file.sync_all().map_err(|e| BlockError::io("sync", path, e))
 }
 
-/// Copies the first `len` bytes of `src` to `dst` (both files or block devices) in
-/// 1 MiB chunks, then flushes `dst`. Used where no reflink or snapshot can serve.
+/// Copies the first `len` bytes of block device `src` to block device `dst` in
+/// 1 MiB chunks, then flushes `dst`. `dst` is zeroed first (BLKZEROOUT, which the
+/// kernel offloads where it can), so chunks of zeros are skipped, not written.
+/// Used where no reflink or snapshot can serve.
 pub fn copy_device(src: &Path, dst: &Path, len: u64) -> Result<(), BlockError> {
+    zero_out(dst)?;
     let input = File::open(src).map_err(|e| BlockError::io("open", src, e))?;
     let output = OpenOptions::new().write(true).open(dst).map_err(|e| BlockError::io("open", dst, e))?;
     let mut buf = vec![0u8; 1 << 20];
@@ -47,7 +50,9 @@ pub fn copy_device(src: &Path, dst: &Path, len: u64) -> Result<(), BlockError> {
     while done < len {
         let want = usize::try_from((len - done).min(buf.len() as u64)).unwrap_or(buf.len());
         input.read_exact_at(&mut buf[..want], done).map_err(|e| BlockError::io("read", src, e))?;
-        output.write_all_at(&buf[..want], done).map_err(|e| BlockError::io("write", dst, e))?;
+        if buf[..want].iter().any(|b| *b != 0) {
+            output.write_all_at(&buf[..want], done).map_err(|e| BlockError::io("write", dst, e))?;
+        }
         done += want as u64;
     }
     output.sync_all().map_err(|e| BlockError::io("sync", dst, e))
@@ -64,13 +69,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ember-dev-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let (a, b) = (dir.join("a"), dir.join("b"));
-        std::fs::write(&a, vec![0x77u8; 4 << 20]).unwrap();
+        let mut pattern = vec![0x77u8; 4 << 20];
+        pattern[..(1 << 20)].fill(0); // a zero run the copy skips
+        std::fs::write(&a, &pattern).unwrap();
         std::fs::write(&b, vec![0x11u8; 4 << 20]).unwrap();
         let da = loopback::attach(&a, false).unwrap();
         let db = loopback::attach(&b, false).unwrap();
         let result = std::panic::catch_unwind(|| {
             copy_device(&da.device, &db.device, 4 << 20).unwrap();
-            assert!(std::fs::read(&db.device).unwrap().iter().all(|&x| x == 0x77));
+            assert!(std::fs::read(&db.device).unwrap() == pattern, "zeros where the source has zeros, bytes elsewhere");
             zero_out(&db.device).unwrap();
             assert!(std::fs::read(&db.device).unwrap().iter().all(|&x| x == 0));
             discard(&da.device).unwrap();
