@@ -194,7 +194,7 @@ fn api_scenario(lvm_type: LvmType, tag: &str) {
     let v = agent.wait_status("volumes", &id, "available");
     let host = v["os-vol-host-attr:host"].as_str().unwrap().to_string();
     assert!(host.ends_with(&format!("@lvm#{}", vg.name)), "{host}");
-    let dev = PathBuf::from(format!("/dev/mapper/{}-volume--{}", vg.name, id.replace('-', "--")));
+    let dev = PathBuf::from(format!("/dev/mapper/{}-volume--{}", vg.name.replace('-', "--"), id.replace('-', "--")));
     write(&dev, 1 << 20, b"api bytes");
 
     let (code, body) =

@@ -172,15 +172,17 @@ impl LvmPool {
     }
 
     fn activate(&self, lv: &str) -> Result<(), PoolError> {
-        // -K: thin snapshots are created with the activation-skip flag.
-        self.lvm(&["lvchange", "-ay", "-K", &self.full(lv)]).map(drop)
+        // -K: thin snapshots are created with the activation-skip flag. -y: a thick
+        // snapshot activates with its origin, which LVM asks to confirm.
+        self.lvm(&["lvchange", "-y", "-ay", "-K", &self.full(lv)]).map(drop)
     }
 
     fn create_lv(&self, lv: &str, bytes: u64, tags: &[String]) -> Result<(), PoolError> {
         let size = format!("{bytes}b");
-        let mut args = vec!["lvcreate", "-y", "-Wy", "-Zy", "-n", lv];
+        let mut args = vec!["lvcreate", "-y", "-Wy", "-n", lv];
         match self.lvm_type {
-            LvmType::Thick => args.extend(["-L", &size, &self.vg]),
+            // -Zy zeroes the first KiB of a thick LV (thin LVs read zeros anyway).
+            LvmType::Thick => args.extend(["-Zy", "-L", &size, &self.vg]),
             LvmType::Thin => args.extend(["-V", &size, "--thinpool", &self.thin_pool, &self.vg]),
         }
         for tag in tags {
