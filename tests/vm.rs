@@ -27,6 +27,25 @@ const LVM_CONF: &str = "devices { obtain_device_list_from_udev = 0 external_devi
      use_devicesfile = 0 }\nactivation { udev_sync = 0 udev_rules = 0 verify_udev_operations = 1 monitoring = 0 }\n\
      global { use_lvmpolld = 0 }\n";
 
+/// Where the PV images live: an ext4 filesystem made on the VM's scratch disk
+/// ($EMBER_VM_DISK, attached by scripts/vm-test). Not the guest's tmpfs: it holds
+/// 1 GiB at most and has no FALLOC_FL_ZERO_RANGE, which BLKZEROOUT on a loop device
+/// needs, so zeroing a thick LV there would fill the guest's memory.
+fn scratch_dir() -> PathBuf {
+    static SCRATCH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    SCRATCH
+        .get_or_init(|| {
+            let disk = std::env::var("EMBER_VM_DISK").expect("EMBER_VM_DISK: run through scripts/vm-test");
+            let mnt = PathBuf::from("/run/ember-scratch");
+            std::fs::create_dir_all(&mnt).unwrap();
+            let t = Duration::from_secs(300);
+            cmd::run(&cmd::resolve("mkfs.ext4").unwrap(), &["-q", "-F", "-E", "nodiscard", &disk], t).unwrap();
+            cmd::run(&cmd::resolve("mount").unwrap(), &[&disk, mnt.to_str().unwrap()], t).unwrap();
+            mnt
+        })
+        .clone()
+}
+
 /// A volume group on a sparse file behind a loop device, removed on drop.
 struct TestVg {
     name: String,
@@ -38,7 +57,7 @@ struct TestVg {
 impl TestVg {
     fn new(tag: &str) -> TestVg {
         assert!(Path::new("/dev/mapper/control").exists(), "no device-mapper: run through scripts/vm-test");
-        let dir = std::env::temp_dir().join(format!("ember-vg-{tag}-{}", std::process::id()));
+        let dir = scratch_dir().join(format!("ember-vg-{tag}"));
         std::fs::create_dir_all(&dir).unwrap();
         let conf_dir = dir.join("lvm");
         std::fs::create_dir_all(&conf_dir).unwrap();
