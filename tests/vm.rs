@@ -255,3 +255,48 @@ fn vm_api_on_lvm_thick() {
 fn vm_api_on_lvm_thin() {
     api_scenario(LvmType::Thin, "apithin");
 }
+
+/// ember's udev rules under a real udevd: each volume LV gets its by-id name, and
+/// what a guest writes inside is not surfaced on the host (no blkid, no
+/// /dev/disk/by-uuid link, LVM's scanning rules disabled). Uses the host's default
+/// lvm.conf, udev-synced, as a production host would.
+#[test]
+fn vm_udev_rules_keep_the_host_off_volumes() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all("/etc/udev/rules.d").unwrap();
+    std::fs::copy(repo.join("udev/57-ember-lvm.rules"), "/etc/udev/rules.d/57-ember-lvm.rules").unwrap();
+    let t = Duration::from_secs(60);
+    if !Path::new("/run/udev/control").exists() {
+        cmd::run(Path::new("/lib/systemd/systemd-udevd"), &["--daemon"], t).unwrap();
+    }
+    let udevadm = cmd::resolve("udevadm").unwrap();
+    cmd::run(&udevadm, &["control", "--reload"], t).unwrap();
+
+    let vg = TestVg::new("udev");
+    let pool = LvmPool::open(&vg.name, LvmType::Thick, "ember-pool", None, VolumeClear::None, None).unwrap();
+    let id = "0b6c1a4e-1111-4222-8333-444455556666";
+    pool.create_volume(id, 1, &Source::Blank).unwrap();
+    let dev = pool.attach_device(id).unwrap();
+    // A guest puts a filesystem on its disk.
+    cmd::run(
+        &cmd::resolve("mkfs.ext4").unwrap(),
+        &["-q", "-F", "-U", "9f7e5c3a-aaaa-4bbb-8ccc-ddddeeeeffff", dev.to_str().unwrap()],
+        t,
+    )
+    .unwrap();
+    cmd::run(&udevadm, &["trigger", "--settle", "--action=change", dev.to_str().unwrap()], t).unwrap();
+    cmd::run(&udevadm, &["settle", "--timeout=30"], t).unwrap();
+
+    let by_id = PathBuf::from(format!("/dev/disk/by-id/ember-volume-{id}"));
+    assert_eq!(std::fs::canonicalize(&by_id).unwrap(), std::fs::canonicalize(&dev).unwrap(), "stable name");
+    assert!(
+        !Path::new("/dev/disk/by-uuid/9f7e5c3a-aaaa-4bbb-8ccc-ddddeeeeffff").exists(),
+        "the guest's filesystem surfaced on the host"
+    );
+    let props = cmd::run(&udevadm, &["info", "--query=property", dev.to_str().unwrap()], t).unwrap();
+    for want in ["DM_UDEV_DISABLE_OTHER_RULES_FLAG=1", "DM_UDEV_DISABLE_DISK_RULES_FLAG=1", "UDISKS_IGNORE=1"] {
+        assert!(props.lines().any(|l| l == want), "{want} missing:\n{props}");
+    }
+    assert!(!props.lines().any(|l| l.starts_with("ID_FS_TYPE=")), "udev probed the guest's data:\n{props}");
+    pool.delete_volume(id).unwrap();
+}
