@@ -234,9 +234,17 @@ fn api_scenario(lvm_type: LvmType, tag: &str) {
     assert_eq!(code, 202, "{body}");
     agent.wait_status("volumes", &id, "available");
     assert_eq!(read(&dev, 1 << 20, 9), b"api bytes");
-    // A request the pool cannot hold is refused whole.
+    // Requests the pool cannot hold are refused whole: nothing half-made.
+    let lvs_before = vg.lv_names();
     let (code, body) = agent.call("POST", "/volumes", Some(json!({"volume": {"size": 1000}})), None);
     assert_eq!(code, 413, "{body}");
+    assert!(body["overLimit"]["message"].as_str().unwrap().contains("capacity"), "{body}");
+    let (code, body) =
+        agent.call("POST", &format!("/volumes/{id}/action"), Some(json!({"os-extend": {"new_size": 1000}})), None);
+    assert_eq!(code, 413, "{body}");
+    let v = agent.wait_status("volumes", &id, "available");
+    assert_eq!(v["size"], 2, "a refused extend changes nothing");
+    assert_eq!(vg.lv_names(), lvs_before, "no LV made or resized by a refused request");
     let (code, body) = agent.call("DELETE", &format!("/volumes/{id}?cascade=true"), None, None);
     assert_eq!(code, 202, "{body}");
     agent.wait_status("volumes", &id, "gone");
