@@ -155,6 +155,10 @@ fn pool_scenario(lvm_type: LvmType, tag: &str) {
     let cap = pool.capacity().unwrap();
     assert!(cap.total_bytes > 0 && cap.free_bytes <= cap.total_bytes, "{cap:?}");
     assert!(cap.allocated_bytes > 0, "{cap:?}");
+    if lvm_type == LvmType::Thin {
+        assert!(cap.thin_data_hundredths.is_some_and(|d| d > 0), "{cap:?}");
+        assert!(cap.thin_metadata_hundredths.is_some_and(|m| m > 0 && m < 10_000), "{cap:?}");
+    }
 
     // Foreign LVs: listed, never touched, taken over only by manage.
     vg.lvm(&["lvcreate", "-y", "-L", "8m", "-n", "foreign", &vg.name]);
@@ -234,8 +238,28 @@ fn api_scenario(lvm_type: LvmType, tag: &str) {
     assert_eq!(code, 202, "{body}");
     agent.wait_status("volumes", &id, "available");
     assert_eq!(read(&dev, 1 << 20, 9), b"api bytes");
-    // Requests the pool cannot hold are refused whole: nothing half-made.
+    // Bad input never reaches the pool (the full sweep runs on the host tier).
     let lvs_before = vg.lv_names();
+    for (body, version, want) in [
+        (json!({"os-extend": {"new_size": 1}}), None, 400),
+        (json!({"os-extend": {"new_size": "abc"}}), None, 400),
+        (json!({"os-extend": {"new_size": 3}, "os-reserve": null}), None, 400),
+        (json!({"os-bogus": {}}), None, 400),
+        (json!({"revert": {"snapshot_id": snap}}), None, 404),
+        (json!({"os-reset_status": {"status": "deleting"}}), None, 400),
+    ] {
+        let (code, reply) = agent.call("POST", &format!("/volumes/{id}/action"), Some(body.clone()), version);
+        assert_eq!(code, want, "{body} -> {reply}");
+        assert!(reply.as_object().is_some_and(|o| o.len() == 1), "fault body: {reply}");
+    }
+    let (code, _) = agent.call("POST", "/volumes", Some(json!({"volume": {"size": 0}})), None);
+    assert_eq!(code, 400);
+    let (code, stats) = agent.call("GET", "/scheduler-stats/get_pools?detail=true", None, None);
+    assert_eq!(code, 200);
+    let caps = &stats["pools"][0]["capabilities"];
+    assert!(caps["total_capacity_gb"].as_f64().unwrap() > 0.0, "{stats}");
+    assert_eq!(caps["thin_pool_metadata_percent"].is_null(), lvm_type == LvmType::Thick, "{stats}");
+    // Requests the pool cannot hold are refused whole: nothing half-made.
     let (code, body) = agent.call("POST", "/volumes", Some(json!({"volume": {"size": 1000}})), None);
     assert_eq!(code, 413, "{body}");
     assert!(body["overLimit"]["message"].as_str().unwrap().contains("capacity"), "{body}");

@@ -190,6 +190,8 @@ pub fn pool(settings: &Settings, stats: &PoolStats, detail: bool) -> Value {
             "max_over_subscription_ratio": stats.max_over_subscription_ratio,
             "reserved_percentage": 0,
             "thin_provisioning_support": true,
+            "thin_pool_data_percent": stats.thin_data_percent,
+            "thin_pool_metadata_percent": stats.thin_metadata_percent,
             "thick_provisioning_support": false,
             "multiattach": true,
             "timestamp": crate::store::now(),

@@ -156,6 +156,9 @@ pub struct PoolStats {
     pub provisioned_gib: i64,
     pub allocated_gib: f64,
     pub max_over_subscription_ratio: f64,
+    /// Thin pools: data and metadata use, percent.
+    pub thin_data_percent: Option<f64>,
+    pub thin_metadata_percent: Option<f64>,
 }
 
 impl Manager {
@@ -173,6 +176,8 @@ impl Manager {
             free_gib: gib(capacity.free_bytes),
             provisioned_gib,
             allocated_gib: gib(capacity.allocated_bytes),
+            thin_data_percent: capacity.thin_data_hundredths.map(|h| h as f64 / 100.0),
+            thin_metadata_percent: capacity.thin_metadata_hundredths.map(|h| h as f64 / 100.0),
             max_over_subscription_ratio: self.settings.max_over_subscription_ratio,
         })
     }

@@ -143,6 +143,8 @@ impl Pool for FilePool {
             total_bytes: st.blocks() as u64 * frsize,
             free_bytes: st.blocks_available() as u64 * frsize,
             allocated_bytes,
+            thin_data_hundredths: None,
+            thin_metadata_hundredths: None,
         })
     }
 

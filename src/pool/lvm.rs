@@ -94,7 +94,7 @@ impl LvmPool {
             volume_clear,
             system_dir: system_dir.map(|p| p.display().to_string()),
         };
-        pool.lvm(&["vgs", "--reportformat", "json", "-o", "vg_name", vg])
+        pool.report("vgs", false, "vg_name", vg)
             .map_err(|e| PoolError::Refused(format!("volume group {vg} is not usable: {e}")))?;
         if lvm_type == LvmType::Thin && pool.lv(thin_pool)?.is_none() {
             let Some(share) = create_thin_pool.filter(|s| *s > 0.0 && *s <= 1.0) else {
@@ -136,20 +136,18 @@ impl LvmPool {
         PathBuf::from(format!("/dev/mapper/{}-{}", self.vg.replace('-', "--"), lv.replace('-', "--")))
     }
 
+    /// `lvm lvs|vgs` with a JSON report, sizes in bytes; the rows of the report.
+    fn report(&self, command: &str, all: bool, fields: &str, target: &str) -> Result<Vec<Value>, PoolError> {
+        let mut args = vec![command];
+        if all {
+            args.push("-a");
+        }
+        args.extend(["--reportformat", "json", "--units", "b", "--nosuffix", "-o", fields, target]);
+        report_rows(&self.lvm(&args)?, command.trim_end_matches('s'))
+    }
+
     fn lvs(&self) -> Result<Vec<Lv>, PoolError> {
-        let out = self.lvm(&[
-            "lvs",
-            "-a",
-            "--reportformat",
-            "json",
-            "--units",
-            "b",
-            "--nosuffix",
-            "-o",
-            "lv_name,lv_size,lv_attr,lv_tags,origin",
-            &self.vg,
-        ])?;
-        parse_lvs(&out)
+        self.report("lvs", true, "lv_name,lv_size,lv_attr,lv_tags,origin", &self.vg)?.iter().map(lv_from_row).collect()
     }
 
     fn lv(&self, name: &str) -> Result<Option<Lv>, PoolError> {
@@ -230,65 +228,62 @@ fn percent_hundredths(text: &str) -> u64 {
     whole.parse::<u64>().unwrap_or(0) * 100 + frac.parse::<u64>().unwrap_or(0)
 }
 
-/// Parses `lvs --reportformat json --units b --nosuffix`.
-fn parse_lvs(json: &str) -> Result<Vec<Lv>, PoolError> {
-    let bad = |what: &str| PoolError::Refused(format!("unexpected lvs output ({what}): {json}"));
-    let doc: Value = serde_json::from_str(json).map_err(|_| bad("not JSON"))?;
-    let rows = doc["report"][0]["lv"].as_array().ok_or_else(|| bad("no report[0].lv"))?;
-    rows.iter()
-        .map(|row| {
-            let text = |k: &str| row[k].as_str().unwrap_or_default().to_string();
-            Ok(Lv {
-                name: text("lv_name"),
-                size: text("lv_size").parse().map_err(|_| bad("lv_size"))?,
-                attr: text("lv_attr"),
-                tags: text("lv_tags").split(',').filter(|t| !t.is_empty()).map(str::to_string).collect(),
-                origin: text("origin"),
-            })
-        })
-        .collect()
+/// The rows of an lvm JSON report: `report[0].<key>`, key "lv" or "vg".
+fn report_rows(json: &str, key: &str) -> Result<Vec<Value>, PoolError> {
+    let doc: Value = serde_json::from_str(json)
+        .map_err(|_| PoolError::Refused(format!("unexpected lvm report (not JSON): {json}")))?;
+    doc["report"][0][key]
+        .as_array()
+        .cloned()
+        .ok_or_else(|| PoolError::Refused(format!("unexpected lvm report (no report[0].{key}): {json}")))
+}
+
+/// A size or count field of a report row (`--units b --nosuffix`).
+fn number(row: &Value, key: &str) -> Option<u64> {
+    row[key].as_str().and_then(|s| s.parse().ok())
+}
+
+fn lv_from_row(row: &Value) -> Result<Lv, PoolError> {
+    let text = |k: &str| row[k].as_str().unwrap_or_default().to_string();
+    Ok(Lv {
+        name: text("lv_name"),
+        size: number(row, "lv_size").ok_or_else(|| PoolError::Refused(format!("lvs row without a size: {row}")))?,
+        attr: text("lv_attr"),
+        tags: text("lv_tags").split(',').filter(|t| !t.is_empty()).map(str::to_string).collect(),
+        origin: text("origin"),
+    })
 }
 
 impl Pool for LvmPool {
     fn capacity(&self) -> Result<Capacity, PoolError> {
-        let out = self.lvm(&[
-            "vgs",
-            "--reportformat",
-            "json",
-            "--units",
-            "b",
-            "--nosuffix",
-            "-o",
-            "vg_size,vg_free",
-            &self.vg,
-        ])?;
-        let doc: Value = serde_json::from_str(&out).map_err(|_| PoolError::Refused(format!("vgs: {out}")))?;
-        let field = |k: &str| doc["report"][0]["vg"][0][k].as_str().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-        let (vg_size, vg_free) = (field("vg_size"), field("vg_free"));
-        let lvs = self.lvs()?;
         match self.lvm_type {
             LvmType::Thick => {
-                let allocated = lvs.iter().filter(|lv| lv.has_tag(TAG)).map(|lv| lv.size).sum();
-                Ok(Capacity { total_bytes: vg_size, free_bytes: vg_free, allocated_bytes: allocated })
+                let vg = self.report("vgs", false, "vg_size,vg_free", &self.vg)?;
+                let row = vg.first().unwrap_or(&Value::Null);
+                let allocated = self.lvs()?.iter().filter(|lv| lv.has_tag(TAG)).map(|lv| lv.size).sum();
+                Ok(Capacity {
+                    total_bytes: number(row, "vg_size").unwrap_or(0),
+                    free_bytes: number(row, "vg_free").unwrap_or(0),
+                    allocated_bytes: allocated,
+                    thin_data_hundredths: None,
+                    thin_metadata_hundredths: None,
+                })
             }
             LvmType::Thin => {
-                let out = self.lvm(&[
-                    "lvs",
-                    "--reportformat",
-                    "json",
-                    "--units",
-                    "b",
-                    "--nosuffix",
-                    "-o",
-                    "lv_size,data_percent",
-                    &self.full(&self.thin_pool),
-                ])?;
-                let doc: Value = serde_json::from_str(&out).map_err(|_| PoolError::Refused(format!("lvs: {out}")))?;
-                let row = &doc["report"][0]["lv"][0];
-                let size: u64 = row["lv_size"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0);
-                let hundredths = row["data_percent"].as_str().map(percent_hundredths).unwrap_or(0);
-                let used = u64::try_from(u128::from(size) * u128::from(hundredths) / 10_000).unwrap_or(size);
-                Ok(Capacity { total_bytes: size, free_bytes: size.saturating_sub(used), allocated_bytes: used })
+                let pool =
+                    self.report("lvs", false, "lv_size,data_percent,metadata_percent", &self.full(&self.thin_pool))?;
+                let row = pool.first().unwrap_or(&Value::Null);
+                let size = number(row, "lv_size").unwrap_or(0);
+                let data = row["data_percent"].as_str().map(percent_hundredths).unwrap_or(0);
+                let metadata = row["metadata_percent"].as_str().map(percent_hundredths).unwrap_or(0);
+                let used = u64::try_from(u128::from(size) * u128::from(data) / 10_000).unwrap_or(size);
+                Ok(Capacity {
+                    total_bytes: size,
+                    free_bytes: size.saturating_sub(used),
+                    allocated_bytes: used,
+                    thin_data_hundredths: Some(data),
+                    thin_metadata_hundredths: Some(metadata),
+                })
             }
         }
     }
@@ -485,13 +480,15 @@ mod tests {
             {"lv_name":"ember-pool", "lv_size":"4294967296", "lv_attr":"twi-aotz--", "lv_tags":"", "origin":""},
             {"lv_name":"[ember-pool_tdata]", "lv_size":"4294967296", "lv_attr":"Twi-ao----", "lv_tags":"", "origin":""}
         ]}]}"#;
-        let lvs = parse_lvs(json).unwrap();
+        let parse =
+            |json| report_rows(json, "lv").and_then(|rows| rows.iter().map(lv_from_row).collect::<Result<Vec<_>, _>>());
+        let lvs = parse(json).unwrap();
         assert_eq!(lvs.len(), 4);
         assert!(lvs[0].has_tag("ember.volume=1") && lvs[0].is_open() && !lvs[0].is_snapshot());
         assert!(lvs[1].is_snapshot() && !lvs[1].is_open());
         assert!(lvs[2].is_internal() && lvs[3].is_internal());
-        assert!(parse_lvs("{}").is_err());
-        assert!(parse_lvs(r#"{"report":[{"lv":[{"lv_name":"x","lv_size":"12b"}]}]}"#).is_err());
+        assert!(parse("{}").is_err());
+        assert!(parse(r#"{"report":[{"lv":[{"lv_name":"x","lv_size":"12b"}]}]}"#).is_err());
     }
 
     #[test]

@@ -68,8 +68,12 @@ pub enum Source {
 pub struct Capacity {
     pub total_bytes: u64,
     pub free_bytes: u64,
-    /// Bytes actually allocated by volume and snapshot files.
+    /// Bytes actually allocated by volumes and snapshots.
     pub allocated_bytes: u64,
+    /// Thin pools: how full their data and metadata are, in hundredths of a percent
+    /// (a pool whose metadata fills up stops serving writes).
+    pub thin_data_hundredths: Option<u64>,
+    pub thin_metadata_hundredths: Option<u64>,
 }
 
 /// Something in the pool that ember does not manage (yet).
