@@ -1,6 +1,7 @@
 """Token auth and policy (spec §1.6), noauth's guard rails, and the command line."""
 
 import os
+import shutil
 import subprocess
 import textwrap
 
@@ -165,3 +166,4 @@ def test_sigterm_exits_even_with_a_stuck_client():
     finally:
         if agent.proc.poll() is None:
             agent.proc.kill()
+        shutil.rmtree(agent.data_dir, ignore_errors=True)
