@@ -352,6 +352,7 @@ impl Manager {
         new_size: i64,
         attached_ok: bool,
     ) -> Result<ActionOutcome> {
+        let capacity = self.pool.capacity()?;
         let job = self.store.write(|tx| {
             let v = self.visible(tx, caller, id)?;
             if new_size <= v.size {
@@ -376,7 +377,7 @@ impl Manager {
                         .to_string(),
                 ));
             }
-            self.check_capacity(tx, new_size - v.size)?;
+            self.check_capacity(tx, &capacity, new_size - v.size)?;
             let mut new = v.clone();
             new.status = VolumeStatus::Extending;
             new.previous_status = Some(v.status.to_string());

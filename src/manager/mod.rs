@@ -22,7 +22,7 @@ pub use actions::*;
 pub use snapshots::*;
 pub use volumes::*;
 
-use crate::pool::{GIB, Pool, PoolError};
+use crate::pool::{Capacity, GIB, Pool, PoolError};
 use crate::store::{Store, StoreError, Tx, Volume};
 
 /// Who is asking, as the API resolved it. Policy is the API's business; the manager
@@ -117,9 +117,9 @@ impl Manager {
 
     /// Refuses a size the pool cannot guarantee (spec: fails cleanly, with a reason).
     /// Runs inside the transaction that provisions, so two creates cannot both
-    /// take the last free GiB.
-    fn check_capacity(&self, tx: &Tx, extra_gib: i64) -> Result<()> {
-        let capacity = self.pool.capacity()?;
+    /// take the last free GiB. `capacity` is read before that transaction: asking
+    /// the pool may run lvm commands, which must not hold the store.
+    fn check_capacity(&self, tx: &Tx, capacity: &Capacity, extra_gib: i64) -> Result<()> {
         let provisioned: i64 = tx.volumes(None)?.iter().map(|v| v.size).sum::<i64>()
             + tx.snapshots(None, None)?.iter().map(|s| s.volume_size).sum::<i64>();
         let gib = |bytes: u64| bytes as f64 / GIB as f64;

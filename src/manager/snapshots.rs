@@ -40,6 +40,7 @@ impl Manager {
         req: CreateSnapshot,
         force_allowed_in_use: bool,
     ) -> Result<Snapshot> {
+        let capacity = self.pool.capacity()?;
         let (snapshot, job) = self.store.write(|tx| {
             let v = self.visible(tx, caller, &req.volume_id)?;
             let in_use_ok = (req.force || force_allowed_in_use) && v.status == VolumeStatus::InUse;
@@ -54,7 +55,7 @@ impl Manager {
             if !not_migrating(v.migration_status.as_deref()) {
                 return Err(ManagerError::Invalid(format!("Invalid volume: Volume {} is migrating.", v.id)));
             }
-            self.check_capacity(tx, v.size)?;
+            self.check_capacity(tx, &capacity, v.size)?;
             let snapshot = Snapshot {
                 id: uuid::Uuid::new_v4().to_string(),
                 volume_id: v.id.clone(),

@@ -49,6 +49,7 @@ impl Manager {
 
     pub fn create_volume(self: &std::sync::Arc<Self>, caller: &Caller, req: CreateVolume) -> Result<Volume> {
         self.check_zone(req.availability_zone.as_deref())?;
+        let capacity = self.pool.capacity()?;
         let (volume, job) = self.store.write(|tx| {
             // A clone takes its source's size (at least) and, unless told otherwise, its type.
             let (source, source_size, source_type) = if let Some(snapshot_id) = &req.snapshot_id {
@@ -98,7 +99,7 @@ impl Manager {
                     &req.metadata,
                 )
             };
-            self.check_capacity(tx, size)?;
+            self.check_capacity(tx, &capacity, size)?;
             tx.insert_volume(&volume)?;
             let source_json = match &source {
                 Source::Blank => json!({"blank": true}),
