@@ -66,6 +66,11 @@ impl Req {
     pub fn param(&self, key: &str) -> Option<&str> {
         self.query.get(key).map(String::as_str)
     }
+
+    /// A boolean query parameter in Cinder's spellings; absent is false.
+    pub fn flag(&self, key: &str) -> Result<bool, ApiError> {
+        self.param(key).map(|v| schema::boolean(key, &Value::from(v))).transpose().map(|b| b.unwrap_or(false))
+    }
 }
 
 /// A successful answer.

@@ -106,7 +106,7 @@ pub fn route(m: &std::sync::Arc<Manager>, req: &Req, path: &[&str]) -> Result<Re
         ["os-volume-manage", "detail"] => only(method, Method::GET, || list_manageable(m, req, true)),
         ["scheduler-stats", "get_pools"] => only(method, Method::GET, || {
             req.ctx.require_admin("scheduler_extension:scheduler_stats:get_pools")?;
-            let detail = req.param("detail").map(|d| boolean("detail", &json!(d))).transpose()?.unwrap_or(false);
+            let detail = req.flag("detail")?;
             Ok(Reply::ok(json!({"pools": [views::pool(m.settings(), &m.pool_stats()?, detail)]})))
         }),
         _ => Err(ApiError::resource_not_found()),
@@ -150,7 +150,7 @@ fn show_volume(m: &Manager, req: &Req, id: &str) -> Result<Reply> {
 }
 
 fn list_volumes(m: &Manager, req: &Req, detail: bool) -> Result<Reply> {
-    let all = req.param("all_tenants").map(|v| boolean("all_tenants", &json!(v))).transpose()?.unwrap_or(false);
+    let all = req.flag("all_tenants")?;
     let mut volumes = m.volumes(&req.ctx.caller(), all)?;
     if let Some(project) = req.param("project_id").filter(|_| all) {
         volumes.retain(|v| v.project_id == project);
@@ -423,11 +423,8 @@ fn update_volume(m: &Manager, req: &Req, id: &str) -> Result<Reply> {
 }
 
 fn delete_volume(m: &std::sync::Arc<Manager>, req: &Req, id: &str) -> Result<Reply> {
-    let flag = |key: &str| -> Result<bool> {
-        req.param(key).map(|v| boolean(key, &json!(v))).transpose().map(|b| b.unwrap_or(false))
-    };
-    let cascade = flag("cascade")?;
-    let force = req.version.at_least(3, 23) && flag("force")?;
+    let cascade = req.flag("cascade")?;
+    let force = req.version.at_least(3, 23) && req.flag("force")?;
     let v = m.volume(&req.ctx.caller(), id)?;
     req.ctx.require_member("volume:delete", &v.project_id)?;
     if force {
@@ -619,7 +616,7 @@ fn manage_volume(m: &std::sync::Arc<Manager>, req: &Req) -> Result<Reply> {
 // ---- snapshots -----------------------------------------------------------------
 
 fn list_snapshots(m: &Manager, req: &Req) -> Result<Reply> {
-    let all = req.param("all_tenants").map(|v| boolean("all_tenants", &json!(v))).transpose()?.unwrap_or(false);
+    let all = req.flag("all_tenants")?;
     let mut snaps = m.snapshots(&req.ctx.caller(), all)?;
     if let Some(name) = req.param("name") {
         snaps.retain(|s| s.name.as_deref() == Some(name));
