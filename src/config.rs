@@ -19,6 +19,8 @@ pub struct Config {
     pub availability_zone: String,
     /// Base URL used in links and version documents (else taken from the request).
     pub public_endpoint: Option<String>,
+    /// Seconds a user message is kept at least (Cinder's `message_ttl`, 30 days).
+    pub message_ttl: u64,
     pub auth: AuthConfig,
     pub pool: PoolConfig,
 }
@@ -49,16 +51,24 @@ pub enum VolumeClear {
     None,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `[pool]`: which backend holds the volumes, with that backend's settings only.
+/// `backend` picks the variant and defaults to `file`, so configuration files
+/// written before the backends had their own types keep working; a key of the
+/// other backend is refused by name.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PoolConfig {
+    File(FileConfig),
+    Lvm(LvmConfig),
+}
+
+/// The file pool: sparse files under the data dir, loop devices when needed.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct PoolConfig {
-    /// Where volumes live: `file` (sparse files, the default) or `lvm`.
-    pub backend: PoolBackend,
+pub struct FileConfig {
     /// Backend name (the `@backend` part of the host string).
     pub backend_name: String,
-    /// Pool name (the `#pool` part); by default `file` for the file pool and the
-    /// volume group's name for lvm, as Cinder's LVM driver names its pool.
-    pub name: Option<String>,
+    /// Pool name (the `#pool` part).
+    pub name: String,
     /// How a deleted volume's data is cleared before its file goes.
     pub volume_clear: VolumeClear,
     /// Ask for direct I/O on loop devices (falls back when the filesystem refuses).
@@ -66,24 +76,28 @@ pub struct PoolConfig {
     /// Provisioned GiB may reach this multiple of the filesystem size. At 1.0 (the
     /// default) every volume can be written in full without the disk filling up.
     pub max_over_subscription_ratio: f64,
-    /// lvm: the volume group ember allocates from.
-    pub volume_group: String,
-    /// lvm: thick LVs, or thin LVs in `thin_pool`.
-    pub lvm_type: LvmType,
-    /// lvm: the thin pool's LV name inside `volume_group`.
-    pub thin_pool: String,
-    /// lvm: create the thin pool when absent, using this share of the VG (0 < f <= 1).
-    pub create_thin_pool: Option<f64>,
-    /// lvm: a directory holding the lvm.conf ember's LVM commands use
-    /// (LVM_SYSTEM_DIR); unset means the host's /etc/lvm.
-    pub lvm_system_dir: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PoolBackend {
-    File,
-    Lvm,
+/// The LVM pool: thick or thin LVs in a volume group.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LvmConfig {
+    pub backend_name: String,
+    /// Pool name; the volume group's by default, as Cinder's LVM driver names it.
+    pub name: Option<String>,
+    pub volume_clear: VolumeClear,
+    pub max_over_subscription_ratio: f64,
+    /// The volume group ember allocates from (it must exist).
+    pub volume_group: String,
+    /// Thick LVs, or thin LVs in `thin_pool`.
+    pub lvm_type: LvmType,
+    /// The thin pool's LV name inside `volume_group`.
+    pub thin_pool: String,
+    /// Create the thin pool when absent, using this share of the VG (0 < f <= 1).
+    pub create_thin_pool: Option<f64>,
+    /// A directory holding the lvm.conf ember's LVM commands use (LVM_SYSTEM_DIR);
+    /// unset means the host's /etc/lvm.
+    pub lvm_system_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -101,6 +115,7 @@ impl Default for Config {
             host: None,
             availability_zone: "nova".to_string(),
             public_endpoint: None,
+            message_ttl: 2_592_000,
             auth: AuthConfig::default(),
             pool: PoolConfig::default(),
         }
@@ -115,18 +130,81 @@ impl Default for AuthConfig {
 
 impl Default for PoolConfig {
     fn default() -> Self {
-        PoolConfig {
-            backend: PoolBackend::File,
+        PoolConfig::File(FileConfig::default())
+    }
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        FileConfig {
             backend_name: "file".to_string(),
-            name: None,
+            name: "file".to_string(),
             volume_clear: VolumeClear::Zero,
             direct_io: false,
+            max_over_subscription_ratio: 1.0,
+        }
+    }
+}
+
+impl Default for LvmConfig {
+    fn default() -> Self {
+        LvmConfig {
+            backend_name: "lvm".to_string(),
+            name: None,
+            volume_clear: VolumeClear::Zero,
             max_over_subscription_ratio: 1.0,
             volume_group: "ember".to_string(),
             lvm_type: LvmType::Thick,
             thin_pool: "ember-pool".to_string(),
             create_thin_pool: None,
             lvm_system_dir: None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PoolConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut table = toml::Table::deserialize(deserializer)?;
+        let backend = match table.remove("backend") {
+            None => "file".to_string(),
+            Some(toml::Value::String(name)) => name,
+            Some(other) => {
+                return Err(serde::de::Error::custom(format!("[pool] backend must be a string, not {other}")));
+            }
+        };
+        // Parsed again from text, so an error quotes the offending line and key.
+        let text = toml::to_string(&table).map_err(serde::de::Error::custom)?;
+        let typed = |e: toml::de::Error| serde::de::Error::custom(format!("[pool] with backend = \"{backend}\": {e}"));
+        match backend.as_str() {
+            "file" => toml::from_str(&text).map(PoolConfig::File).map_err(typed),
+            "lvm" => toml::from_str(&text).map(PoolConfig::Lvm).map_err(typed),
+            other => Err(serde::de::Error::custom(format!(
+                "[pool] backend = \"{other}\" is not a backend of this ember (file, lvm)"
+            ))),
+        }
+    }
+}
+
+impl PoolConfig {
+    pub fn backend_name(&self) -> &str {
+        match self {
+            PoolConfig::File(c) => &c.backend_name,
+            PoolConfig::Lvm(c) => &c.backend_name,
+        }
+    }
+
+    /// The `#pool` part of the host string.
+    pub fn name(&self) -> &str {
+        match self {
+            PoolConfig::File(c) => &c.name,
+            PoolConfig::Lvm(c) => c.name.as_deref().unwrap_or(&c.volume_group),
+        }
+    }
+
+    pub fn max_over_subscription_ratio(&self) -> f64 {
+        match self {
+            PoolConfig::File(c) => c.max_over_subscription_ratio,
+            PoolConfig::Lvm(c) => c.max_over_subscription_ratio,
         }
     }
 }
@@ -173,11 +251,11 @@ impl Config {
         if self.auth.strategy == AuthStrategy::Token && self.auth.tokens_file.is_none() {
             return Err(ConfigError::Invalid("[auth] strategy = \"token\" needs tokens_file".to_string()));
         }
-        let ratio = self.pool.max_over_subscription_ratio;
+        let ratio = self.pool.max_over_subscription_ratio();
         if ratio.is_nan() || ratio < 1.0 {
             return Err(ConfigError::Invalid("[pool] max_over_subscription_ratio must be at least 1.0".to_string()));
         }
-        for (what, value) in [("backend_name", &self.pool.backend_name), ("name", &self.pool_name())] {
+        for (what, value) in [("backend_name", self.pool.backend_name()), ("name", self.pool.name())] {
             if value.is_empty() || value.contains(['@', '#', '/']) {
                 return Err(ConfigError::Invalid(format!("[pool] {what} must be non-empty without '@', '#' or '/'")));
             }
@@ -194,16 +272,9 @@ impl Config {
         })
     }
 
-    pub fn pool_name(&self) -> String {
-        self.pool.name.clone().unwrap_or_else(|| match self.pool.backend {
-            PoolBackend::File => "file".to_string(),
-            PoolBackend::Lvm => self.pool.volume_group.clone(),
-        })
-    }
-
     /// `host@backend#pool`, as `os-vol-host-attr:host` shows it.
     pub fn volume_host(&self) -> String {
-        format!("{}@{}#{}", self.hostname(), self.pool.backend_name, self.pool_name())
+        format!("{}@{}#{}", self.hostname(), self.pool.backend_name(), self.pool.name())
     }
 }
 
@@ -217,9 +288,28 @@ mod tests {
             "data_dir = \"/srv/ember\"\nlisten = \"0.0.0.0:8776\"\n[auth]\nstrategy = \"token\"\ntokens_file = \"/etc/ember/tokens.toml\"\n[pool]\nvolume_clear = \"discard\"\n",
         )
         .unwrap();
-        assert_eq!(cfg.pool.volume_clear, VolumeClear::Discard);
+        assert!(matches!(&cfg.pool, PoolConfig::File(f) if f.volume_clear == VolumeClear::Discard));
         assert!(cfg.validate().is_ok());
         assert!(toml::from_str::<Config>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn pool_sections_are_typed_per_backend() {
+        let lvm: Config =
+            toml::from_str("[pool]\nbackend = \"lvm\"\nvolume_group = \"vg0\"\nlvm_type = \"thin\"\n").unwrap();
+        let PoolConfig::Lvm(c) = &lvm.pool else { panic!("{:?}", lvm.pool) };
+        assert_eq!((c.volume_group.as_str(), c.lvm_type), ("vg0", LvmType::Thin));
+        assert_eq!(lvm.pool.name(), "vg0");
+        assert_eq!(lvm.pool.backend_name(), "lvm");
+        // Written before the backends had types: no backend means file.
+        let old: Config = toml::from_str("[pool]\ndirect_io = true\nmax_over_subscription_ratio = 2.0\n").unwrap();
+        assert!(matches!(&old.pool, PoolConfig::File(f) if f.direct_io && f.max_over_subscription_ratio == 2.0));
+        // A key of the other backend is refused with the backend named.
+        let err = toml::from_str::<Config>("[pool]\nvolume_group = \"vg0\"\n").unwrap_err().to_string();
+        assert!(err.contains("backend = \"file\"") && err.contains("volume_group"), "{err}");
+        let err = toml::from_str::<Config>("[pool]\nbackend = \"lvm\"\ndirect_io = true\n").unwrap_err().to_string();
+        assert!(err.contains("direct_io"), "{err}");
+        assert!(toml::from_str::<Config>("[pool]\nbackend = \"zfs\"\n").is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod cmd;
 pub mod config;
 pub mod doctor;
 pub mod manager;
+pub mod model;
 pub mod pool;
 pub mod server;
 pub mod store;

@@ -7,8 +7,7 @@ use std::future::IntoFuture;
 use std::sync::Arc;
 
 use crate::api::{self, ApiState, Auth};
-use crate::config::PoolBackend;
-use crate::config::{AuthStrategy, Config};
+use crate::config::{AuthStrategy, Config, PoolConfig};
 use crate::manager::{Manager, Settings};
 use crate::pool::Pool;
 use crate::pool::file::FilePool;
@@ -20,32 +19,33 @@ pub async fn serve(config: Config) -> Result<(), String> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("create data dir {}: {e}", config.data_dir.display()))?;
     let store = Arc::new(Store::open(&config.data_dir.join("ember.db")).map_err(|e| e.to_string())?);
-    let p = &config.pool;
-    let pool: Arc<dyn Pool> = match p.backend {
-        PoolBackend::File => {
-            Arc::new(FilePool::open(&config.data_dir, p.volume_clear, p.direct_io).map_err(|e| e.to_string())?)
-        }
-        PoolBackend::Lvm => Arc::new(
-            LvmPool::open(
-                &p.volume_group,
-                p.lvm_type,
-                &p.thin_pool,
-                p.create_thin_pool,
-                p.volume_clear,
-                p.lvm_system_dir.as_deref(),
-            )
-            .map_err(|e| e.to_string())?,
-        ),
+    let pool: Arc<dyn Pool> = match &config.pool {
+        PoolConfig::File(c) => Arc::new(FilePool::open(&config.data_dir, c).map_err(|e| e.to_string())?),
+        PoolConfig::Lvm(c) => Arc::new(LvmPool::open(c).map_err(|e| e.to_string())?),
     };
     let settings = Settings {
         host: config.volume_host(),
-        backend_name: config.pool.backend_name.clone(),
+        backend_name: config.pool.backend_name().to_string(),
         availability_zone: config.availability_zone.clone(),
-        max_over_subscription_ratio: config.pool.max_over_subscription_ratio,
+        max_over_subscription_ratio: config.pool.max_over_subscription_ratio(),
+        message_ttl: std::time::Duration::from_secs(config.message_ttl),
     };
     let manager = Manager::new(store, pool, settings);
     manager.ensure_default_type().map_err(|e| e.to_string())?;
     let resumed = manager.recover().map_err(|e| e.to_string())?;
+    // Expired messages and long-ended jobs go hourly (and at every start).
+    let reaper = Arc::clone(&manager);
+    tokio::spawn(async move {
+        let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3600));
+        hourly.tick().await;
+        loop {
+            hourly.tick().await;
+            let m = Arc::clone(&reaper);
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || m.housekeeping()).await {
+                tracing::warn!(error = %e, "housekeeping failed; trying again in an hour");
+            }
+        }
+    });
     let auth = match config.auth.strategy {
         AuthStrategy::Noauth => Auth::NoAuth,
         AuthStrategy::Token => {

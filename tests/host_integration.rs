@@ -97,7 +97,7 @@ fn root_volume_lifecycle_through_http() {
 
 fn unfinished_jobs(data_dir: &Path) -> Vec<String> {
     let db = rusqlite::Connection::open(data_dir.join("ember.db")).unwrap();
-    let mut stmt = db.prepare("SELECT kind FROM jobs ORDER BY id").unwrap();
+    let mut stmt = db.prepare("SELECT kind FROM jobs WHERE state = 'running' ORDER BY id").unwrap();
     stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
 }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::Agent;
 use ember::blockdev::{block_device_size, loopback};
 use ember::cmd;
-use ember::config::{LvmType, VolumeClear};
+use ember::config::{LvmConfig, LvmType, VolumeClear};
 use ember::pool::lvm::LvmPool;
 use ember::pool::{Created, GIB, Pool, Removed, Resized, Source};
 use serde_json::json;
@@ -78,7 +78,14 @@ impl TestVg {
     }
 
     fn pool(&self, lvm_type: LvmType) -> LvmPool {
-        LvmPool::open(&self.name, lvm_type, "ember-pool", Some(0.6), VolumeClear::Zero, Some(&self.conf_dir)).unwrap()
+        LvmPool::open(&LvmConfig {
+            volume_group: self.name.clone(),
+            lvm_type,
+            create_thin_pool: Some(0.6),
+            lvm_system_dir: Some(self.conf_dir.clone()),
+            ..LvmConfig::default()
+        })
+        .unwrap()
     }
 
     fn lv_names(&self) -> Vec<String> {
@@ -144,12 +151,12 @@ fn pool_scenario(lvm_type: LvmType, tag: &str) {
     assert_eq!(read(&dev, (2 * GIB) - 4096, 4), vec![0u8; 4]);
     assert!(vg.lv_names().contains(&"snap-s1".to_string()), "the snapshot survives the revert");
 
-    timed("clone from snapshot", || pool.create_volume("v2", 3, &Source::Snapshot("s1".into()))).unwrap();
+    timed("clone from snapshot", || pool.create_volume("v2", 3, &Source::Snapshot { id: "s1".into() })).unwrap();
     let d2 = pool.attach_device("v2").unwrap();
     assert_eq!(read(&d2, 0, 11), b"first block");
     assert_eq!(read(&d2, 700 << 20, 9), b"deep data");
     assert_eq!(block_device_size(&std::fs::File::open(&d2).unwrap()).unwrap(), 3 * GIB);
-    timed("clone from volume", || pool.create_volume("v3", 2, &Source::Volume("v1".into()))).unwrap();
+    timed("clone from volume", || pool.create_volume("v3", 2, &Source::Volume { id: "v1".into() })).unwrap();
     assert_eq!(read(&pool.attach_device("v3").unwrap(), 700 << 20, 9), b"deep data");
 
     let cap = pool.capacity().unwrap();
@@ -305,7 +312,8 @@ fn vm_udev_rules_keep_the_host_off_volumes() {
     cmd::run(&udevadm, &["control", "--reload"], t).unwrap();
 
     let vg = TestVg::new("udev");
-    let pool = LvmPool::open(&vg.name, LvmType::Thick, "ember-pool", None, VolumeClear::None, None).unwrap();
+    let config = LvmConfig { volume_group: vg.name.clone(), volume_clear: VolumeClear::None, ..LvmConfig::default() };
+    let pool = LvmPool::open(&config).unwrap();
     let id = "0b6c1a4e-1111-4222-8333-444455556666";
     pool.create_volume(id, 1, &Source::Blank).unwrap();
     let dev = pool.attach_device(id).unwrap();

@@ -13,7 +13,6 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
 use super::fault::ApiError;
-use crate::manager::Caller;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Context {
@@ -24,10 +23,6 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn caller(&self) -> Caller {
-        Caller { user_id: self.user_id.clone(), project_id: self.project_id.clone(), is_admin: self.is_admin }
-    }
-
     fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r.eq_ignore_ascii_case(role))
     }

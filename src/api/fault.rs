@@ -67,10 +67,6 @@ impl From<ManagerError> for ApiError {
             ManagerError::OverLimit(m) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, m),
             ManagerError::NotImplemented(m) => ApiError::new(StatusCode::NOT_IMPLEMENTED, m),
             ManagerError::PreconditionFailed(m) => ApiError::new(StatusCode::PRECONDITION_FAILED, m),
-            // A lost compare-and-set: the status moved under us; the caller may retry.
-            ManagerError::Store(crate::store::StoreError::StaleStatus { kind, id, expected }) => ApiError::bad_request(
-                format!("Invalid {kind}: {kind} {id} changed status concurrently (was {expected}); try again."),
-            ),
             other => {
                 tracing::error!(error = %other, "internal error");
                 ApiError::new(

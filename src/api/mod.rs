@@ -6,6 +6,7 @@
 mod actions;
 mod auth;
 mod fault;
+mod messages;
 mod microversion;
 mod resources;
 mod schema;
@@ -45,6 +46,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
 pub struct Req {
     pub method: Method,
     pub ctx: Context,
+    /// `x-openstack-request-id` of this request (user messages name it).
+    pub request_id: String,
     pub version: Version,
     pub base_url: String,
     pub query: HashMap<String, String>,
@@ -58,6 +61,16 @@ pub struct Req {
 }
 
 impl Req {
+    /// The caller as the manager sees it.
+    pub fn caller(&self) -> crate::manager::Caller {
+        crate::manager::Caller {
+            user_id: self.ctx.user_id.clone(),
+            project_id: self.ctx.project_id.clone(),
+            is_admin: self.ctx.is_admin,
+            request_id: self.request_id.clone(),
+        }
+    }
+
     /// The body as JSON; anything unparsable is "Malformed request body".
     pub fn json(&self) -> Result<Value, ApiError> {
         schema::parse_body(&self.body)
@@ -95,7 +108,7 @@ impl Reply {
 
 /// Collections that may follow `/v3/` directly, without a project segment.
 const COLLECTIONS: &[&str] =
-    &["volumes", "snapshots", "types", "manageable_volumes", "os-volume-manage", "scheduler-stats"];
+    &["volumes", "snapshots", "types", "manageable_volumes", "os-volume-manage", "scheduler-stats", "messages"];
 
 async fn handle(State(state): State<Arc<ApiState>>, request: Request) -> Response {
     let request_id = format!("req-{}", uuid::Uuid::new_v4());
@@ -103,7 +116,7 @@ async fn handle(State(state): State<Arc<ApiState>>, request: Request) -> Respons
     let path = parts.uri.path().to_string();
     let is_v3 = path == "/v3" || path.starts_with("/v3/");
     let mut version = microversion::MIN;
-    let result = pipeline(&state, &parts.method, &parts.uri, &parts.headers, body, &mut version).await;
+    let result = pipeline(&state, &request_id, &parts.method, &parts.uri, &parts.headers, body, &mut version).await;
     let mut response = match result {
         Ok(reply) => {
             let mut r = match reply.body {
@@ -164,6 +177,7 @@ fn base_url(state: &ApiState, headers: &HeaderMap) -> String {
 
 async fn pipeline(
     state: &ApiState,
+    request_id: &str,
     method: &Method,
     uri: &axum::http::Uri,
     headers: &HeaderMap,
@@ -254,6 +268,7 @@ async fn pipeline(
     let req = Req {
         method: method.clone(),
         ctx,
+        request_id: request_id.to_string(),
         version: *version,
         base_url: base,
         query: query_pairs.iter().cloned().collect(),

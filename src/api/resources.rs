@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use axum::http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use super::actions::{self, Policy};
+use super::actions::{self, Parsed, Policy};
 use super::fault::ApiError;
 use super::schema::{
     self, boolean, closed, envelope, field_error, integer, meta_key, metadata, name, optional_metadata, required,
@@ -17,7 +17,7 @@ use super::{Reply, Req, bad_method};
 use crate::manager::{
     ActionOutcome, CreateSnapshot, CreateVolume, ManageVolume, Manager, MetadataChange, UpdateVolume,
 };
-use crate::store::{SnapshotStatus, Volume};
+use crate::model::{DEFAULT_TYPE_NAME, SnapshotStatus, Volume};
 
 type Result<T> = std::result::Result<T, ApiError>;
 
@@ -47,15 +47,15 @@ pub fn route(m: &std::sync::Arc<Manager>, req: &Req, path: &[&str]) -> Result<Re
         ["snapshots", "detail"] => only(method, Method::GET, || list_snapshots(m, req)),
         ["snapshots", id] => match *method {
             Method::GET => {
-                let s = m.snapshot(&req.ctx.caller(), id)?;
+                let s = m.snapshot(&req.caller(), id)?;
                 req.ctx.require_reader("volume:get_snapshot", &s.project_id)?;
                 Ok(Reply::ok(json!({"snapshot": views::snapshot_detail(&view_ctx(m, req)?.view(), &s)})))
             }
             Method::PUT => update_snapshot(m, req, id),
             Method::DELETE => {
-                let s = m.snapshot(&req.ctx.caller(), id)?;
+                let s = m.snapshot(&req.caller(), id)?;
                 req.ctx.require_member("volume:delete_snapshot", &s.project_id)?;
-                m.delete_snapshot(&req.ctx.caller(), id, false)?;
+                m.delete_snapshot(&req.caller(), id, false)?;
                 Ok(Reply::empty(StatusCode::ACCEPTED))
             }
             _ => Err(bad_method()),
@@ -76,7 +76,7 @@ pub fn route(m: &std::sync::Arc<Manager>, req: &Req, path: &[&str]) -> Result<Re
             _ => Err(bad_method()),
         },
         ["types", "default"] => only(method, Method::GET, || {
-            let t = m.volume_type(crate::store::DEFAULT_TYPE_NAME)?;
+            let t = m.volume_type(DEFAULT_TYPE_NAME)?;
             Ok(Reply::ok(json!({"volume_type": views::volume_type(&view_ctx(m, req)?.view(), &t)})))
         }),
         ["types", id] => match *method {
@@ -104,6 +104,12 @@ pub fn route(m: &std::sync::Arc<Manager>, req: &Req, path: &[&str]) -> Result<Re
         },
         ["os-volume-manage"] => only(method, Method::POST, || manage_volume(m, req)),
         ["os-volume-manage", "detail"] => only(method, Method::GET, || list_manageable(m, req, true)),
+        ["messages"] => only(method, Method::GET, || super::messages::list(m, req)),
+        ["messages", id] => match *method {
+            Method::GET => super::messages::show(m, req, id),
+            Method::DELETE => super::messages::delete(m, req, id),
+            _ => Err(bad_method()),
+        },
         ["scheduler-stats", "get_pools"] => only(method, Method::GET, || {
             req.ctx.require_admin("scheduler_extension:scheduler_stats:get_pools")?;
             let detail = req.flag("detail")?;
@@ -143,7 +149,7 @@ impl ViewContextOwned<'_> {
 // ---- volumes -------------------------------------------------------------------
 
 fn show_volume(m: &Manager, req: &Req, id: &str) -> Result<Reply> {
-    let v = m.volume(&req.ctx.caller(), id)?;
+    let v = m.volume(&req.caller(), id)?;
     req.ctx.require_reader("volume:get", &v.project_id)?;
     let ctx = view_ctx(m, req)?;
     Ok(Reply::ok(json!({"volume": views::volume_detail(&ctx.view(), &v)})))
@@ -151,7 +157,7 @@ fn show_volume(m: &Manager, req: &Req, id: &str) -> Result<Reply> {
 
 fn list_volumes(m: &Manager, req: &Req, detail: bool) -> Result<Reply> {
     let all = req.flag("all_tenants")?;
-    let mut volumes = m.volumes(&req.ctx.caller(), all)?;
+    let mut volumes = m.volumes(&req.caller(), all)?;
     if let Some(project) = req.param("project_id").filter(|_| all) {
         volumes.retain(|v| v.project_id == project);
     }
@@ -190,7 +196,7 @@ fn list_volumes(m: &Manager, req: &Req, detail: bool) -> Result<Reply> {
 }
 
 /// The link to the next page: the same URL form and query, with the new marker.
-fn next_link(req: &Req, path: &str, marker: &str) -> String {
+pub(super) fn next_link(req: &Req, path: &str, marker: &str) -> String {
     let project = req.url_project.as_deref().map(|p| format!("{p}/")).unwrap_or_default();
     let mut query: Vec<String> = req
         .query_pairs
@@ -219,7 +225,7 @@ fn volume_sort_key(v: &Volume, key: &str) -> Option<String> {
 /// Sorting (`sort=key:dir,...` or `sort_key`/`sort_dir`), `marker`, `limit` and
 /// `offset`, as Cinder's common pagination. Returns the page, the total count and
 /// the marker of the next page when the page is full.
-fn paginate<T>(
+pub(super) fn paginate<T>(
     req: &Req,
     mut items: Vec<T>,
     id_of: impl Fn(&T) -> String,
@@ -382,7 +388,7 @@ fn create_volume(m: &std::sync::Arc<Manager>, req: &Req) -> Result<Reply> {
             "size is required for a blank volume",
         ));
     }
-    let caller = req.ctx.caller();
+    let caller = req.caller();
     let created = m.create_volume(
         &caller,
         CreateVolume {
@@ -415,9 +421,9 @@ fn update_volume(m: &Manager, req: &Req, id: &str) -> Result<Reply> {
         }
     }
     change.metadata = v.get("metadata").map(|x| metadata("metadata", x, meta_key, 255)).transpose()?;
-    let current = m.volume(&req.ctx.caller(), id)?;
+    let current = m.volume(&req.caller(), id)?;
     req.ctx.require_member("volume:update", &current.project_id)?;
-    let updated = m.update_volume(&req.ctx.caller(), id, change)?;
+    let updated = m.update_volume(&req.caller(), id, change)?;
     let ctx = view_ctx(m, req)?;
     Ok(Reply::ok(json!({"volume": views::volume_detail(&ctx.view(), &updated)})))
 }
@@ -425,17 +431,17 @@ fn update_volume(m: &Manager, req: &Req, id: &str) -> Result<Reply> {
 fn delete_volume(m: &std::sync::Arc<Manager>, req: &Req, id: &str) -> Result<Reply> {
     let cascade = req.flag("cascade")?;
     let force = req.version.at_least(3, 23) && req.flag("force")?;
-    let v = m.volume(&req.ctx.caller(), id)?;
+    let v = m.volume(&req.caller(), id)?;
     req.ctx.require_member("volume:delete", &v.project_id)?;
     if force {
         req.ctx.require_admin("volume:force_delete")?;
     }
-    m.delete_volume(&req.ctx.caller(), id, cascade, force)?;
+    m.delete_volume(&req.caller(), id, cascade, force)?;
     Ok(Reply::empty(StatusCode::ACCEPTED))
 }
 
 fn volume_metadata(m: &Manager, req: &Req, id: &str, key: Option<&str>) -> Result<Reply> {
-    let caller = req.ctx.caller();
+    let caller = req.caller();
     let v = m.volume(&caller, id)?;
     let read = |rule| req.ctx.require_reader(rule, &v.project_id);
     let write = |rule| req.ctx.require_member(rule, &v.project_id);
@@ -534,8 +540,8 @@ fn required_meta<'a>(body: &'a Value, key: &str) -> Result<&'a Value> {
 
 fn volume_action(m: &std::sync::Arc<Manager>, req: &Req, id: &str) -> Result<Reply> {
     let body = req.json()?;
-    let (action, policy) = actions::parse(&body, req.version)?;
-    let caller = req.ctx.caller();
+    let Parsed { action, policy, code } = actions::parse(&body, req.version)?;
+    let caller = req.caller();
     let v = m.volume(&caller, id)?;
     match policy {
         Policy::Admin(rule) => req.ctx.require_admin(rule)?,
@@ -543,15 +549,9 @@ fn volume_action(m: &std::sync::Arc<Manager>, req: &Req, id: &str) -> Result<Rep
         Policy::Reader(rule) => req.ctx.require_reader(rule, &v.project_id)?,
     }
     let version = (req.version.0, req.version.1);
-    use crate::manager::VolumeAction as A;
-    let sync_200 = matches!(
-        action,
-        A::SetImageMetadata(_) | A::UnsetImageMetadata { .. } | A::ShowImageMetadata | A::SetBootable(_)
-    );
     match m.volume_action(&caller, id, action, version)? {
-        ActionOutcome::Metadata(map) => Ok(Reply::ok(json!({"metadata": map}))),
-        ActionOutcome::Done if sync_200 => Ok(Reply::empty(StatusCode::OK)),
-        ActionOutcome::Done => Ok(Reply::empty(StatusCode::ACCEPTED)),
+        ActionOutcome::Metadata(map) => Ok(Reply { status: code, body: Some(json!({"metadata": map})), etag: None }),
+        ActionOutcome::Done => Ok(Reply::empty(code)),
     }
 }
 
@@ -594,7 +594,7 @@ fn manage_volume(m: &std::sync::Arc<Manager>, req: &Req) -> Result<Reply> {
     };
     req.ctx.require_admin("volume_extension:volume_manage")?;
     let volume = m.manage_volume(
-        &req.ctx.caller(),
+        &req.caller(),
         ManageVolume {
             host,
             source_name,
@@ -617,7 +617,7 @@ fn manage_volume(m: &std::sync::Arc<Manager>, req: &Req) -> Result<Reply> {
 
 fn list_snapshots(m: &Manager, req: &Req) -> Result<Reply> {
     let all = req.flag("all_tenants")?;
-    let mut snaps = m.snapshots(&req.ctx.caller(), all)?;
+    let mut snaps = m.snapshots(&req.caller(), all)?;
     if let Some(name) = req.param("name") {
         snaps.retain(|s| s.name.as_deref() == Some(name));
     }
@@ -683,7 +683,7 @@ fn create_snapshot(m: &std::sync::Arc<Manager>, req: &Req) -> Result<Reply> {
         force: force.unwrap_or(false),
         metadata: optional_metadata(s, "metadata")?,
     };
-    let caller = req.ctx.caller();
+    let caller = req.caller();
     let v = m.volume(&caller, &volume_id)?;
     req.ctx.require_member("volume:create_snapshot", &v.project_id)?;
     let snap = m.create_snapshot(&caller, req_body, req.version.at_least(3, 66))?;
@@ -707,9 +707,9 @@ fn update_snapshot(m: &Manager, req: &Req, id: &str) -> Result<Reply> {
         Ok(None)
     };
     let (new_name, new_description) = (pick(["name", "display_name"])?, pick(["description", "display_description"])?);
-    let current = m.snapshot(&req.ctx.caller(), id)?;
+    let current = m.snapshot(&req.caller(), id)?;
     req.ctx.require_member("volume:update_snapshot", &current.project_id)?;
-    let snap = m.update_snapshot(&req.ctx.caller(), id, new_name, new_description)?;
+    let snap = m.update_snapshot(&req.caller(), id, new_name, new_description)?;
     let ctx = view_ctx(m, req)?;
     Ok(Reply::ok(json!({"snapshot": views::snapshot_detail(&ctx.view(), &snap)})))
 }
@@ -721,7 +721,7 @@ fn snapshot_action(m: &std::sync::Arc<Manager>, req: &Req, id: &str) -> Result<R
         return Err(ApiError::malformed_body());
     }
     let (action, value) = top.iter().next().ok_or_else(ApiError::malformed_body)?;
-    let caller = req.ctx.caller();
+    let caller = req.caller();
     match action.as_str() {
         "os-reset_status" => {
             let o = schema::as_object(action, value)?;

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::microversion::Version;
 use crate::manager::{ManageableVolume, PoolStats, Settings};
-use crate::store::{AttachStatus, Snapshot, Volume, VolumeType};
+use crate::model::{AttachStatus, Snapshot, Volume, VolumeType};
 
 /// What a view needs besides the record.
 pub struct ViewContext<'a> {
@@ -85,9 +85,10 @@ pub fn volume_detail(ctx: &ViewContext, v: &Volume) -> Value {
         o.insert("volume_image_metadata".into(), json!(v.image_metadata));
     }
     if ctx.is_admin {
-        o.insert("migration_status".into(), json!(v.migration_status));
+        let migration = v.migration_status.as_ref().map(ToString::to_string);
+        o.insert("migration_status".into(), json!(migration));
         o.insert("os-vol-host-attr:host".into(), json!(v.host));
-        o.insert("os-vol-mig-status-attr:migstat".into(), json!(v.migration_status));
+        o.insert("os-vol-mig-status-attr:migstat".into(), json!(migration));
         o.insert("os-vol-mig-status-attr:name_id".into(), Value::Null);
     }
     let at = |minor| ctx.version.at_least(3, minor);
@@ -194,7 +195,7 @@ pub fn pool(settings: &Settings, stats: &PoolStats, detail: bool) -> Value {
             "thin_pool_metadata_percent": stats.thin_metadata_percent,
             "thick_provisioning_support": false,
             "multiattach": true,
-            "timestamp": crate::store::now(),
+            "timestamp": crate::model::now(),
         });
     }
     out
@@ -219,7 +220,7 @@ pub fn versions(base_url: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::VolumeStatus;
+    use crate::model::VolumeStatus;
 
     fn volume() -> Volume {
         Volume {
@@ -295,7 +296,7 @@ mod tests {
             user_id: "u".into(),
             name: None,
             description: None,
-            status: crate::store::SnapshotStatus::Available,
+            status: crate::model::SnapshotStatus::Available,
             volume_size: 1,
             progress: "100%".into(),
             volume_type_id: "t".into(),

@@ -1,175 +1,330 @@
 //! Durable jobs: the device half of every asynchronous action, and their
-//! resumption after a crash. Each job holds its volume's lock while it works, runs
-//! the pool step on a blocking thread, and ends in one transaction that writes the
-//! final status and removes the job row.
+//! resumption after a crash.
+//!
+//! `enqueue` journals a typed job inside the action's transaction and queues it
+//! on the locks of every resource it names (`locks.rs`); `start` runs it once the
+//! transaction committed. The runner waits for its locks, then runs the job's
+//! steps after the last completed one, each an idempotent pool call on a blocking
+//! thread, recording progress after each; and it ends the job in one transaction
+//! that writes the final status, the job's state and reason, and, on failure, a
+//! user message for the owner of the volume.
 
 use std::sync::Arc;
 
-use super::{Manager, ManagerError};
+use super::locks::Ticket;
+use super::{Caller, Manager, ManagerError};
 use crate::manager::actions::derived_attach_state;
-use crate::pool::{PoolError, Source};
-use crate::store::{Job, JobKind, SnapshotStatus, StoreError, Tx, Volume, VolumeStatus};
+use crate::model::{
+    Job, JobSpec, JobState, Message, MessageAction, MessageResource, SnapshotStatus, Volume, VolumeSource,
+    VolumeStatus, now, timestamp,
+};
+use crate::pool::{Pool, PoolError};
+use crate::store::{JobRow, StoreError, Tx};
 
-impl Manager {
-    pub(super) fn spawn_job(self: &Arc<Self>, job: Job) {
-        let manager = Arc::clone(self);
-        tokio::spawn(async move { manager.run_job(job).await });
+/// A journaled job, queued on its locks, not yet started.
+pub(super) struct Pending {
+    job: Job,
+    ticket: Ticket,
+}
+
+/// One idempotent unit of a job's device work.
+#[derive(Debug, Clone, PartialEq)]
+enum Step {
+    CreateVolume { volume: String, size_gib: u64, source: VolumeSource },
+    DeleteSnapshot(String),
+    DeleteVolume(String),
+    ExtendVolume { volume: String, new_size_gib: u64 },
+    Revert { volume: String, snapshot: String },
+    CreateSnapshot { snapshot: String, volume: String },
+    Manage { volume: String, source_name: String },
+    Unmanage(String),
+}
+
+/// The steps of a job, in order.
+fn steps(spec: &JobSpec) -> Vec<Step> {
+    match spec.clone() {
+        JobSpec::CreateVolume { volume, size_gib, source } => vec![Step::CreateVolume { volume, size_gib, source }],
+        // Snapshots first: a volume is never removed while a snapshot of it exists.
+        JobSpec::DeleteVolume { volume, snapshots } => {
+            snapshots.into_iter().map(Step::DeleteSnapshot).chain([Step::DeleteVolume(volume)]).collect()
+        }
+        JobSpec::ExtendVolume { volume, new_size_gib } => vec![Step::ExtendVolume { volume, new_size_gib }],
+        JobSpec::RevertVolume { volume, snapshot } => vec![Step::Revert { volume, snapshot }],
+        JobSpec::CreateSnapshot { snapshot, volume } => vec![Step::CreateSnapshot { snapshot, volume }],
+        JobSpec::DeleteSnapshot { snapshot, .. } => vec![Step::DeleteSnapshot(snapshot)],
+        JobSpec::ManageVolume { volume, source_name } => vec![Step::Manage { volume, source_name }],
+        // The volume stays where it is, under its name, for manage to find.
+        JobSpec::UnmanageVolume { volume } => vec![Step::Unmanage(volume)],
+        // Same pool, different type: nothing on the device changes (spec §3.12).
+        JobSpec::RetypeVolume { .. } => vec![],
+    }
+}
+
+impl Step {
+    fn run(&self, pool: &dyn Pool) -> Result<(), PoolError> {
+        match self {
+            Step::CreateVolume { volume, size_gib, source } => pool.create_volume(volume, *size_gib, source).map(drop),
+            Step::DeleteSnapshot(snapshot) => pool.delete_snapshot(snapshot).map(drop),
+            Step::DeleteVolume(volume) => pool.delete_volume(volume).map(drop),
+            Step::ExtendVolume { volume, new_size_gib } => pool.extend_volume(volume, *new_size_gib).map(drop),
+            Step::Revert { volume, snapshot } => pool.revert_to_snapshot(volume, snapshot),
+            Step::CreateSnapshot { snapshot, volume } => pool.create_snapshot(snapshot, volume).map(drop),
+            Step::Manage { volume, source_name } => pool.manage_existing(source_name, volume).map(drop),
+            Step::Unmanage(volume) => pool.unmanage(volume),
+        }
     }
 
-    /// Resumes every job a previous run left unfinished. Every step is idempotent,
-    /// so resuming is running it again; a job whose volume an admin has since reset
-    /// to another status is dropped instead.
+    fn name(&self) -> String {
+        match self {
+            Step::CreateVolume { volume, .. } => format!("create volume {volume}"),
+            Step::DeleteSnapshot(s) => format!("delete snapshot {s}"),
+            Step::DeleteVolume(v) => format!("delete volume {v}"),
+            Step::ExtendVolume { volume, new_size_gib } => format!("extend volume {volume} to {new_size_gib} GiB"),
+            Step::Revert { volume, snapshot } => format!("revert volume {volume} to snapshot {snapshot}"),
+            Step::CreateSnapshot { snapshot, .. } => format!("create snapshot {snapshot}"),
+            Step::Manage { volume, source_name } => format!("manage {source_name} as volume {volume}"),
+            Step::Unmanage(v) => format!("unmanage volume {v}"),
+        }
+    }
+}
+
+/// Why a job failed: the step, and the pool's error.
+struct Failure {
+    step: String,
+    error: PoolError,
+}
+
+impl Manager {
+    /// Journals `spec` inside the caller's transaction, as work of `owner`'s
+    /// (the project whose volume it is), and queues it on its locks. Start it with
+    /// `start` once the transaction committed; if it does not commit, dropping the
+    /// `Pending` leaves the queues.
+    pub(super) fn enqueue(&self, tx: &Tx, caller: &Caller, owner: &str, spec: JobSpec) -> Result<Pending, StoreError> {
+        let job = tx.insert_job(&spec, &caller.request_id, owner)?;
+        let ticket = self.locks.enqueue(job.id, spec.locks());
+        Ok(Pending { job, ticket })
+    }
+
+    pub(super) fn start(self: &Arc<Self>, pending: Pending) {
+        let manager = Arc::clone(self);
+        tokio::spawn(async move { manager.run(pending).await });
+    }
+
+    /// Resumes every job a previous run left unfinished, in journal order: all are
+    /// queued on their locks before any starts. A row that does not decode is not
+    /// guessed at: it fails, its volume goes to `error`, and its owner gets a
+    /// message. Also reaps expired messages and long-ended jobs.
     pub fn recover(self: &Arc<Self>) -> Result<usize, ManagerError> {
-        let jobs = self.store.read(|tx| tx.jobs())?;
-        let count = jobs.len();
-        for job in jobs {
-            tracing::info!(job = job.id, kind = %job.kind, volume = ?job.volume_id, "resuming unfinished job");
-            self.spawn_job(job);
+        self.housekeeping()?;
+        let pending = self.store.write(|tx| {
+            let mut pending = Vec::new();
+            for row in tx.running_jobs()? {
+                match row.decode() {
+                    Ok(job) => {
+                        tracing::info!(
+                            job = job.id,
+                            kind = job.spec.kind(),
+                            step = job.step,
+                            "resuming unfinished job"
+                        );
+                        let ticket = self.locks.enqueue(job.id, job.spec.locks());
+                        pending.push(Pending { job, ticket });
+                    }
+                    Err(reason) => fail_undecodable(tx, &row, &reason, &self.settings)?,
+                }
+            }
+            Ok::<_, StoreError>(pending)
+        })?;
+        let count = pending.len();
+        for p in pending {
+            self.start(p);
         }
         Ok(count)
     }
 
-    async fn run_job(self: Arc<Self>, job: Job) {
-        let lock_id = job.volume_id.clone().or_else(|| job.snapshot_id.clone()).unwrap_or_default();
-        let _guard = self.locks.lock(&lock_id).await;
-        let pool = Arc::clone(&self.pool);
-        let work_job = job.clone();
-        let outcome = tokio::task::spawn_blocking(move || do_work(pool.as_ref(), &work_job)).await;
-        let outcome = match outcome {
-            Ok(result) => result,
-            Err(join) => Err(PoolError::Refused(format!("job panicked: {join}"))),
-        };
-        if let Err(e) = &outcome {
-            tracing::error!(job = job.id, kind = %job.kind, volume = ?job.volume_id, error = %e, "job failed");
-        } else {
-            tracing::info!(job = job.id, kind = %job.kind, volume = ?job.volume_id, "job done");
+    /// Drops messages past their guarantee and jobs that ended a week ago.
+    pub fn housekeeping(&self) -> Result<(), ManagerError> {
+        let week_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7 * 86_400);
+        let (messages, jobs) = self
+            .store
+            .write(|tx| Ok::<_, StoreError>((tx.reap_messages(&now())?, tx.prune_jobs(&timestamp(week_ago))?)))?;
+        if messages + jobs > 0 {
+            tracing::info!(messages, jobs, "reaped expired messages and ended jobs");
         }
-        let finished = self.store.write(|tx| {
-            finish(tx, &job, &outcome)?;
-            tx.finish_job(job.id)
+        Ok(())
+    }
+
+    async fn run(self: Arc<Self>, Pending { job, ticket }: Pending) {
+        ticket.granted().await;
+        // An admin reset while the job waited cancels it: its work must not run
+        // against the state the admin set.
+        match self.store.read(|tx| tx.job_state(job.id)) {
+            Ok(Some(JobState::Running)) => {}
+            other => {
+                tracing::info!(job = job.id, kind = job.spec.kind(), state = ?other, "job no longer wanted; not run");
+                return;
+            }
+        }
+        let all = steps(&job.spec);
+        let mut failure = None;
+        for (index, step) in all.iter().enumerate().skip(job.step) {
+            let pool = Arc::clone(&self.pool);
+            let work = step.clone();
+            let result = tokio::task::spawn_blocking(move || work.run(pool.as_ref()))
+                .await
+                .unwrap_or_else(|join| Err(PoolError::Refused(format!("step panicked: {join}"))));
+            if let Err(error) = result {
+                failure = Some(Failure { step: step.name(), error });
+                break;
+            }
+            if index + 1 < all.len() {
+                if let Err(e) = self.store.write(|tx| tx.set_job_step(job.id, index + 1)) {
+                    // Not fatal: the step is idempotent and runs again on resume.
+                    tracing::warn!(job = job.id, error = %e, "could not record a completed step");
+                }
+            }
+        }
+        match &failure {
+            None => tracing::info!(job = job.id, kind = job.spec.kind(), volume = job.spec.volume(), "job done"),
+            Some(f) => tracing::error!(
+                job = job.id, kind = job.spec.kind(), volume = job.spec.volume(), step = %f.step, error = %f.error,
+                "job failed"
+            ),
+        }
+        let ended = self.store.write(|tx| {
+            finish(tx, &job.spec, failure.is_none())?;
+            match &failure {
+                None => tx.end_job(job.id, JobState::Done, None),
+                Some(f) => {
+                    tx.end_job(job.id, JobState::Failed, Some(&format!("{}: {}", f.step, f.error)))?;
+                    let reason = format!("{} (job {})", f.error.user_reason(), job.id);
+                    leave_message(tx, &job, &self.settings, &reason)
+                }
+            }
         });
-        if let Err(e) = finished {
+        if let Err(e) = ended {
             tracing::error!(job = job.id, error = %e, "could not record the end of a job; it will resume at next start");
         }
     }
 }
 
-fn volume_id(job: &Job) -> &str {
-    job.volume_id.as_deref().unwrap_or_default()
+/// A user message about `job`'s failure, for the project whose volume it is.
+fn leave_message(tx: &Tx, job: &Job, settings: &super::Settings, reason: &str) -> Result<(), StoreError> {
+    let (resource, action) = job.spec.message_action();
+    let uuid = match resource {
+        MessageResource::Snapshot => job.spec.snapshot(),
+        MessageResource::Volume => Some(job.spec.volume()),
+    };
+    insert_message(tx, settings, &job.project_id, &job.request_id, resource, uuid, action, reason)
 }
 
-fn snapshot_id(job: &Job) -> &str {
-    job.snapshot_id.as_deref().unwrap_or_default()
+#[allow(clippy::too_many_arguments)]
+fn insert_message(
+    tx: &Tx,
+    settings: &super::Settings,
+    project_id: &str,
+    request_id: &str,
+    resource: MessageResource,
+    resource_uuid: Option<&str>,
+    action: MessageAction,
+    reason: &str,
+) -> Result<(), StoreError> {
+    let (event_id, user_message) = Message::describe(resource, action, reason);
+    let created = std::time::SystemTime::now();
+    tx.insert_message(&Message {
+        id: uuid::Uuid::new_v4().to_string(),
+        project_id: project_id.to_string(),
+        request_id: request_id.to_string(),
+        resource_type: resource,
+        resource_uuid: resource_uuid.map(str::to_string),
+        event_id,
+        message_level: "ERROR".to_string(),
+        user_message,
+        created_at: timestamp(created),
+        expires_at: timestamp(created + settings.message_ttl),
+    })
 }
 
-fn arg_str<'a>(job: &'a Job, path: &[&str]) -> Option<&'a str> {
-    let mut v = &job.args;
-    for key in path {
-        v = v.get(key)?;
+/// A journal row this ember cannot read: it ends as failed with the reason, its
+/// volume (and snapshot) go to `error`, and the owner is told.
+fn fail_undecodable(tx: &Tx, row: &JobRow, reason: &str, settings: &super::Settings) -> Result<(), StoreError> {
+    tracing::error!(job = row.id, kind = %row.kind, volume = ?row.volume_id, %reason, "unreadable job in the journal");
+    tx.end_job(row.id, JobState::Failed, Some(reason))?;
+    if let Some(volume) = row.volume_id.as_deref().map(|id| tx.volume(id)).transpose()?.flatten() {
+        tx.update_volume(volume.status, &Volume { status: VolumeStatus::Error, ..volume.clone() })?;
     }
-    v.as_str()
-}
-
-fn arg_u64(job: &Job, key: &str) -> u64 {
-    job.args.get(key).and_then(|v| v.as_u64()).unwrap_or(0)
-}
-
-/// The device work of a job: blocking, idempotent.
-fn do_work(pool: &dyn crate::pool::Pool, job: &Job) -> Result<(), PoolError> {
-    let id = volume_id(job);
-    match job.kind {
-        JobKind::CreateVolume => {
-            let source = if let Some(snap) = arg_str(job, &["source", "snapshot"]) {
-                Source::Snapshot(snap.to_string())
-            } else if let Some(vol) = arg_str(job, &["source", "volume"]) {
-                Source::Volume(vol.to_string())
-            } else {
-                Source::Blank
-            };
-            pool.create_volume(id, arg_u64(job, "size"), &source).map(drop)
-        }
-        JobKind::DeleteVolume => {
-            let snapshots = job.args.get("snapshots").and_then(|s| s.as_array()).cloned().unwrap_or_default();
-            for snap in snapshots.iter().filter_map(|s| s.as_str()) {
-                pool.delete_snapshot(snap)?;
-            }
-            pool.delete_volume(id).map(drop)
-        }
-        JobKind::ExtendVolume => pool.extend_volume(id, arg_u64(job, "new_size")).map(drop),
-        JobKind::RevertVolume => pool.revert_to_snapshot(id, snapshot_id(job)),
-        JobKind::CreateSnapshot => pool.create_snapshot(snapshot_id(job), id).map(drop),
-        JobKind::DeleteSnapshot => pool.delete_snapshot(snapshot_id(job)).map(drop),
-        // The volume stays where it is, under its name, for manage to find.
-        JobKind::UnmanageVolume => pool.unmanage(id),
-        JobKind::ManageVolume => {
-            let name = arg_str(job, &["name"]).unwrap_or_default();
-            pool.manage_existing(name, id).map(drop)
-        }
-        // Same pool, different type: nothing on the device changes (spec §3.12).
-        JobKind::RetypeVolume => Ok(()),
+    if let Some(snap) = row.snapshot_id.as_deref().map(|id| tx.snapshot(id)).transpose()?.flatten() {
+        let mut new = snap.clone();
+        new.status = SnapshotStatus::Error;
+        tx.update_snapshot(snap.status, &new)?;
     }
+    insert_message(
+        tx,
+        settings,
+        &row.project_id,
+        &row.request_id,
+        MessageResource::Volume,
+        row.volume_id.as_deref(),
+        MessageAction::RESUME_JOB,
+        &format!("this ember could not read its journal entry (job {})", row.id),
+    )
 }
 
 /// Writes the end state of a job. A volume or snapshot that is no longer in the
 /// job's transitional status was reset by an admin meanwhile: it is left as it is.
-fn finish(tx: &Tx, job: &Job, outcome: &Result<(), PoolError>) -> Result<(), StoreError> {
-    let ok = outcome.is_ok();
-    let vid = volume_id(job);
-    let volume = tx.volume(vid)?;
-    let set_volume = |expected: VolumeStatus, edit: &dyn Fn(&mut crate::store::Volume)| -> Result<(), StoreError> {
-        match &volume {
-            Some(v) if v.status == expected => {
+fn finish(tx: &Tx, spec: &JobSpec, ok: bool) -> Result<(), StoreError> {
+    let volume_in = |id: &str, expected: VolumeStatus| -> Result<Option<Volume>, StoreError> {
+        Ok(tx.volume(id)?.filter(|v| v.status == expected))
+    };
+    let settle = |id: &str, expected: VolumeStatus, edit: &dyn Fn(&mut Volume)| -> Result<(), StoreError> {
+        match volume_in(id, expected)? {
+            Some(v) => {
                 let mut new = v.clone();
                 edit(&mut new);
                 tx.update_volume(expected, &new)
             }
-            _ => Ok(()),
+            None => Ok(()),
         }
     };
-    let snapshot = job.snapshot_id.as_deref().map(|s| tx.snapshot(s)).transpose()?.flatten();
-    let set_snapshot =
-        |expected: SnapshotStatus, status: SnapshotStatus, progress: Option<&str>| -> Result<(), StoreError> {
-            match &snapshot {
-                Some(s) if s.status == expected => {
-                    let mut new = s.clone();
-                    new.status = status;
-                    if let Some(p) = progress {
-                        new.progress = p.to_string();
-                    }
-                    tx.update_snapshot(expected, &new)
+    let settle_snapshot = |id: &str, expected: SnapshotStatus, status: SnapshotStatus| -> Result<(), StoreError> {
+        match tx.snapshot(id)?.filter(|s| s.status == expected) {
+            Some(s) => {
+                let mut new = s.clone();
+                new.status = status;
+                if status == SnapshotStatus::Available && expected == SnapshotStatus::Creating {
+                    new.progress = "100%".to_string();
                 }
-                _ => Ok(()),
+                tx.update_snapshot(expected, &new)
             }
-        };
-    match job.kind {
-        JobKind::CreateVolume => set_volume(VolumeStatus::Creating, &|v| {
-            v.status = if ok { VolumeStatus::Available } else { VolumeStatus::Error };
+            None => Ok(()),
+        }
+    };
+    let outcome = |good: VolumeStatus, bad: VolumeStatus| if ok { good } else { bad };
+    match spec {
+        JobSpec::CreateVolume { volume, .. } => settle(volume, VolumeStatus::Creating, &|v| {
+            v.status = outcome(VolumeStatus::Available, VolumeStatus::Error);
         }),
-        JobKind::ManageVolume => set_volume(VolumeStatus::Managing, &|v| {
-            v.status = if ok { VolumeStatus::Available } else { VolumeStatus::ErrorManaging };
+        JobSpec::ManageVolume { volume, .. } => settle(volume, VolumeStatus::Managing, &|v| {
+            v.status = outcome(VolumeStatus::Available, VolumeStatus::ErrorManaging);
         }),
         // Once the bytes are gone the rows go too, even if an admin reset the status
         // meanwhile: a record pointing at nothing would be worse than either.
-        JobKind::DeleteVolume => {
+        JobSpec::DeleteVolume { volume, .. } => {
             if ok {
-                for snap in tx.snapshots(None, Some(vid))? {
+                for snap in tx.snapshots(None, Some(volume))? {
                     tx.delete_snapshot(&snap.id)?;
                 }
-                tx.delete_volume(vid)
+                tx.delete_volume(volume)
             } else {
-                for snap in tx.snapshots(None, Some(vid))? {
-                    if snap.status == SnapshotStatus::Deleting && tx.snapshot(&snap.id)?.is_some() {
-                        let mut new = snap.clone();
-                        new.status = SnapshotStatus::ErrorDeleting;
-                        tx.update_snapshot(SnapshotStatus::Deleting, &new)?;
-                    }
+                for snap in tx.snapshots(None, Some(volume))? {
+                    settle_snapshot(&snap.id, SnapshotStatus::Deleting, SnapshotStatus::ErrorDeleting)?;
                 }
-                set_volume(VolumeStatus::Deleting, &|v| v.status = VolumeStatus::ErrorDeleting)
+                settle(volume, VolumeStatus::Deleting, &|v| v.status = VolumeStatus::ErrorDeleting)
             }
         }
-        JobKind::ExtendVolume => {
-            let new_size = job.args.get("new_size").and_then(|s| s.as_i64()).unwrap_or_default();
-            match &volume {
+        JobSpec::ExtendVolume { volume, new_size_gib } => {
+            let new_size = i64::try_from(*new_size_gib).unwrap_or(i64::MAX);
+            match tx.volume(volume)? {
                 Some(v) if v.status == VolumeStatus::Extending => {
                     let mut new = v.clone();
                     if ok {
@@ -181,42 +336,50 @@ fn finish(tx: &Tx, job: &Job, outcome: &Result<(), PoolError>) -> Result<(), Sto
                     tx.update_volume(v.status, &new)
                 }
                 // Reset meanwhile: the status is the admin's, but the size must
-                // still say what the file now holds.
+                // still say what the device now holds.
                 Some(v) if ok && v.size < new_size => {
                     tx.update_volume(v.status, &Volume { size: new_size, ..v.clone() })
                 }
                 _ => Ok(()),
             }
         }
-        JobKind::RevertVolume => {
-            set_snapshot(SnapshotStatus::Restoring, SnapshotStatus::Available, None)?;
-            set_volume(VolumeStatus::Reverting, &|v| {
-                v.status = if ok { VolumeStatus::Available } else { VolumeStatus::Error };
+        JobSpec::RevertVolume { volume, snapshot } => {
+            settle_snapshot(snapshot, SnapshotStatus::Restoring, SnapshotStatus::Available)?;
+            settle(volume, VolumeStatus::Reverting, &|v| {
+                v.status = outcome(VolumeStatus::Available, VolumeStatus::Error);
             })
         }
-        JobKind::CreateSnapshot => {
-            if ok {
-                set_snapshot(SnapshotStatus::Creating, SnapshotStatus::Available, Some("100%"))
-            } else {
-                set_snapshot(SnapshotStatus::Creating, SnapshotStatus::Error, None)
-            }
+        JobSpec::CreateSnapshot { snapshot, .. } => {
+            let status = if ok { SnapshotStatus::Available } else { SnapshotStatus::Error };
+            settle_snapshot(snapshot, SnapshotStatus::Creating, status)
         }
-        JobKind::DeleteSnapshot => match &snapshot {
+        JobSpec::DeleteSnapshot { snapshot, .. } => match tx.snapshot(snapshot)? {
             Some(s) if ok => tx.delete_snapshot(&s.id),
-            _ => set_snapshot(SnapshotStatus::Deleting, SnapshotStatus::ErrorDeleting, None),
+            _ => settle_snapshot(snapshot, SnapshotStatus::Deleting, SnapshotStatus::ErrorDeleting),
         },
-        JobKind::UnmanageVolume => match &volume {
-            Some(v) if v.status == VolumeStatus::Unmanaging && ok => tx.delete_volume(vid),
-            _ => set_volume(VolumeStatus::Unmanaging, &|v| v.status = VolumeStatus::ErrorUnmanaging),
+        JobSpec::UnmanageVolume { volume } => match volume_in(volume, VolumeStatus::Unmanaging)? {
+            Some(_) if ok => tx.delete_volume(volume),
+            _ => settle(volume, VolumeStatus::Unmanaging, &|v| v.status = VolumeStatus::ErrorUnmanaging),
         },
-        JobKind::RetypeVolume => {
-            let new_type = job.args.get("new_type_id").and_then(|s| s.as_str()).unwrap_or_default().to_string();
-            set_volume(VolumeStatus::Retyping, &|v| {
-                if ok {
-                    v.volume_type_id = new_type.clone();
-                }
-                v.status = v.previous_status.as_deref().and_then(|s| s.parse().ok()).unwrap_or(VolumeStatus::Available);
-            })
-        }
+        JobSpec::RetypeVolume { volume, new_type } => settle(volume, VolumeStatus::Retyping, &|v| {
+            if ok {
+                v.volume_type_id = new_type.clone();
+            }
+            v.status = v.previous_status.unwrap_or(VolumeStatus::Available);
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cascade_delete_removes_snapshots_before_the_volume() {
+        let spec = JobSpec::DeleteVolume { volume: "v".into(), snapshots: vec!["s1".into(), "s2".into()] };
+        assert_eq!(
+            steps(&spec),
+            [Step::DeleteSnapshot("s1".into()), Step::DeleteSnapshot("s2".into()), Step::DeleteVolume("v".into())]
+        );
     }
 }

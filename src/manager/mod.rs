@@ -4,34 +4,42 @@
 //!
 //! A mutating action runs in two halves (DESIGN decision 1). The first, inside one
 //! store transaction, checks the preconditions, writes the transitional status and a
-//! job row, and returns: the API answers 202 only after that commit. The second runs
-//! the job under the volume's lock on a blocking thread and, in one more transaction,
-//! writes the final status and removes the job. A crash in between leaves the job
-//! row, and `recover` runs the same idempotent step again at the next start.
+//! typed job row, queues the job on the locks of every resource it touches, and
+//! returns: the API answers 202 only after that commit. The second runs the job's
+//! steps once it holds its locks, on blocking threads, recording each completed
+//! step, and in one more transaction writes the final status, ends the job and, if
+//! it failed, leaves the owner a user message saying why. A crash in between leaves
+//! the job row, and `recover` continues from its last completed step at the next
+//! start.
 
 mod actions;
 mod jobs;
+mod locks;
+mod messages;
 mod snapshots;
 mod types;
 mod volumes;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
+use std::time::Duration;
 
 pub use actions::*;
 pub use snapshots::*;
 pub use volumes::*;
 
+use crate::model::Volume;
 use crate::pool::{Capacity, GIB, Pool, PoolError};
-use crate::store::{Store, StoreError, Tx, Volume};
+use crate::store::{Store, StoreError, Tx};
 
 /// Who is asking, as the API resolved it. Policy is the API's business; the manager
-/// only needs the project (to scope lookups) and whether the caller is an admin.
+/// only needs the project (to scope lookups), whether the caller is an admin, and
+/// the request (messages about work it started name it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub user_id: String,
     pub project_id: String,
     pub is_admin: bool,
+    pub request_id: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,9 +57,22 @@ pub enum ManagerError {
     #[error("{0}")]
     PreconditionFailed(String),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
     #[error(transparent)]
     Pool(#[from] PoolError),
+}
+
+impl From<StoreError> for ManagerError {
+    /// A lost compare-and-set means the status moved under the caller: a 400 it may
+    /// retry, as Cinder answers a failed conditional update. Anything else is ours.
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::StaleStatus { kind, id, expected } => ManagerError::Invalid(format!(
+                "Invalid {kind}: {kind} {id} changed status concurrently (was {expected}); try again."
+            )),
+            other => ManagerError::Store(other),
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, ManagerError>;
@@ -64,42 +85,20 @@ pub struct Settings {
     pub backend_name: String,
     pub availability_zone: String,
     pub max_over_subscription_ratio: f64,
+    /// How long a user message is kept at least (Cinder's `message_ttl`).
+    pub message_ttl: Duration,
 }
 
 pub struct Manager {
     store: Arc<Store>,
     pool: Arc<dyn Pool>,
     settings: Settings,
-    locks: VolumeLocks,
-}
-
-/// One async mutex per volume, created on demand and dropped when unused.
-#[derive(Default)]
-struct VolumeLocks {
-    map: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
-}
-
-impl VolumeLocks {
-    async fn lock(&self, volume_id: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let mutex = {
-            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-            map.retain(|_, weak| weak.strong_count() > 0);
-            match map.get(volume_id).and_then(Weak::upgrade) {
-                Some(m) => m,
-                None => {
-                    let m = Arc::new(tokio::sync::Mutex::new(()));
-                    map.insert(volume_id.to_string(), Arc::downgrade(&m));
-                    m
-                }
-            }
-        };
-        mutex.lock_owned().await
-    }
+    locks: Arc<locks::LockTable>,
 }
 
 impl Manager {
     pub fn new(store: Arc<Store>, pool: Arc<dyn Pool>, settings: Settings) -> Arc<Manager> {
-        Arc::new(Manager { store, pool, settings, locks: VolumeLocks::default() })
+        Arc::new(Manager { store, pool, settings, locks: Arc::default() })
     }
 
     pub fn settings(&self) -> &Settings {
@@ -181,6 +180,11 @@ impl Manager {
             max_over_subscription_ratio: self.settings.max_over_subscription_ratio,
         })
     }
+}
+
+/// A size in GiB as the pool takes it (sizes are validated positive).
+fn gib(size: i64) -> u64 {
+    u64::try_from(size).unwrap_or(0)
 }
 
 pub fn volume_not_found(id: &str) -> ManagerError {

@@ -3,10 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::json;
-
 use super::{Caller, Manager, ManagerError, Result, snapshot_not_found};
-use crate::store::{JobKind, Snapshot, SnapshotStatus, Tx, VolumeStatus, not_migrating, now};
+use crate::model::{JobSpec, Snapshot, SnapshotStatus, VolumeStatus, not_migrating, now};
+use crate::store::Tx;
 
 #[derive(Debug, Clone, Default)]
 pub struct CreateSnapshot {
@@ -52,7 +51,7 @@ impl Manager {
                     v.status
                 )));
             }
-            if !not_migrating(v.migration_status.as_deref()) {
+            if !not_migrating(v.migration_status.as_ref()) {
                 return Err(ManagerError::Invalid(format!("Invalid volume: Volume {} is migrating.", v.id)));
             }
             self.check_capacity(tx, &capacity, v.size)?;
@@ -72,10 +71,11 @@ impl Manager {
                 metadata: req.metadata.clone(),
             };
             tx.insert_snapshot(&snapshot)?;
-            let job = tx.insert_job(JobKind::CreateSnapshot, Some(&v.id), Some(&snapshot.id), json!({}))?;
+            let spec = JobSpec::CreateSnapshot { snapshot: snapshot.id.clone(), volume: v.id.clone() };
+            let job = self.enqueue(tx, caller, &v.project_id, spec)?;
             Ok::<_, ManagerError>((snapshot, job))
         })?;
-        self.spawn_job(job);
+        self.start(job);
         Ok(snapshot)
     }
 
@@ -113,9 +113,10 @@ impl Manager {
             let mut new = old.clone();
             new.status = SnapshotStatus::Deleting;
             tx.update_snapshot(old.status, &new)?;
-            Ok::<_, ManagerError>(tx.insert_job(JobKind::DeleteSnapshot, Some(&old.volume_id), Some(id), json!({}))?)
+            let spec = JobSpec::DeleteSnapshot { snapshot: id.to_string(), volume: old.volume_id.clone() };
+            Ok::<_, ManagerError>(self.enqueue(tx, caller, &old.project_id, spec)?)
         })?;
-        self.spawn_job(job);
+        self.start(job);
         Ok(())
     }
 

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use super::{Manager, ManagerError, Result, type_not_found};
-use crate::store::{DEFAULT_TYPE_NAME, StoreError, VolumeType};
+use crate::model::{DEFAULT_TYPE_NAME, VolumeType};
+use crate::store::StoreError;
 
 impl Manager {
     /// Creates `__DEFAULT__` on first start.

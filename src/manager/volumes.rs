@@ -3,13 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::json;
-
-use super::{Caller, Manager, ManagerError, Result, type_not_found, volume_not_found};
-use crate::pool::Source;
-use crate::store::{
-    AttachStatus, DEFAULT_TYPE_NAME, JobKind, MetaKind, SnapshotStatus, Volume, VolumeStatus, not_migrating, now,
+use super::{ActionOutcome, Caller, Manager, ManagerError, Result, gib, type_not_found, volume_not_found};
+use crate::model::{
+    AttachStatus, DEFAULT_TYPE_NAME, JobSpec, SnapshotStatus, Volume, VolumeSource, VolumeStatus, VolumeType,
+    not_migrating, now,
 };
+use crate::store::{MetaKind, Tx};
 
 /// A validated `POST /volumes` body.
 #[derive(Debug, Clone, Default)]
@@ -42,7 +41,7 @@ const DELETABLE: &[VolumeStatus] = &[
 ];
 
 impl Manager {
-    pub fn volumes(&self, caller: &Caller, all_projects: bool) -> Result<Vec<crate::store::Volume>> {
+    pub fn volumes(&self, caller: &Caller, all_projects: bool) -> Result<Vec<Volume>> {
         let project = (!(all_projects && caller.is_admin)).then_some(caller.project_id.as_str());
         Ok(self.store.read(|tx| tx.volumes(project))?)
     }
@@ -52,6 +51,7 @@ impl Manager {
         let capacity = self.pool.capacity()?;
         let (volume, job) = self.store.write(|tx| {
             // A clone takes its source's size (at least) and, unless told otherwise, its type.
+            // Its job reads the source under a lock, so a delete of the source waits.
             let (source, source_size, source_type) = if let Some(snapshot_id) = &req.snapshot_id {
                 let snap = self.visible_snapshot(tx, caller, snapshot_id)?;
                 if snap.status != SnapshotStatus::Available {
@@ -60,7 +60,11 @@ impl Manager {
                         snap.status
                     )));
                 }
-                (Source::Snapshot(snap.id), Some(("snapshot", snap.volume_size)), Some(snap.volume_type_id))
+                (
+                    VolumeSource::Snapshot { id: snap.id },
+                    Some(("snapshot", snap.volume_size)),
+                    Some(snap.volume_type_id),
+                )
             } else if let Some(source_id) = &req.source_volid {
                 let src = self.visible(tx, caller, source_id)?;
                 if !matches!(src.status, VolumeStatus::Available | VolumeStatus::InUse) {
@@ -69,9 +73,9 @@ impl Manager {
                         src.status
                     )));
                 }
-                (Source::Volume(src.id), Some(("source volume", src.size)), Some(src.volume_type_id))
+                (VolumeSource::Volume { id: src.id }, Some(("source volume", src.size)), Some(src.volume_type_id))
             } else {
-                (Source::Blank, None, None)
+                (VolumeSource::Blank, None, None)
             };
             let size = req.size.or(source_size.map(|(_, s)| s)).ok_or_else(|| {
                 ManagerError::Invalid("Volume size must be given when creating a blank volume.".to_string())
@@ -101,20 +105,11 @@ impl Manager {
             };
             self.check_capacity(tx, &capacity, size)?;
             tx.insert_volume(&volume)?;
-            let source_json = match &source {
-                Source::Blank => json!({"blank": true}),
-                Source::Snapshot(id) => json!({"snapshot": id}),
-                Source::Volume(id) => json!({"volume": id}),
-            };
-            let job = tx.insert_job(
-                JobKind::CreateVolume,
-                Some(&volume.id),
-                None,
-                json!({"size": size, "source": source_json}),
-            )?;
+            let spec = JobSpec::CreateVolume { volume: volume.id.clone(), size_gib: gib(size), source };
+            let job = self.enqueue(tx, caller, &volume.project_id, spec)?;
             Ok::<_, ManagerError>((volume, job))
         })?;
-        self.spawn_job(job);
+        self.start(job);
         Ok(volume)
     }
 
@@ -192,7 +187,7 @@ impl Manager {
             if v.attach_status == AttachStatus::Attached {
                 reasons.push("volume is attached".to_string());
             }
-            if !not_migrating(v.migration_status.as_deref()) {
+            if !not_migrating(v.migration_status.as_ref()) {
                 reasons.push("volume is migrating".to_string());
             }
             if !snapshots.is_empty() && !cascade {
@@ -218,24 +213,27 @@ impl Manager {
             }
             let mut new = v.clone();
             new.status = VolumeStatus::Deleting;
-            new.previous_status = Some(v.status.to_string());
+            new.previous_status = Some(v.status);
             tx.update_volume(v.status, &new)?;
-            let ids: Vec<&str> = snapshots.iter().map(|s| s.id.as_str()).collect();
-            Ok::<_, ManagerError>(tx.insert_job(JobKind::DeleteVolume, Some(id), None, json!({"snapshots": ids}))?)
+            let spec = JobSpec::DeleteVolume {
+                volume: id.to_string(),
+                snapshots: snapshots.iter().map(|s| s.id.clone()).collect(),
+            };
+            Ok::<_, ManagerError>(self.enqueue(tx, caller, &v.project_id, spec)?)
         })?;
-        self.spawn_job(job);
+        self.start(job);
         Ok(())
     }
 
     /// os-unmanage: the volume leaves the store; its file stays in the pool under
     /// the volume's name, where manageable_volumes finds it again.
-    pub fn unmanage_volume(self: &std::sync::Arc<Self>, caller: &Caller, id: &str) -> Result<()> {
+    pub fn unmanage_volume(self: &std::sync::Arc<Self>, caller: &Caller, id: &str) -> Result<ActionOutcome> {
         let job = self.store.write(|tx| {
             let v = self.visible(tx, caller, id)?;
             let snapshots = tx.snapshots(None, Some(id))?;
             if !DELETABLE.contains(&v.status)
                 || v.attach_status == AttachStatus::Attached
-                || !not_migrating(v.migration_status.as_deref())
+                || !not_migrating(v.migration_status.as_ref())
                 || !snapshots.is_empty()
             {
                 return Err(ManagerError::Invalid(format!(
@@ -248,12 +246,13 @@ impl Manager {
             }
             let mut new = v.clone();
             new.status = VolumeStatus::Unmanaging;
-            new.previous_status = Some(v.status.to_string());
+            new.previous_status = Some(v.status);
             tx.update_volume(v.status, &new)?;
-            Ok::<_, ManagerError>(tx.insert_job(JobKind::UnmanageVolume, Some(id), None, json!({}))?)
+            let spec = JobSpec::UnmanageVolume { volume: id.to_string() };
+            Ok::<_, ManagerError>(self.enqueue(tx, caller, &v.project_id, spec)?)
         })?;
-        self.spawn_job(job);
-        Ok(())
+        self.start(job);
+        Ok(ActionOutcome::Done)
     }
 
     /// What the pool holds, each marked safe to manage or not (spec §5.7).
@@ -328,10 +327,11 @@ impl Manager {
                 )
             };
             tx.insert_volume(&volume)?;
-            let job = tx.insert_job(JobKind::ManageVolume, Some(&volume.id), None, json!({"name": req.source_name}))?;
+            let spec = JobSpec::ManageVolume { volume: volume.id.clone(), source_name: req.source_name.clone() };
+            let job = self.enqueue(tx, caller, &volume.project_id, spec)?;
             Ok::<_, ManagerError>((volume, job))
         })?;
-        self.spawn_job(job);
+        self.start(job);
         Ok(volume)
     }
 
@@ -342,7 +342,7 @@ impl Manager {
         caller: &Caller,
         status: VolumeStatus,
         size: i64,
-        vtype: &crate::store::VolumeType,
+        vtype: &VolumeType,
         name: &Option<String>,
         description: &Option<String>,
         metadata: &BTreeMap<String, String>,
@@ -385,7 +385,7 @@ impl Manager {
     }
 
     /// The volume if the caller may see it, inside a transaction.
-    pub(super) fn visible(&self, tx: &crate::store::Tx, caller: &Caller, id: &str) -> Result<Volume> {
+    pub(super) fn visible(&self, tx: &Tx, caller: &Caller, id: &str) -> Result<Volume> {
         tx.volume(id)?
             .filter(|v| caller.is_admin || v.project_id == caller.project_id)
             .ok_or_else(|| volume_not_found(id))

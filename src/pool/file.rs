@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use super::{Capacity, Created, GIB, Manageable, Pool, PoolError, Removed, Resized, Source};
 use crate::blockdev::{blkid, copy, loopback};
-use crate::config::VolumeClear;
+use crate::config::{FileConfig, VolumeClear};
 
 pub struct FilePool {
     volumes_dir: PathBuf,
@@ -26,12 +26,13 @@ pub struct FilePool {
 const PARTIAL: &str = ".partial";
 
 impl FilePool {
-    pub fn open(data_dir: &Path, volume_clear: VolumeClear, direct_io: bool) -> Result<FilePool, PoolError> {
+    /// The pool under `data_dir` (`volumes/`, `snapshots/`), as `config` says.
+    pub fn open(data_dir: &Path, config: &FileConfig) -> Result<FilePool, PoolError> {
         let pool = FilePool {
             volumes_dir: data_dir.join("volumes"),
             snapshots_dir: data_dir.join("snapshots"),
-            volume_clear,
-            direct_io,
+            volume_clear: config.volume_clear,
+            direct_io: config.direct_io,
         };
         for dir in [&pool.volumes_dir, &pool.snapshots_dir] {
             fs::create_dir_all(dir).map_err(|e| PoolError::io("create", dir, e))?;
@@ -154,10 +155,10 @@ impl Pool for FilePool {
         self.build(&path, |partial| {
             match source {
                 Source::Blank => {}
-                Source::Snapshot(snapshot_id) => {
+                Source::Snapshot { id: snapshot_id } => {
                     copy::copy_contents(&self.snapshot_path(snapshot_id), partial)?;
                 }
-                Source::Volume(volume_id) => {
+                Source::Volume { id: volume_id } => {
                     copy::copy_contents(&self.volume_path(volume_id), partial)?;
                 }
             }
@@ -283,7 +284,8 @@ mod tests {
     #[test]
     fn root_devices_follow_the_volume_and_never_leak() {
         let dir = std::env::temp_dir().join(format!("ember-filepool-{}", uuid::Uuid::new_v4()));
-        let pool = FilePool::open(&dir, VolumeClear::Zero, true).unwrap();
+        let config = FileConfig { direct_io: true, ..FileConfig::default() };
+        let pool = FilePool::open(&dir, &config).unwrap();
         pool.create_volume("v1", 1, &Source::Blank).unwrap();
         let dev = pool.attach_device("v1").unwrap();
         assert_eq!(pool.attach_device("v1").unwrap(), dev, "a second attach reuses the device");
@@ -305,7 +307,8 @@ mod tests {
         // A copy interrupted by a crash leaves a .partial file; opening the pool clears it.
         fs::create_dir_all(dir.join("volumes")).unwrap();
         fs::write(dir.join("volumes/volume-v9.partial"), b"half").unwrap();
-        let pool = FilePool::open(&dir, VolumeClear::None, false).unwrap();
+        let pool =
+            FilePool::open(&dir, &FileConfig { volume_clear: VolumeClear::None, ..FileConfig::default() }).unwrap();
         assert!(!dir.join("volumes/volume-v9.partial").exists());
         assert_eq!(pool.create_volume("v1", 1, &Source::Blank).unwrap(), Created::Created);
         assert_eq!(pool.create_volume("v1", 1, &Source::Blank).unwrap(), Created::AlreadyPresent);

@@ -13,18 +13,17 @@
 //! `ember.partial` until its bytes are complete, so a resumed job copies again
 //! instead of trusting a half-written LV.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
 
 use super::{Capacity, Created, Manageable, Pool, PoolError, Removed, Resized, Source};
 use crate::blockdev::{blkid, device};
 use crate::cmd::{self, CmdError};
-use crate::config::{LvmType, VolumeClear};
+use crate::config::{LvmConfig, LvmType, VolumeClear};
 
-const TAG: &str = "ember";
-const PARTIAL: &str = "ember.partial";
 const TIMEOUT: Duration = Duration::from_secs(120);
 
 pub struct LvmPool {
@@ -36,19 +35,110 @@ pub struct LvmPool {
     system_dir: Option<String>,
 }
 
-/// One row of `lvs`.
-#[derive(Debug, Clone, PartialEq)]
+/// The marks ember puts on the LVs it owns (and the others it finds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Tag {
+    /// `ember`: made or taken over by ember.
+    Ember,
+    /// `ember.volume=<uuid>`
+    Volume(String),
+    /// `ember.snapshot=<uuid>`
+    Snapshot(String),
+    /// `ember.partial`: a clone whose bytes are not complete yet.
+    Partial,
+    /// Someone else's tag, kept as it is.
+    Other(String),
+}
+
+impl Tag {
+    fn parse(text: &str) -> Tag {
+        match text {
+            "ember" => Tag::Ember,
+            "ember.partial" => Tag::Partial,
+            other => match (other.strip_prefix("ember.volume="), other.strip_prefix("ember.snapshot=")) {
+                (Some(id), _) => Tag::Volume(id.to_string()),
+                (_, Some(id)) => Tag::Snapshot(id.to_string()),
+                _ => Tag::Other(other.to_string()),
+            },
+        }
+    }
+
+    /// The tag as `--addtag`/`--deltag` take it.
+    fn text(&self) -> String {
+        match self {
+            Tag::Ember => "ember".to_string(),
+            Tag::Partial => "ember.partial".to_string(),
+            Tag::Volume(id) => format!("ember.volume={id}"),
+            Tag::Snapshot(id) => format!("ember.snapshot={id}"),
+            Tag::Other(t) => t.clone(),
+        }
+    }
+}
+
+/// A `--units b --nosuffix` size: a string of digits.
+fn bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(|_| serde::de::Error::custom(format!("'{text}' is not a size in bytes")))
+}
+
+/// `lv_tags`: comma-separated.
+fn tags<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Tag>, D::Error> {
+    Ok(String::deserialize(d)?.split(',').filter(|t| !t.is_empty()).map(Tag::parse).collect())
+}
+
+/// LVM's "12.34" percentages as hundredths of a percent (1234), without floats;
+/// an empty field (an inactive thin pool) is an error, not zero.
+fn hundredths<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let text = String::deserialize(d)?;
+    let bad = || serde::de::Error::custom(format!("'{text}' is not a percentage (is the thin pool active?)"));
+    let (whole, frac) = text.trim().split_once('.').unwrap_or((text.trim(), ""));
+    if whole.is_empty() || frac.len() > 2 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let frac: String = frac.chars().chain("00".chars()).take(2).collect();
+    Ok(whole.parse::<u64>().map_err(|_| bad())? * 100 + frac.parse::<u64>().map_err(|_| bad())?)
+}
+
+/// The `lvs` fields ember reads.
+const LV_FIELDS: &str = "lv_name,lv_size,lv_attr,lv_tags,origin";
+
+/// One row of `lvs -o LV_FIELDS`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 struct Lv {
+    #[serde(rename = "lv_name")]
     name: String,
+    #[serde(rename = "lv_size", deserialize_with = "bytes")]
     size: u64,
+    #[serde(rename = "lv_attr")]
     attr: String,
-    tags: Vec<String>,
+    #[serde(rename = "lv_tags", deserialize_with = "tags")]
+    tags: Vec<Tag>,
     origin: String,
 }
 
+/// One row of `vgs -o vg_size,vg_free`.
+#[derive(Debug, Deserialize)]
+struct VgSpace {
+    #[serde(deserialize_with = "bytes")]
+    vg_size: u64,
+    #[serde(deserialize_with = "bytes")]
+    vg_free: u64,
+}
+
+/// One row of `lvs -o lv_size,data_percent,metadata_percent` on the thin pool.
+#[derive(Debug, Deserialize)]
+struct ThinPoolUse {
+    #[serde(deserialize_with = "bytes")]
+    lv_size: u64,
+    #[serde(deserialize_with = "hundredths")]
+    data_percent: u64,
+    #[serde(deserialize_with = "hundredths")]
+    metadata_percent: u64,
+}
+
 impl Lv {
-    fn has_tag(&self, tag: &str) -> bool {
-        self.tags.iter().any(|t| t == tag)
+    fn has(&self, tag: &Tag) -> bool {
+        self.tags.contains(tag)
     }
     /// A snapshot (thick `s`/`S`, or thin `V` with an origin).
     fn is_snapshot(&self) -> bool {
@@ -61,6 +151,13 @@ impl Lv {
     fn is_open(&self) -> bool {
         self.attr.chars().nth(5) == Some('o')
     }
+}
+
+/// A name LVM accepts for an LV (and that is safe inside a selection).
+fn valid_lv_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('-')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"+_.-".contains(&b))
 }
 
 impl From<CmdError> for PoolError {
@@ -78,26 +175,21 @@ fn snapshot_lv(id: &str) -> String {
 }
 
 impl LvmPool {
-    pub fn open(
-        vg: &str,
-        lvm_type: LvmType,
-        thin_pool: &str,
-        create_thin_pool: Option<f64>,
-        volume_clear: VolumeClear,
-        system_dir: Option<&Path>,
-    ) -> Result<LvmPool, PoolError> {
+    pub fn open(config: &LvmConfig) -> Result<LvmPool, PoolError> {
+        let vg = config.volume_group.as_str();
         let pool = LvmPool {
             lvm: cmd::resolve("lvm")?,
             vg: vg.to_string(),
-            lvm_type,
-            thin_pool: thin_pool.to_string(),
-            volume_clear,
-            system_dir: system_dir.map(|p| p.display().to_string()),
+            lvm_type: config.lvm_type,
+            thin_pool: config.thin_pool.clone(),
+            volume_clear: config.volume_clear,
+            system_dir: config.lvm_system_dir.as_ref().map(|p| p.display().to_string()),
         };
-        pool.report("vgs", false, "vg_name", vg)
+        pool.report::<VgSpace>("vgs", false, "vg_size,vg_free", None, vg)
             .map_err(|e| PoolError::Refused(format!("volume group {vg} is not usable: {e}")))?;
-        if lvm_type == LvmType::Thin && pool.lv(thin_pool)?.is_none() {
-            let Some(share) = create_thin_pool.filter(|s| *s > 0.0 && *s <= 1.0) else {
+        let thin_pool = config.thin_pool.as_str();
+        if config.lvm_type == LvmType::Thin && pool.lv(thin_pool)?.is_none() {
+            let Some(share) = config.create_thin_pool.filter(|s| *s > 0.0 && *s <= 1.0) else {
                 return Err(PoolError::Refused(format!(
                     "thin pool {vg}/{thin_pool} does not exist (set create_thin_pool to let ember create it)"
                 )));
@@ -115,7 +207,7 @@ impl LvmPool {
                 "-n",
                 thin_pool,
                 "--addtag",
-                TAG,
+                &Tag::Ember.text(),
                 vg,
             ])?;
         }
@@ -136,37 +228,57 @@ impl LvmPool {
         PathBuf::from(format!("/dev/mapper/{}-{}", self.vg.replace('-', "--"), lv.replace('-', "--")))
     }
 
-    /// `lvm lvs|vgs` with a JSON report, sizes in bytes; the rows of the report.
-    fn report(&self, command: &str, all: bool, fields: &str, target: &str) -> Result<Vec<Value>, PoolError> {
+    /// `lvm lvs|vgs` with a JSON report, sizes in bytes, of `target` (a VG or an
+    /// LV), optionally narrowed by an LVM selection; the typed rows.
+    fn report<T: DeserializeOwned>(
+        &self,
+        command: &str,
+        all: bool,
+        fields: &str,
+        select: Option<&str>,
+        target: &str,
+    ) -> Result<Vec<T>, PoolError> {
         let mut args = vec![command];
         if all {
             args.push("-a");
+        }
+        if let Some(selection) = select {
+            args.extend(["-S", selection]);
         }
         args.extend(["--reportformat", "json", "--units", "b", "--nosuffix", "-o", fields, target]);
         report_rows(&self.lvm(&args)?, command.trim_end_matches('s'))
     }
 
     fn lvs(&self) -> Result<Vec<Lv>, PoolError> {
-        self.report("lvs", true, "lv_name,lv_size,lv_attr,lv_tags,origin", &self.vg)?.iter().map(lv_from_row).collect()
+        self.report("lvs", true, LV_FIELDS, None, &self.vg)
     }
 
+    /// One LV by name, looked up with a selection (not by listing them all).
     fn lv(&self, name: &str) -> Result<Option<Lv>, PoolError> {
-        Ok(self.lvs()?.into_iter().find(|lv| lv.name == name))
+        if !valid_lv_name(name) {
+            return Err(PoolError::Refused(format!("'{name}' is not a logical volume name")));
+        }
+        let select = format!("lv_name=\"{name}\"");
+        let mut rows: Vec<Lv> = self.report("lvs", true, LV_FIELDS, Some(&select), &self.vg)?;
+        rows.retain(|lv| lv.name == name);
+        Ok(rows.pop())
     }
 
     /// The LV of an ember volume or snapshot; refuses one ember does not own.
-    fn owned(&self, name: &str, owner_tag: &str) -> Result<Option<Lv>, PoolError> {
+    fn owned(&self, name: &str, owner: &Tag) -> Result<Option<Lv>, PoolError> {
         match self.lv(name)? {
-            Some(lv) if !lv.has_tag(owner_tag) => Err(PoolError::Refused(format!(
-                "{}/{name} exists but is not tagged {owner_tag}: ember leaves it alone",
-                self.vg
+            Some(lv) if !lv.has(owner) => Err(PoolError::Refused(format!(
+                "{}/{name} exists but is not tagged {}: ember leaves it alone",
+                self.vg,
+                owner.text()
             ))),
             other => Ok(other),
         }
     }
 
-    fn tags(kind: &str, id: &str) -> [String; 2] {
-        [TAG.to_string(), format!("ember.{kind}={id}")]
+    /// What a volume's (or snapshot's) LV carries: `ember` and its owner tag.
+    fn owner_tags(owner: &Tag) -> Vec<String> {
+        vec![Tag::Ember.text(), owner.text()]
     }
 
     fn activate(&self, lv: &str) -> Result<(), PoolError> {
@@ -183,9 +295,7 @@ impl LvmPool {
             LvmType::Thick => args.extend(["-Zy", "-L", &size, &self.vg]),
             LvmType::Thin => args.extend(["-V", &size, "--thinpool", &self.thin_pool, &self.vg]),
         }
-        for tag in tags {
-            args.extend(["--addtag", tag]);
-        }
+        args.extend(tag_args("--addtag", tags));
         self.lvm(&args).map(drop)
     }
 
@@ -208,8 +318,8 @@ impl LvmPool {
         Ok(())
     }
 
-    fn remove(&self, lv: &str, owner_tag: &str) -> Result<Removed, PoolError> {
-        let Some(found) = self.owned(lv, owner_tag)? else {
+    fn remove(&self, lv: &str, owner: &Tag) -> Result<Removed, PoolError> {
+        let Some(found) = self.owned(lv, owner)? else {
             return Ok(Removed::Absent);
         };
         if !found.is_snapshot() || self.lvm_type == LvmType::Thin {
@@ -221,68 +331,54 @@ impl LvmPool {
     }
 }
 
-/// LVM's "12.34" percentages as hundredths of a percent (1234), without floats.
-fn percent_hundredths(text: &str) -> u64 {
-    let (whole, frac) = text.trim().split_once('.').unwrap_or((text.trim(), ""));
-    let frac: String = frac.chars().chain("00".chars()).take(2).collect();
-    whole.parse::<u64>().unwrap_or(0) * 100 + frac.parse::<u64>().unwrap_or(0)
+/// The single row a report of one VG or LV must have.
+fn one<T>(rows: Vec<T>, what: &str) -> Result<T, PoolError> {
+    rows.into_iter().next().ok_or_else(|| PoolError::Refused(format!("lvm reported no row for {what}")))
 }
 
-/// The rows of an lvm JSON report: `report[0].<key>`, key "lv" or "vg".
-fn report_rows(json: &str, key: &str) -> Result<Vec<Value>, PoolError> {
-    let doc: Value = serde_json::from_str(json)
+/// `flag tag flag tag ...` for lvcreate/lvchange.
+fn tag_args<'a>(flag: &'a str, tags: &'a [String]) -> impl Iterator<Item = &'a str> {
+    tags.iter().flat_map(move |t| [flag, t.as_str()])
+}
+
+/// The rows of an lvm JSON report (`report[0].<key>`, key "lv" or "vg"), typed. A
+/// report that does not have the expected shape is an error, never zero rows.
+fn report_rows<T: DeserializeOwned>(json: &str, key: &str) -> Result<Vec<T>, PoolError> {
+    let doc: serde_json::Value = serde_json::from_str(json)
         .map_err(|_| PoolError::Refused(format!("unexpected lvm report (not JSON): {json}")))?;
-    doc["report"][0][key]
-        .as_array()
+    let rows = doc["report"][0]
+        .get(key)
         .cloned()
-        .ok_or_else(|| PoolError::Refused(format!("unexpected lvm report (no report[0].{key}): {json}")))
-}
-
-/// A size or count field of a report row (`--units b --nosuffix`).
-fn number(row: &Value, key: &str) -> Option<u64> {
-    row[key].as_str().and_then(|s| s.parse().ok())
-}
-
-fn lv_from_row(row: &Value) -> Result<Lv, PoolError> {
-    let text = |k: &str| row[k].as_str().unwrap_or_default().to_string();
-    Ok(Lv {
-        name: text("lv_name"),
-        size: number(row, "lv_size").ok_or_else(|| PoolError::Refused(format!("lvs row without a size: {row}")))?,
-        attr: text("lv_attr"),
-        tags: text("lv_tags").split(',').filter(|t| !t.is_empty()).map(str::to_string).collect(),
-        origin: text("origin"),
-    })
+        .ok_or_else(|| PoolError::Refused(format!("unexpected lvm report (no report[0].{key}): {json}")))?;
+    serde_json::from_value(rows).map_err(|e| PoolError::Refused(format!("unexpected lvm report ({e}): {json}")))
 }
 
 impl Pool for LvmPool {
     fn capacity(&self) -> Result<Capacity, PoolError> {
         match self.lvm_type {
             LvmType::Thick => {
-                let vg = self.report("vgs", false, "vg_size,vg_free", &self.vg)?;
-                let row = vg.first().unwrap_or(&Value::Null);
-                let allocated = self.lvs()?.iter().filter(|lv| lv.has_tag(TAG)).map(|lv| lv.size).sum();
+                let vg: VgSpace = one(self.report("vgs", false, "vg_size,vg_free", None, &self.vg)?, &self.vg)?;
+                let allocated = self.lvs()?.iter().filter(|lv| lv.has(&Tag::Ember)).map(|lv| lv.size).sum();
                 Ok(Capacity {
-                    total_bytes: number(row, "vg_size").unwrap_or(0),
-                    free_bytes: number(row, "vg_free").unwrap_or(0),
+                    total_bytes: vg.vg_size,
+                    free_bytes: vg.vg_free,
                     allocated_bytes: allocated,
                     thin_data_hundredths: None,
                     thin_metadata_hundredths: None,
                 })
             }
             LvmType::Thin => {
-                let pool =
-                    self.report("lvs", false, "lv_size,data_percent,metadata_percent", &self.full(&self.thin_pool))?;
-                let row = pool.first().unwrap_or(&Value::Null);
-                let size = number(row, "lv_size").unwrap_or(0);
-                let data = row["data_percent"].as_str().map(percent_hundredths).unwrap_or(0);
-                let metadata = row["metadata_percent"].as_str().map(percent_hundredths).unwrap_or(0);
-                let used = u64::try_from(u128::from(size) * u128::from(data) / 10_000).unwrap_or(size);
+                let full = self.full(&self.thin_pool);
+                let pool: ThinPoolUse =
+                    one(self.report("lvs", false, "lv_size,data_percent,metadata_percent", None, &full)?, &full)?;
+                let size = pool.lv_size;
+                let used = u64::try_from(u128::from(size) * u128::from(pool.data_percent) / 10_000).unwrap_or(size);
                 Ok(Capacity {
                     total_bytes: size,
                     free_bytes: size.saturating_sub(used),
                     allocated_bytes: used,
-                    thin_data_hundredths: Some(data),
-                    thin_metadata_hundredths: Some(metadata),
+                    thin_data_hundredths: Some(pool.data_percent),
+                    thin_metadata_hundredths: Some(pool.metadata_percent),
                 })
             }
         }
@@ -291,18 +387,19 @@ impl Pool for LvmPool {
     fn create_volume(&self, id: &str, size_gib: u64, source: &Source) -> Result<Created, PoolError> {
         let lv = volume_lv(id);
         let bytes = size_gib * super::GIB;
-        let tags = Self::tags("volume", id);
-        if let Some(existing) = self.owned(&lv, &tags[1])? {
-            if !existing.has_tag(PARTIAL) {
+        let owner = Tag::Volume(id.to_string());
+        if let Some(existing) = self.owned(&lv, &owner)? {
+            if !existing.has(&Tag::Partial) {
                 return Ok(Created::AlreadyPresent);
             }
             // A copy interrupted by a crash: start it again from a fresh LV.
             self.lvm(&["lvremove", "-y", &self.full(&lv)])?;
         }
+        let tags = Self::owner_tags(&owner);
         let source_lv = match source {
             Source::Blank => None,
-            Source::Snapshot(s) => Some(snapshot_lv(s)),
-            Source::Volume(v) => Some(volume_lv(v)),
+            Source::Snapshot { id: s } => Some(snapshot_lv(s)),
+            Source::Volume { id: v } => Some(volume_lv(v)),
         };
         let Some(source_lv) = source_lv else {
             self.create_lv(&lv, bytes, &tags)?;
@@ -312,11 +409,9 @@ impl Pool for LvmPool {
         match self.lvm_type {
             // A thin snapshot of the source is a complete, instant clone.
             LvmType::Thin => {
-                let mut args = vec!["lvcreate", "-y", "-s", "-n", lv.as_str(), "--setactivationskip", "n"];
-                for tag in &tags {
-                    args.extend(["--addtag", tag.as_str()]);
-                }
                 let full = self.full(&source_lv);
+                let mut args = vec!["lvcreate", "-y", "-s", "-n", lv.as_str(), "--setactivationskip", "n"];
+                args.extend(tag_args("--addtag", &tags));
                 args.push(&full);
                 self.lvm(&args)?;
                 self.activate(&lv)?;
@@ -325,25 +420,25 @@ impl Pool for LvmPool {
                 }
             }
             LvmType::Thick => {
-                let mut with_partial = tags.to_vec();
-                with_partial.push(PARTIAL.to_string());
+                let mut with_partial = tags.clone();
+                with_partial.push(Tag::Partial.text());
                 self.create_lv(&lv, bytes, &with_partial)?;
                 self.activate(&source_lv)?;
                 device::copy_device(&self.device(&source_lv), &self.device(&lv), src.size)?;
-                self.lvm(&["lvchange", "--deltag", PARTIAL, &self.full(&lv)])?;
+                self.lvm(&["lvchange", "--deltag", &Tag::Partial.text(), &self.full(&lv)])?;
             }
         }
         Ok(Created::Created)
     }
 
     fn delete_volume(&self, id: &str) -> Result<Removed, PoolError> {
-        self.remove(&volume_lv(id), &format!("ember.volume={id}"))
+        self.remove(&volume_lv(id), &Tag::Volume(id.to_string()))
     }
 
     fn extend_volume(&self, id: &str, new_size_gib: u64) -> Result<Resized, PoolError> {
         let lv = volume_lv(id);
         let found = self
-            .owned(&lv, &format!("ember.volume={id}"))?
+            .owned(&lv, &Tag::Volume(id.to_string()))?
             .ok_or_else(|| PoolError::NotFound { what: self.full(&lv) })?;
         let to = new_size_gib * super::GIB;
         if found.size >= to {
@@ -355,31 +450,30 @@ impl Pool for LvmPool {
 
     fn create_snapshot(&self, snapshot_id: &str, volume_id: &str) -> Result<Created, PoolError> {
         let lv = snapshot_lv(snapshot_id);
-        let tags = Self::tags("snapshot", snapshot_id);
-        if self.owned(&lv, &tags[1])?.is_some() {
+        let owner = Tag::Snapshot(snapshot_id.to_string());
+        if self.owned(&lv, &owner)?.is_some() {
             return Ok(Created::AlreadyPresent);
         }
         let origin = volume_lv(volume_id);
         let src = self
-            .owned(&origin, &format!("ember.volume={volume_id}"))?
+            .owned(&origin, &Tag::Volume(volume_id.to_string()))?
             .ok_or_else(|| PoolError::NotFound { what: self.full(&origin) })?;
         let size = format!("{}b", src.size);
         let full = self.full(&origin);
+        let tags = Self::owner_tags(&owner);
         let mut args = vec!["lvcreate", "-y", "-s", "-n", lv.as_str()];
         if self.lvm_type == LvmType::Thick {
             // A full-size COW area: the snapshot can never overflow and be dropped.
             args.extend(["-L", size.as_str()]);
         }
-        for tag in &tags {
-            args.extend(["--addtag", tag.as_str()]);
-        }
+        args.extend(tag_args("--addtag", &tags));
         args.push(&full);
         self.lvm(&args)?;
         Ok(Created::Created)
     }
 
     fn delete_snapshot(&self, snapshot_id: &str) -> Result<Removed, PoolError> {
-        self.remove(&snapshot_lv(snapshot_id), &format!("ember.snapshot={snapshot_id}"))
+        self.remove(&snapshot_lv(snapshot_id), &Tag::Snapshot(snapshot_id.to_string()))
     }
 
     /// `lvconvert --merge` (thick and thin: Cinder reverts only thick), then the
@@ -388,7 +482,7 @@ impl Pool for LvmPool {
     fn revert_to_snapshot(&self, volume_id: &str, snapshot_id: &str) -> Result<(), PoolError> {
         let snap = snapshot_lv(snapshot_id);
         let origin = volume_lv(volume_id);
-        if self.owned(&snap, &format!("ember.snapshot={snapshot_id}"))?.is_some() {
+        if self.owned(&snap, &Tag::Snapshot(snapshot_id.to_string()))?.is_some() {
             // Merging needs the origin closed; deactivating it makes LVM merge at
             // the next activation, for thick and thin alike.
             self.lvm(&["lvchange", "-an", &self.full(&origin)])?;
@@ -420,8 +514,8 @@ impl Pool for LvmPool {
 
     fn manage_existing(&self, name: &str, new_id: &str) -> Result<u64, PoolError> {
         let target = volume_lv(new_id);
-        let tags = Self::tags("volume", new_id);
-        if let Some(done) = self.owned(&target, &tags[1]).ok().flatten() {
+        let owner = Tag::Volume(new_id.to_string());
+        if let Some(done) = self.owned(&target, &owner).ok().flatten() {
             return Ok(done.size); // renamed and tagged by an earlier run of this job
         }
         let lv = self.lv(name)?.ok_or_else(|| PoolError::NotFound { what: self.full(name) })?;
@@ -431,11 +525,10 @@ impl Pool for LvmPool {
         if name != target {
             self.lvm(&["lvrename", &self.vg, name, &target])?;
         }
-        let mut args = vec!["lvchange"];
-        for tag in &tags {
-            args.extend(["--addtag", tag.as_str()]);
-        }
+        let tags = Self::owner_tags(&owner);
         let full = self.full(&target);
+        let mut args = vec!["lvchange"];
+        args.extend(tag_args("--addtag", &tags));
         args.push(&full);
         self.lvm(&args)?;
         // Sizes are whole GiB: round a foreign LV up (growing never loses data).
@@ -449,15 +542,19 @@ impl Pool for LvmPool {
     fn unmanage(&self, id: &str) -> Result<(), PoolError> {
         let lv = volume_lv(id);
         if self.lv(&lv)?.is_some() {
-            let tags = Self::tags("volume", id);
-            self.lvm(&["lvchange", "--deltag", &tags[0], "--deltag", &tags[1], &self.full(&lv)])?;
+            let tags = Self::owner_tags(&Tag::Volume(id.to_string()));
+            let full = self.full(&lv);
+            let mut args = vec!["lvchange"];
+            args.extend(tag_args("--deltag", &tags));
+            args.push(&full);
+            self.lvm(&args)?;
         }
         Ok(())
     }
 
     fn attach_device(&self, id: &str) -> Result<PathBuf, PoolError> {
         let lv = volume_lv(id);
-        self.owned(&lv, &format!("ember.volume={id}"))?.ok_or_else(|| PoolError::NotFound { what: self.full(&lv) })?;
+        self.owned(&lv, &Tag::Volume(id.to_string()))?.ok_or_else(|| PoolError::NotFound { what: self.full(&lv) })?;
         self.activate(&lv)?;
         Ok(self.device(&lv))
     }
@@ -477,27 +574,55 @@ mod tests {
         let json = r#"{"report": [{"lv": [
             {"lv_name":"volume-1", "lv_size":"1073741824", "lv_attr":"-wi-ao----", "lv_tags":"ember,ember.volume=1", "origin":""},
             {"lv_name":"snap-2", "lv_size":"1073741824", "lv_attr":"swi-a-s---", "lv_tags":"ember,ember.snapshot=2", "origin":"volume-1"},
-            {"lv_name":"ember-pool", "lv_size":"4294967296", "lv_attr":"twi-aotz--", "lv_tags":"", "origin":""},
+            {"lv_name":"ember-pool", "lv_size":"4294967296", "lv_attr":"twi-aotz--", "lv_tags":"ops,ember.partial", "origin":""},
             {"lv_name":"[ember-pool_tdata]", "lv_size":"4294967296", "lv_attr":"Twi-ao----", "lv_tags":"", "origin":""}
         ]}]}"#;
-        let parse =
-            |json| report_rows(json, "lv").and_then(|rows| rows.iter().map(lv_from_row).collect::<Result<Vec<_>, _>>());
-        let lvs = parse(json).unwrap();
+        let lvs: Vec<Lv> = report_rows(json, "lv").unwrap();
         assert_eq!(lvs.len(), 4);
-        assert!(lvs[0].has_tag("ember.volume=1") && lvs[0].is_open() && !lvs[0].is_snapshot());
-        assert!(lvs[1].is_snapshot() && !lvs[1].is_open());
+        assert!(lvs[0].has(&Tag::Volume("1".into())) && lvs[0].has(&Tag::Ember) && lvs[0].is_open());
+        assert!(!lvs[0].is_snapshot());
+        assert!(lvs[1].is_snapshot() && !lvs[1].is_open() && lvs[1].has(&Tag::Snapshot("2".into())));
+        assert_eq!(lvs[2].tags, [Tag::Other("ops".into()), Tag::Partial]);
         assert!(lvs[2].is_internal() && lvs[3].is_internal());
-        assert!(parse("{}").is_err());
-        assert!(parse(r#"{"report":[{"lv":[{"lv_name":"x","lv_size":"12b"}]}]}"#).is_err());
+        // Malformed reports are errors, never empty or zero.
+        for bad in [
+            "{}",
+            "not json",
+            r#"{"report":[]}"#,
+            r#"{"report":[{"vg":[]}]}"#,
+            r#"{"report":[{"lv":[{"lv_name":"x","lv_size":"12b","lv_attr":"","lv_tags":"","origin":""}]}]}"#,
+            r#"{"report":[{"lv":[{"lv_name":"x","lv_attr":"","lv_tags":"","origin":""}]}]}"#,
+        ] {
+            assert!(report_rows::<Lv>(bad, "lv").is_err(), "{bad}");
+        }
+        assert_eq!(report_rows::<Lv>(r#"{"report":[{"lv":[]}]}"#, "lv").unwrap(), []);
     }
 
     #[test]
-    fn percentages_without_floats() {
-        assert_eq!(percent_hundredths("12.34"), 1234);
-        assert_eq!(percent_hundredths("0.5"), 50);
-        assert_eq!(percent_hundredths("100.00"), 10000);
-        assert_eq!(percent_hundredths("7"), 700);
-        assert_eq!(percent_hundredths(""), 0);
+    fn thin_pool_use_in_hundredths() {
+        let row = |data: &str| {
+            let json = format!(
+                r#"{{"report":[{{"lv":[{{"lv_size":"1024","data_percent":"{data}","metadata_percent":"1.5"}}]}}]}}"#
+            );
+            report_rows::<ThinPoolUse>(&json, "lv").map(|r| (r[0].data_percent, r[0].metadata_percent))
+        };
+        assert_eq!(row("12.34").unwrap(), (1234, 150));
+        assert_eq!(row("100.00").unwrap(), (10000, 150));
+        assert_eq!(row("7").unwrap(), (700, 150));
+        for bad in ["", "x", "1.234", "-1"] {
+            assert!(row(bad).is_err(), "'{bad}' is no percentage");
+        }
+    }
+
+    #[test]
+    fn tags_and_names() {
+        for text in ["ember", "ember.partial", "ember.volume=ab", "ember.snapshot=cd", "ops"] {
+            assert_eq!(Tag::parse(text).text(), text);
+        }
+        assert!(valid_lv_name("volume-1b2c") && valid_lv_name("my_lv.2+x"));
+        for bad in ["", "-x", "a\"b", "a b", "a/b", "a,b"] {
+            assert!(!valid_lv_name(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -7,10 +7,13 @@
 
 pub mod file;
 pub mod lvm;
+#[cfg(test)]
+pub mod sim;
 
 use std::path::PathBuf;
 
 use crate::blockdev::BlockError;
+pub use crate::model::VolumeSource as Source;
 
 pub const GIB: u64 = 1 << 30;
 
@@ -35,6 +38,21 @@ impl PoolError {
     pub fn io(step: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         PoolError::Io { step, path: path.into(), source }
     }
+
+    /// What may be shown to the volume's owner: the operating system's error, not
+    /// the paths or commands behind it (those stay in the log and the job row).
+    pub fn user_reason(&self) -> String {
+        let os = |e: &std::io::Error| match e.raw_os_error() {
+            Some(code) => nix::errno::Errno::from_raw(code).desc().to_string(),
+            None => e.kind().to_string(),
+        };
+        match self {
+            PoolError::NotFound { .. } => "the data to work on was not found in the storage pool".to_string(),
+            PoolError::Io { source, .. } | PoolError::Block(BlockError::Io { source, .. }) => os(source),
+            PoolError::Block(BlockError::Blkid { .. }) => "probing the device for signatures failed".to_string(),
+            PoolError::Refused(_) => "the storage backend refused the operation".to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,14 +71,6 @@ pub enum Removed {
 pub enum Resized {
     Resized { from: u64, to: u64 },
     Unchanged,
-}
-
-/// What a new volume is made from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    Blank,
-    Snapshot(String),
-    Volume(String),
 }
 
 /// Bytes of the backing filesystem, and what volumes hold of it.

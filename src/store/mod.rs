@@ -6,16 +6,16 @@
 //! conditional updates are. The schema is versioned with `PRAGMA user_version` and
 //! upgraded at open by the ordered `MIGRATIONS`.
 
-pub mod models;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
-pub use models::*;
+use crate::model::{
+    Attachment, Job, JobSpec, JobState, Message, MessageResource, Snapshot, SnapshotStatus, Volume, VolumeStatus,
+    VolumeType, now,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -36,7 +36,8 @@ pub enum StoreError {
 }
 
 /// Ordered schema migrations; index + 1 is the schema version they produce.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE volume_types (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -119,7 +120,72 @@ CREATE TABLE jobs (
     args TEXT NOT NULL,
     created_at TEXT NOT NULL
 );
-"#];
+"#,
+    // 2: typed jobs (a JSON JobSpec) with their step, state and failure; user messages.
+    // Rows of the first schema are translated; one that does not fit keeps a spec
+    // that will not decode, so it fails loudly at start instead of running wrongly.
+    r#"
+CREATE TABLE jobs_v2 (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    volume_id TEXT,
+    snapshot_id TEXT,
+    state TEXT NOT NULL DEFAULT 'running',
+    step INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    request_id TEXT NOT NULL DEFAULT '',
+    project_id TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL,
+    finished_at TEXT
+);
+INSERT INTO jobs_v2 (id, kind, spec, volume_id, snapshot_id, project_id, created_at)
+SELECT id, kind,
+    CASE kind
+    WHEN 'create_volume' THEN json_object('kind', kind, 'volume', volume_id,
+        'size_gib', json_extract(args, '$.size'),
+        'source', CASE
+            WHEN json_extract(args, '$.source.snapshot') IS NOT NULL
+                THEN json_object('type', 'snapshot', 'id', json_extract(args, '$.source.snapshot'))
+            WHEN json_extract(args, '$.source.volume') IS NOT NULL
+                THEN json_object('type', 'volume', 'id', json_extract(args, '$.source.volume'))
+            ELSE json_object('type', 'blank') END)
+    WHEN 'delete_volume' THEN json_object('kind', kind, 'volume', volume_id,
+        'snapshots', json(COALESCE(json_extract(args, '$.snapshots'), '[]')))
+    WHEN 'extend_volume' THEN json_object('kind', kind, 'volume', volume_id,
+        'new_size_gib', json_extract(args, '$.new_size'))
+    WHEN 'revert_volume' THEN json_object('kind', kind, 'volume', volume_id, 'snapshot', snapshot_id)
+    WHEN 'create_snapshot' THEN json_object('kind', kind, 'snapshot', snapshot_id, 'volume', volume_id)
+    WHEN 'delete_snapshot' THEN json_object('kind', kind, 'snapshot', snapshot_id, 'volume', volume_id)
+    WHEN 'unmanage_volume' THEN json_object('kind', kind, 'volume', volume_id)
+    WHEN 'manage_volume' THEN json_object('kind', kind, 'volume', volume_id,
+        'source_name', json_extract(args, '$.name'))
+    WHEN 'retype_volume' THEN json_object('kind', kind, 'volume', volume_id,
+        'new_type', json_extract(args, '$.new_type_id'))
+    ELSE json_object('kind', kind, 'untranslated_args', args) END,
+    volume_id, snapshot_id,
+    COALESCE((SELECT project_id FROM volumes WHERE volumes.id = jobs.volume_id), ''),
+    created_at
+FROM jobs;
+DROP TABLE jobs;
+ALTER TABLE jobs_v2 RENAME TO jobs;
+CREATE INDEX jobs_running ON jobs(id) WHERE state = 'running';
+CREATE INDEX jobs_volume ON jobs(volume_id);
+CREATE TABLE messages (
+    id TEXT PRIMARY KEY,
+    project_id TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    resource_type TEXT NOT NULL,
+    resource_uuid TEXT,
+    event_id TEXT NOT NULL,
+    message_level TEXT NOT NULL,
+    user_message TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL
+);
+CREATE INDEX messages_project ON messages(project_id, created_at);
+"#,
+];
 
 /// The schema version this ember writes.
 fn schema_version() -> i64 {
@@ -202,30 +268,6 @@ impl Store {
     }
 }
 
-/// Current time as Cinder shows it: ISO 8601, microseconds, no zone (UTC).
-pub fn now() -> String {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = i64::try_from(days).unwrap_or(0) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_micros()
-    )
-}
-
 pub struct Tx<'c>(rusqlite::Transaction<'c>);
 
 const VOLUME_COLUMNS: &str = "id, project_id, user_id, name, description, size, status, previous_status, \
@@ -240,6 +282,10 @@ fn parse<T: std::str::FromStr<Err = String>>(text: String) -> rusqlite::Result<T
         .map_err(|e: String| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into()))
 }
 
+fn parse_opt<T: std::str::FromStr<Err = String>>(text: Option<String>) -> rusqlite::Result<Option<T>> {
+    text.map(parse).transpose()
+}
+
 fn volume_from_row(row: &Row) -> rusqlite::Result<Volume> {
     Ok(Volume {
         id: row.get(0)?,
@@ -249,9 +295,9 @@ fn volume_from_row(row: &Row) -> rusqlite::Result<Volume> {
         description: row.get(4)?,
         size: row.get(5)?,
         status: parse(row.get(6)?)?,
-        previous_status: row.get(7)?,
+        previous_status: parse_opt(row.get(7)?)?,
         attach_status: parse(row.get(8)?)?,
-        migration_status: row.get(9)?,
+        migration_status: parse_opt(row.get(9)?)?,
         volume_type_id: row.get(10)?,
         availability_zone: row.get(11)?,
         bootable: row.get(12)?,
@@ -351,7 +397,8 @@ impl Tx<'_> {
             ),
             params![
                 v.id, v.project_id, v.user_id, v.name, v.description, v.size, v.status.as_str(),
-                v.previous_status, v.attach_status.as_str(), v.migration_status, v.volume_type_id,
+                v.previous_status.map(VolumeStatus::as_str), v.attach_status.as_str(),
+                v.migration_status.as_ref().map(ToString::to_string), v.volume_type_id,
                 v.availability_zone, v.bootable, v.multiattach, v.snapshot_id, v.source_volid, v.host,
                 v.created_at, v.updated_at
             ],
@@ -379,9 +426,9 @@ impl Tx<'_> {
                 new.description,
                 new.size,
                 new.status.as_str(),
-                new.previous_status,
+                new.previous_status.map(VolumeStatus::as_str),
                 new.attach_status.as_str(),
-                new.migration_status,
+                new.migration_status.as_ref().map(ToString::to_string),
                 new.volume_type_id,
                 new.bootable,
                 new.multiattach,
@@ -460,7 +507,7 @@ impl Tx<'_> {
                 attached_host: r.get(3)?,
                 mountpoint: r.get(4)?,
                 attach_status: parse(r.get(5)?)?,
-                attach_mode: r.get(6)?,
+                attach_mode: parse(r.get(6)?)?,
                 attach_time: r.get(7)?,
             })
         })?;
@@ -476,7 +523,7 @@ impl Tx<'_> {
              attach_mode = excluded.attach_mode, attach_time = excluded.attach_time",
             params![
                 a.id, a.volume_id, a.instance_uuid, a.attached_host, a.mountpoint,
-                a.attach_status.as_str(), a.attach_mode, a.attach_time
+                a.attach_status.as_str(), a.attach_mode.as_str(), a.attach_time
             ],
         )?;
         Ok(())
@@ -659,50 +706,185 @@ impl Tx<'_> {
 
     // ---- jobs ------------------------------------------------------------------
 
-    pub fn insert_job(
-        &self,
-        kind: JobKind,
-        volume_id: Option<&str>,
-        snapshot_id: Option<&str>,
-        args: serde_json::Value,
-    ) -> Result<Job, StoreError> {
+    /// Journals a job as `running`, with the request that asked for it.
+    pub fn insert_job(&self, spec: &JobSpec, request_id: &str, project_id: &str) -> Result<Job, StoreError> {
+        let text = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(format!("encode job: {e}")))?;
         self.0.execute(
-            "INSERT INTO jobs (kind, volume_id, snapshot_id, args, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![kind.as_str(), volume_id, snapshot_id, args.to_string(), now()],
+            "INSERT INTO jobs (kind, spec, volume_id, snapshot_id, request_id, project_id, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![spec.kind(), text, spec.volume(), spec.snapshot(), request_id, project_id, now()],
         )?;
         Ok(Job {
             id: self.0.last_insert_rowid(),
-            kind,
-            volume_id: volume_id.map(str::to_string),
-            snapshot_id: snapshot_id.map(str::to_string),
-            args,
+            spec: spec.clone(),
+            step: 0,
+            request_id: request_id.to_string(),
+            project_id: project_id.to_string(),
         })
     }
 
-    pub fn finish_job(&self, id: i64) -> Result<(), StoreError> {
-        self.0.execute("DELETE FROM jobs WHERE id = ?1", [id])?;
+    /// Records that the job's first `step` steps are complete.
+    pub fn set_job_step(&self, id: i64, step: usize) -> Result<(), StoreError> {
+        let step = i64::try_from(step).map_err(|_| StoreError::Corrupt(format!("job {id}: step {step}")))?;
+        self.0.execute("UPDATE jobs SET step = ?2 WHERE id = ?1 AND state = 'running'", params![id, step])?;
         Ok(())
     }
 
-    /// Drops every job of a volume (an admin reset overrides unfinished work).
-    pub fn finish_jobs_of(&self, volume_id: &str) -> Result<(), StoreError> {
-        self.0.execute("DELETE FROM jobs WHERE volume_id = ?1", [volume_id])?;
+    /// Ends a running job (a cancelled one keeps its state and reason).
+    pub fn end_job(&self, id: i64, state: JobState, last_error: Option<&str>) -> Result<(), StoreError> {
+        self.0.execute(
+            "UPDATE jobs SET state = ?2, last_error = COALESCE(?3, last_error), finished_at = ?4 \
+             WHERE id = ?1 AND state = 'running'",
+            params![id, state.as_str(), last_error, now()],
+        )?;
         Ok(())
     }
 
-    pub fn jobs(&self) -> Result<Vec<Job>, StoreError> {
-        let mut stmt = self.0.prepare("SELECT id, kind, volume_id, snapshot_id, args FROM jobs ORDER BY id")?;
+    /// The state of a job's row (None once pruned).
+    pub fn job_state(&self, id: i64) -> Result<Option<JobState>, StoreError> {
+        let state: Option<String> =
+            self.0.query_row("SELECT state FROM jobs WHERE id = ?1", [id], |r| r.get(0)).optional()?;
+        state.map(|s| s.parse().map_err(StoreError::Corrupt)).transpose()
+    }
+
+    /// Cancels every unfinished job of a volume (an admin reset overrides them).
+    pub fn cancel_jobs_of(&self, volume_id: &str, reason: &str) -> Result<(), StoreError> {
+        self.0.execute(
+            "UPDATE jobs SET state = 'cancelled', last_error = ?2, finished_at = ?3 \
+             WHERE volume_id = ?1 AND state = 'running'",
+            params![volume_id, reason, now()],
+        )?;
+        Ok(())
+    }
+
+    /// The unfinished jobs, oldest first, as stored: decoding is the caller's, so a
+    /// row that does not decode can be reported rather than skipped.
+    pub fn running_jobs(&self) -> Result<Vec<JobRow>, StoreError> {
+        let mut stmt = self.0.prepare(
+            "SELECT id, kind, spec, volume_id, snapshot_id, step, request_id, project_id FROM jobs \
+             WHERE state = 'running' ORDER BY id",
+        )?;
         let rows = stmt.query_map([], |r| {
-            let args: String = r.get(4)?;
-            Ok(Job {
+            Ok(JobRow {
                 id: r.get(0)?,
-                kind: parse(r.get(1)?)?,
-                volume_id: r.get(2)?,
-                snapshot_id: r.get(3)?,
-                args: serde_json::from_str(&args).unwrap_or(serde_json::Value::Null),
+                kind: r.get(1)?,
+                spec: r.get(2)?,
+                volume_id: r.get(3)?,
+                snapshot_id: r.get(4)?,
+                step: r.get(5)?,
+                request_id: r.get(6)?,
+                project_id: r.get(7)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Removes ended jobs that finished before `before` (an ISO timestamp).
+    pub fn prune_jobs(&self, before: &str) -> Result<usize, StoreError> {
+        Ok(self.0.execute("DELETE FROM jobs WHERE state != 'running' AND finished_at < ?1", [before])?)
+    }
+
+    // ---- messages --------------------------------------------------------------
+
+    pub fn insert_message(&self, m: &Message) -> Result<(), StoreError> {
+        self.0.execute(
+            "INSERT INTO messages (id, project_id, request_id, resource_type, resource_uuid, event_id, \
+             message_level, user_message, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                m.id,
+                m.project_id,
+                m.request_id,
+                m.resource_type.as_str(),
+                m.resource_uuid,
+                m.event_id,
+                m.message_level,
+                m.user_message,
+                m.created_at,
+                m.expires_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Messages of a project (all with None), oldest first.
+    pub fn messages(&self, project_id: Option<&str>) -> Result<Vec<Message>, StoreError> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT id, project_id, request_id, resource_type, resource_uuid, event_id, message_level, \
+             user_message, created_at, expires_at FROM messages WHERE (?1 IS NULL OR project_id = ?1) \
+             ORDER BY created_at, rowid",
+        )?;
+        let rows = stmt.query_map([project_id], message_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn message(&self, id: &str) -> Result<Option<Message>, StoreError> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT id, project_id, request_id, resource_type, resource_uuid, event_id, message_level, \
+             user_message, created_at, expires_at FROM messages WHERE id = ?1",
+        )?;
+        Ok(stmt.query_row([id], message_from_row).optional()?)
+    }
+
+    pub fn delete_message(&self, id: &str) -> Result<(), StoreError> {
+        self.0.execute("DELETE FROM messages WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// (state, last_error) of every job row, oldest first.
+    #[cfg(test)]
+    pub fn job_history(&self) -> Result<Vec<(JobState, Option<String>)>, StoreError> {
+        let mut stmt = self.0.prepare("SELECT state, last_error FROM jobs ORDER BY id")?;
+        let rows = stmt.query_map([], |r| Ok((parse(r.get(0)?)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Raw SQL, for tests that must write what no code path writes (a corrupt row).
+    #[cfg(test)]
+    pub fn execute_raw(&self, sql: &str) -> Result<(), StoreError> {
+        Ok(self.0.execute_batch(sql)?)
+    }
+
+    /// Removes messages whose guarantee ended before `now` (an ISO timestamp).
+    pub fn reap_messages(&self, now: &str) -> Result<usize, StoreError> {
+        Ok(self.0.execute("DELETE FROM messages WHERE expires_at < ?1", [now])?)
+    }
+}
+
+fn message_from_row(r: &Row) -> rusqlite::Result<Message> {
+    Ok(Message {
+        id: r.get(0)?,
+        project_id: r.get(1)?,
+        request_id: r.get(2)?,
+        resource_type: parse::<MessageResource>(r.get(3)?)?,
+        resource_uuid: r.get(4)?,
+        event_id: r.get(5)?,
+        message_level: r.get(6)?,
+        user_message: r.get(7)?,
+        created_at: r.get(8)?,
+        expires_at: r.get(9)?,
+    })
+}
+
+/// A job row as stored, before its spec is decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRow {
+    pub id: i64,
+    pub kind: String,
+    pub spec: String,
+    pub volume_id: Option<String>,
+    pub snapshot_id: Option<String>,
+    pub step: i64,
+    pub request_id: String,
+    pub project_id: String,
+}
+
+impl JobRow {
+    /// The job, if its spec decodes strictly; otherwise why not.
+    pub fn decode(&self) -> Result<Job, String> {
+        let spec: JobSpec = serde_json::from_str(&self.spec)
+            .map_err(|e| format!("job {} ({}): spec does not decode: {e}", self.id, self.kind))?;
+        let step = usize::try_from(self.step).map_err(|_| format!("job {}: negative step {}", self.id, self.step))?;
+        Ok(Job { id: self.id, spec, step, request_id: self.request_id.clone(), project_id: self.project_id.clone() })
     }
 }
 
@@ -727,12 +909,50 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// A journal written by the first schema is translated into typed specs; a row
+    /// that does not fit stays undecodable (and fails loudly at start).
     #[test]
-    fn timestamps_look_like_cinder() {
-        let t = now();
-        assert_eq!(t.len(), 26, "{t}");
-        assert_eq!(&t[4..5], "-");
-        assert_eq!(&t[10..11], "T");
-        assert_eq!(&t[19..20], ".");
+    fn first_schema_jobs_become_typed_specs() {
+        let dir = std::env::temp_dir().join(format!("ember-store-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ember.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute_batch(
+                "INSERT INTO volume_types (id, name, created_at) VALUES ('t', '__DEFAULT__', 'x'); \
+                 INSERT INTO volumes (id, project_id, user_id, size, status, attach_status, volume_type_id, \
+                   availability_zone, host, created_at) VALUES ('v', 'p', 'u', 1, 'creating', 'detached', 't', \
+                   'nova', 'h@b#p', 'x'); \
+                 INSERT INTO jobs (kind, volume_id, snapshot_id, args, created_at) VALUES \
+                   ('create_volume', 'v', NULL, '{\"size\": 2, \"source\": {\"snapshot\": \"s\"}}', 'x'), \
+                   ('delete_volume', 'v', NULL, '{\"snapshots\": [\"s1\", \"s2\"]}', 'x'), \
+                   ('revert_volume', 'v', 's', '{}', 'x'), \
+                   ('extend_volume', 'v', NULL, '{}', 'x'), \
+                   ('explode', 'v', NULL, '{}', 'x');",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let rows = store.read(|tx| tx.running_jobs()).unwrap();
+        let decoded: Vec<_> = rows.iter().map(JobRow::decode).collect();
+        let spec = |i: usize| decoded[i].as_ref().unwrap().spec.clone();
+        use crate::model::VolumeSource;
+        assert_eq!(
+            spec(0),
+            JobSpec::CreateVolume {
+                volume: "v".into(),
+                size_gib: 2,
+                source: VolumeSource::Snapshot { id: "s".into() }
+            }
+        );
+        assert_eq!(spec(1), JobSpec::DeleteVolume { volume: "v".into(), snapshots: vec!["s1".into(), "s2".into()] });
+        assert_eq!(spec(2), JobSpec::RevertVolume { volume: "v".into(), snapshot: "s".into() });
+        assert!(decoded[3].is_err(), "an extend without its size must not decode: {:?}", decoded[3]);
+        assert!(decoded[4].is_err(), "an unknown kind must not decode");
+        assert!(rows.iter().all(|r| r.project_id == "p"));
+        drop(store);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -166,8 +166,10 @@ def read_at(path, offset, n):
         return f.read(n)
 
 
-def start_agent(config_text=None):
-    data_dir = tempfile.mkdtemp(prefix="ember-test-", dir=os.environ.get("EMBER_TEST_TMP"))
+def start_agent(config_text=None, data_dir=None):
+    """Starts `ember serve` on a new data dir (or the one given), on a free port."""
+    if data_dir is None:
+        data_dir = tempfile.mkdtemp(prefix="ember-test-", dir=os.environ.get("EMBER_TEST_TMP"))
     port = free_port()
     log_path = os.path.join(data_dir, "agent.log")
     argv = [ember_binary(), "serve", "--data-dir", data_dir, "--listen", f"127.0.0.1:{port}"]
@@ -242,10 +244,8 @@ def cinder(agent):
     return make_cinder(agent)
 
 
-@pytest.fixture(scope="module")
-def cinder_cli(agent, tmp_path_factory):
-    """Run the `cinder` CLI of the venv against the agent; returns CompletedProcess."""
-    home = tmp_path_factory.mktemp("cinder-home")
+def cinder_cli_for(agent, home):
+    """A runner of the venv's `cinder` CLI against `agent`; returns CompletedProcess."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("OS_", "CINDER_", "Cinder_"))}
     env["HOME"] = str(home)
@@ -260,6 +260,12 @@ def cinder_cli(agent, tmp_path_factory):
             assert p.returncode == 0, f"{argv}\nstdout:{p.stdout}\nstderr:{p.stderr}"
         return p
     return run
+
+
+@pytest.fixture(scope="module")
+def cinder_cli(agent, tmp_path_factory):
+    """Run the `cinder` CLI of the venv against the agent; returns CompletedProcess."""
+    return cinder_cli_for(agent, tmp_path_factory.mktemp("cinder-home"))
 
 
 def make_sdk(agent):

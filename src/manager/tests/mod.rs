@@ -1,5 +1,8 @@
 //! State-machine tests: the preconditions and transitions of every action that
-//! works in the file pool, on a real SQLite store and real sparse files.
+//! works in the file pool, on a real SQLite store and real sparse files. Job ends,
+//! resumes and lock rules on the simulated pool are in `jobs.rs`.
+
+mod jobs;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -7,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::config::VolumeClear;
+use crate::config::FileConfig;
+use crate::model::{AttachMode, AttachStatus, JobSpec, MigrationStatus, SnapshotStatus, VolumeStatus};
 use crate::pool::file::FilePool;
-use crate::store::{AttachStatus, SnapshotStatus, VolumeStatus};
 
 struct Env {
     m: Arc<Manager>,
@@ -31,20 +34,31 @@ fn env_with(ratio: f64) -> Env {
     let dir = std::env::temp_dir().join(format!("ember-manager-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let store = Arc::new(Store::open(&dir.join("ember.db")).unwrap());
-    let pool = Arc::new(FilePool::open(&dir, VolumeClear::Zero, false).unwrap());
-    let m = Manager::new(
-        store,
-        pool.clone(),
-        Settings {
-            host: "node1@file#file".into(),
-            backend_name: "file".into(),
-            availability_zone: "nova".into(),
-            max_over_subscription_ratio: ratio,
-        },
-    );
+    let pool = Arc::new(FilePool::open(&dir, &FileConfig::default()).unwrap());
+    let m = Manager::new(store, pool.clone(), settings(ratio));
     m.ensure_default_type().unwrap();
-    let admin = Caller { user_id: "admin".into(), project_id: "p1".into(), is_admin: true };
+    let admin = caller("admin", "p1", true);
     Env { m, pool, dir, admin }
+}
+
+/// The settings of a test agent.
+fn settings(max_over_subscription_ratio: f64) -> Settings {
+    Settings {
+        host: "node1@file#file".into(),
+        backend_name: "file".into(),
+        availability_zone: "nova".into(),
+        max_over_subscription_ratio,
+        message_ttl: Duration::from_secs(3600),
+    }
+}
+
+fn caller(user: &str, project: &str, is_admin: bool) -> Caller {
+    Caller {
+        user_id: user.into(),
+        project_id: project.into(),
+        is_admin,
+        request_id: format!("req-{}", uuid::Uuid::new_v4()),
+    }
 }
 
 fn env() -> Env {
@@ -56,7 +70,7 @@ fn env() -> Env {
 impl Env {
     async fn settle(&self) {
         for _ in 0..2000 {
-            if self.m.store.read(|tx| tx.jobs()).unwrap().is_empty() {
+            if self.m.store.read(|tx| tx.running_jobs()).unwrap().is_empty() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -79,7 +93,7 @@ impl Env {
         self.m.volume_action(&self.admin, id, action, V30)
     }
 
-    async fn snapshot(&self, volume_id: &str) -> crate::store::Snapshot {
+    async fn snapshot(&self, volume_id: &str) -> crate::model::Snapshot {
         let s = self
             .m
             .create_snapshot(&self.admin, CreateSnapshot { volume_id: volume_id.into(), ..Default::default() }, false)
@@ -96,7 +110,7 @@ impl Env {
 
     /// os-reset_status of the migration status alone (None is "none").
     fn reset_migration(&self, id: &str, migration: Option<&str>) {
-        let migration_status = Some(migration.map(str::to_string));
+        let migration_status = Some(migration.map(|m| m.parse::<MigrationStatus>().unwrap()));
         self.act(id, VolumeAction::ResetStatus { status: None, attach_status: None, migration_status }).unwrap();
     }
 
@@ -257,7 +271,7 @@ async fn reset_status_rules() {
     assert!(got.attachments.is_empty());
     assert_eq!((got.status, got.attach_status), (VolumeStatus::Available, AttachStatus::Detached));
     e.reset_migration(&v.id, Some("migrating"));
-    assert_eq!(e.get(&v.id).migration_status.as_deref(), Some("migrating"));
+    assert_eq!(e.get(&v.id).migration_status, Some(MigrationStatus::Migrating));
     e.reset_migration(&v.id, None);
     assert_eq!(e.get(&v.id).migration_status, None);
 }
@@ -390,7 +404,7 @@ async fn retype_on_the_same_pool_is_a_store_change() {
     let gold = e.m.create_volume_type("gold".into(), None, true, BTreeMap::new()).unwrap();
     let retype = |t: &str, on_demand| VolumeAction::Retype { new_type: t.into(), on_demand };
     assert!(matches!(e.act(&v.id, retype("nosuch", false)).unwrap_err(), ManagerError::NotFound(_)));
-    is_invalid(e.act(&v.id, retype(crate::store::DEFAULT_TYPE_NAME, false)));
+    is_invalid(e.act(&v.id, retype(crate::model::DEFAULT_TYPE_NAME, false)));
     e.act(&v.id, retype("gold", false)).unwrap();
     e.settle().await;
     let got = e.get(&v.id);
@@ -444,7 +458,7 @@ async fn unfinished_jobs_resume_at_start() {
             let mut new = tx.volume(&v.id)?.unwrap();
             new.status = VolumeStatus::Extending;
             tx.update_volume(VolumeStatus::Available, &new)?;
-            tx.insert_job(crate::store::JobKind::ExtendVolume, Some(&v.id), None, serde_json::json!({"new_size": 2}))
+            tx.insert_job(&JobSpec::ExtendVolume { volume: v.id.clone(), new_size_gib: 2 }, "req-1", "p1")
         })
         .unwrap();
     assert_eq!(e.m.recover().unwrap(), 1);
@@ -458,7 +472,7 @@ async fn unfinished_jobs_resume_at_start() {
 async fn other_projects_see_not_found() {
     let e = env();
     let v = e.volume(1).await;
-    let other = Caller { user_id: "u".into(), project_id: "p2".into(), is_admin: false };
+    let other = caller("u", "p2", false);
     assert!(matches!(e.m.volume(&other, &v.id), Err(ManagerError::NotFound(_))));
     assert!(matches!(e.m.volume_action(&other, &v.id, VolumeAction::Reserve, V30), Err(ManagerError::NotFound(_))));
     assert!(e.m.volumes(&other, true).unwrap().is_empty());
@@ -508,7 +522,7 @@ async fn snapshot_delete_rules_and_admin_actions() {
 #[tokio::test(flavor = "multi_thread")]
 async fn types_protect_the_default_and_types_in_use() {
     let e = env();
-    let default = e.m.volume_type(crate::store::DEFAULT_TYPE_NAME).unwrap();
+    let default = e.m.volume_type(crate::model::DEFAULT_TYPE_NAME).unwrap();
     is_invalid(e.m.delete_volume_type(&default.id));
     let t = e.m.create_volume_type("silver".into(), None, true, BTreeMap::new()).unwrap();
     assert!(matches!(

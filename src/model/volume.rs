@@ -1,39 +1,10 @@
-//! The records ember keeps, and the status vocabularies of spec §2.1.
+//! Volumes, their attachments and volume types.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-macro_rules! string_enum {
-    ($(#[$meta:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name { $($variant),+ }
-
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text),+ }
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
-                match s {
-                    $($text => Ok($name::$variant),)+
-                    other => Err(format!("unknown {} '{}'", stringify!($name), other)),
-                }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
+use super::string_enum;
 
 string_enum! {
     /// Volume status. The first block is Cinder's enum (what reset_status accepts);
@@ -85,16 +56,66 @@ string_enum! {
 }
 
 string_enum! {
-    SnapshotStatus {
-        Error = "error", Available = "available", Creating = "creating", Deleting = "deleting",
-        Deleted = "deleted", Updating = "updating", ErrorDeleting = "error_deleting",
-        Unmanaging = "unmanaging", BackingUp = "backing-up", Restoring = "restoring",
+    /// How an attachment uses the volume.
+    AttachMode { Rw = "rw", Ro = "ro" }
+}
+
+/// Where a migration stands (spec §2.1); a destination volume carries
+/// `target:<source id>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MigrationStatus {
+    Migrating,
+    Error,
+    Success,
+    Completing,
+    Starting,
+    Deleting,
+    Target(String),
+}
+
+impl MigrationStatus {
+    /// The values `os-reset_status` accepts (besides "none", which clears it).
+    pub const RESETTABLE: &'static [&'static str] = &["migrating", "error", "success", "completing", "starting"];
+}
+
+impl FromStr for MigrationStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "migrating" => MigrationStatus::Migrating,
+            "error" => MigrationStatus::Error,
+            "success" => MigrationStatus::Success,
+            "completing" => MigrationStatus::Completing,
+            "starting" => MigrationStatus::Starting,
+            "deleting" => MigrationStatus::Deleting,
+            other => match other.strip_prefix("target:") {
+                Some(id) if !id.is_empty() => MigrationStatus::Target(id.to_string()),
+                _ => return Err(format!("unknown MigrationStatus '{other}'")),
+            },
+        })
+    }
+}
+
+impl fmt::Display for MigrationStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MigrationStatus::Migrating => f.write_str("migrating"),
+            MigrationStatus::Error => f.write_str("error"),
+            MigrationStatus::Success => f.write_str("success"),
+            MigrationStatus::Completing => f.write_str("completing"),
+            MigrationStatus::Starting => f.write_str("starting"),
+            MigrationStatus::Deleting => f.write_str("deleting"),
+            MigrationStatus::Target(id) => write!(f, "target:{id}"),
+        }
     }
 }
 
 /// Migration statuses that mean "not migrating" (Cinder's AVAILABLE_MIGRATION_STATUS).
-pub fn not_migrating(migration_status: Option<&str>) -> bool {
-    matches!(migration_status, None | Some("deleting" | "error" | "success"))
+pub fn not_migrating(migration_status: Option<&MigrationStatus>) -> bool {
+    matches!(
+        migration_status,
+        None | Some(MigrationStatus::Deleting | MigrationStatus::Error | MigrationStatus::Success)
+    )
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -106,9 +127,9 @@ pub struct Volume {
     pub description: Option<String>,
     pub size: i64,
     pub status: VolumeStatus,
-    pub previous_status: Option<String>,
+    pub previous_status: Option<VolumeStatus>,
     pub attach_status: AttachStatus,
-    pub migration_status: Option<String>,
+    pub migration_status: Option<MigrationStatus>,
     pub volume_type_id: String,
     pub availability_zone: String,
     pub bootable: bool,
@@ -132,25 +153,8 @@ pub struct Attachment {
     pub attached_host: Option<String>,
     pub mountpoint: Option<String>,
     pub attach_status: AttachStatus,
-    pub attach_mode: String,
+    pub attach_mode: AttachMode,
     pub attach_time: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Snapshot {
-    pub id: String,
-    pub volume_id: String,
-    pub project_id: String,
-    pub user_id: String,
-    pub name: Option<String>,
-    pub description: Option<String>,
-    pub status: SnapshotStatus,
-    pub volume_size: i64,
-    pub progress: String,
-    pub volume_type_id: String,
-    pub created_at: String,
-    pub updated_at: Option<String>,
-    pub metadata: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -171,23 +175,27 @@ impl VolumeType {
 
 pub const DEFAULT_TYPE_NAME: &str = "__DEFAULT__";
 
-/// A unit of durable work (DESIGN decision 1): written with the transitional status
-/// in one transaction, removed with the final status in another.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Job {
-    pub id: i64,
-    pub kind: JobKind,
-    pub volume_id: Option<String>,
-    pub snapshot_id: Option<String>,
-    pub args: serde_json::Value,
+/// What a new volume is made from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum VolumeSource {
+    Blank,
+    Snapshot { id: String },
+    Volume { id: String },
 }
 
-string_enum! {
-    JobKind {
-        CreateVolume = "create_volume", DeleteVolume = "delete_volume",
-        ExtendVolume = "extend_volume", RevertVolume = "revert_volume",
-        CreateSnapshot = "create_snapshot", DeleteSnapshot = "delete_snapshot",
-        UnmanageVolume = "unmanage_volume", ManageVolume = "manage_volume",
-        RetypeVolume = "retype_volume",
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migration_status_round_trips() {
+        for text in ["migrating", "error", "success", "completing", "starting", "deleting", "target:abc"] {
+            assert_eq!(text.parse::<MigrationStatus>().unwrap().to_string(), text);
+        }
+        assert!("target:".parse::<MigrationStatus>().is_err());
+        assert!("bogus".parse::<MigrationStatus>().is_err());
+        assert!(not_migrating(Some(&MigrationStatus::Success)));
+        assert!(!not_migrating(Some(&MigrationStatus::Target("x".into()))));
     }
 }
