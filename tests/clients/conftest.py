@@ -167,31 +167,41 @@ def read_at(path, offset, n):
 
 
 def start_agent(config_text=None, data_dir=None):
-    """Starts `ember serve` on a new data dir (or the one given), on a free port."""
+    """Starts `ember serve` on a new data dir (or the one given), on a free port.
+
+    A free port is only free until someone takes it: the agent counts as started
+    when its own log says it serves on that port, and one that could not bind is
+    started again on another."""
     if data_dir is None:
         data_dir = tempfile.mkdtemp(prefix="ember-test-", dir=os.environ.get("EMBER_TEST_TMP"))
-    port = free_port()
     log_path = os.path.join(data_dir, "agent.log")
-    argv = [ember_binary(), "serve", "--data-dir", data_dir, "--listen", f"127.0.0.1:{port}"]
-    if config_text is not None:
-        cfg = os.path.join(data_dir, "ember.toml")
-        Path(cfg).write_text(config_text)
-        argv += ["--config", cfg]
-    log = open(log_path, "w")
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    agent = Agent(data_dir, port, proc, log_path)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ember exited with {proc.returncode}:\n{agent.log()}")
-        try:
-            if requests.get(agent.root + "/", timeout=1).status_code == 300:
-                return agent
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"ember did not answer on {agent.root}:\n{agent.log()}")
+    for _ in range(5):
+        port = free_port()
+        argv = [ember_binary(), "serve", "--data-dir", data_dir, "--listen", f"127.0.0.1:{port}"]
+        if config_text is not None:
+            cfg = os.path.join(data_dir, "ember.toml")
+            Path(cfg).write_text(config_text)
+            argv += ["--config", cfg]
+        log = open(log_path, "w")
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        agent = Agent(data_dir, port, proc, log_path)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                if "listen on" in agent.log():
+                    break  # the port was taken meanwhile: another one
+                raise RuntimeError(f"ember exited with {proc.returncode}:\n{agent.log()}")
+            if f"listen=127.0.0.1:{port}" in agent.log():
+                try:
+                    if requests.get(agent.root + "/", timeout=1).status_code == 300:
+                        return agent
+                except requests.ConnectionError:
+                    pass
+            time.sleep(0.05)
+        else:
+            proc.kill()
+            raise RuntimeError(f"ember did not answer on {agent.root}:\n{agent.log()}")
+    raise RuntimeError("ember could not find a free port in 5 tries")
 
 
 def stop_agent(agent):

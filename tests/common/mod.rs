@@ -24,34 +24,46 @@ impl Agent {
     }
 
     /// Starts `ember serve` on `data_dir`, with a TOML configuration when given.
+    /// A free port is only free until someone takes it: tests running side by side
+    /// can be handed the same one, so the agent counts as started only when its own
+    /// log says it serves on that port, and an agent that could not bind is started
+    /// again on another.
     pub fn start_with(data_dir: &Path, config: Option<&str>) -> Agent {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let log = std::fs::File::create(data_dir.join(format!("agent-{port}.log"))).unwrap();
-        let mut args: Vec<String> =
-            ["serve", "--data-dir", data_dir.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
+        let mut args: Vec<String> = vec!["serve".into(), "--data-dir".into(), data_dir.to_str().unwrap().into()];
         if let Some(text) = config {
             let path = data_dir.join("ember.toml");
             std::fs::write(&path, text).unwrap();
             args.extend(["--config".to_string(), path.display().to_string()]);
         }
-        let child = Command::new(env!("CARGO_BIN_EXE_ember"))
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start ember");
-        let agent = Agent { child, port, data_dir: data_dir.to_path_buf() };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return agent;
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let log_path = data_dir.join(format!("agent-{port}.log"));
+            let log = std::fs::File::create(&log_path).unwrap();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
+                .args(&args)
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start ember");
+            let serving = format!("listen=127.0.0.1:{port}");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if child.try_wait().unwrap().is_some() {
+                    break; // could not bind (or failed): try another port
+                }
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                if log.contains(&serving) && TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Agent { child, port, data_dir: data_dir.to_path_buf() };
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(20));
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            assert!(log.contains("listen on"), "ember did not start on {port}:\n{log}");
         }
-        panic!("ember did not listen on {port}");
+        panic!("ember could not find a free port in 5 tries");
     }
 
     /// One HTTP/1.1 request; returns the status and the JSON body (Null if empty).
