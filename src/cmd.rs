@@ -43,8 +43,26 @@ pub fn run_with_env(
     env: &[(&str, &str)],
     timeout: Duration,
 ) -> Result<String, CmdError> {
+    run_full(program, args, env, &[], timeout)
+}
+
+/// `run` for a command line that carries secrets (a CHAP password): errors, and so
+/// logs, show `<redacted>` where any of `secrets` stood.
+pub fn run_redacted(program: &Path, args: &[&str], secrets: &[&str], timeout: Duration) -> Result<String, CmdError> {
+    run_full(program, args, &[], secrets, timeout)
+}
+
+fn run_full(
+    program: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    secrets: &[&str],
+    timeout: Duration,
+) -> Result<String, CmdError> {
+    let redact =
+        |a: &str| secrets.iter().filter(|s| !s.is_empty()).fold(a.to_string(), |a, s| a.replace(s, "<redacted>"));
     let argv: Vec<String> =
-        std::iter::once(program.display().to_string()).chain(args.iter().map(|a| a.to_string())).collect();
+        std::iter::once(program.display().to_string()).chain(args.iter().map(|a| redact(a))).collect();
     let mut child = Command::new(program)
         .args(args)
         .env("LC_ALL", "C")
@@ -88,7 +106,7 @@ pub fn run_with_env(
         Err(CmdError::Failed {
             argv,
             status: status.to_string(),
-            stderr: String::from_utf8_lossy(&stderr).trim().to_string(),
+            stderr: redact(String::from_utf8_lossy(&stderr).trim()),
         })
     }
 }
@@ -111,5 +129,14 @@ mod tests {
         assert_eq!(big.len(), 1_000_000);
         let env = run_with_env(&sh, &["-c", "echo $EMBER_X"], &[("EMBER_X", "y")], Duration::from_secs(5)).unwrap();
         assert_eq!(env, "y\n");
+        let err = run_redacted(
+            &sh,
+            &["-c", "echo bad s3cr3t >&2; exit 1", "password=s3cr3t"],
+            &["s3cr3t"],
+            Duration::from_secs(5),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!err.contains("s3cr3t") && err.contains("password=<redacted>"), "{err}");
     }
 }

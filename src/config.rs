@@ -23,6 +23,7 @@ pub struct Config {
     pub message_ttl: u64,
     pub auth: AuthConfig,
     pub pool: PoolConfig,
+    pub target: TargetConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -41,6 +42,87 @@ pub struct AuthConfig {
     pub tokens_file: Option<PathBuf>,
     /// Serve noauth on a non-loopback address anyway (test rigs only).
     pub allow_remote_noauth: bool,
+}
+
+/// `[target]`: how volumes are exported.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TargetConfig {
+    /// The protocol of new exports; a volume type's `ember:target_protocol` extra
+    /// spec (`iscsi` | `nvmeof`) overrides it.
+    pub protocol: ProtocolChoice,
+    /// Who serves iSCSI: `auto` picks LIO where configfs has target_core, else tgt.
+    pub iscsi: IscsiBackend,
+    /// Who serves NVMe-oF/TCP.
+    pub nvme: NvmeBackend,
+    /// Addresses initiators reach the portals on; the first is `target_portal`,
+    /// the others are the secondary portals of multipath.
+    pub portal_ips: Vec<std::net::IpAddr>,
+    pub iscsi_port: u16,
+    pub nvme_port: u16,
+    /// IQN of an export: this prefix + `volume-<id>` (Cinder's default prefix).
+    pub iqn_prefix: String,
+    /// NQN of an export: this prefix + the volume id.
+    pub nqn_prefix: String,
+    /// `connection_info` format for NVMe-oF (spec §4.3): 1 or 2.
+    pub nvme_connection_info: u8,
+    pub tgt: TgtConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TgtConfig {
+    /// `tgtadm -C`: which tgtd to drive (0, tgtd's default).
+    pub control_port: u16,
+    /// Start tgtd (detached; ember never stops it) when it is not running.
+    pub start_tgtd: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProtocolChoice {
+    Iscsi,
+    Nvmeof,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IscsiBackend {
+    Auto,
+    Tgt,
+    Lio,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NvmeBackend {
+    Auto,
+    Nvmet,
+    None,
+}
+
+impl Default for TargetConfig {
+    fn default() -> Self {
+        TargetConfig {
+            protocol: ProtocolChoice::Iscsi,
+            iscsi: IscsiBackend::Auto,
+            nvme: NvmeBackend::Auto,
+            portal_ips: vec![std::net::IpAddr::from([127, 0, 0, 1])],
+            iscsi_port: 3260,
+            nvme_port: 4420,
+            iqn_prefix: "iqn.2010-10.org.openstack:".to_string(),
+            nqn_prefix: "nqn.2010-10.org.openstack:volume-".to_string(),
+            nvme_connection_info: 2,
+            tgt: TgtConfig::default(),
+        }
+    }
+}
+
+impl Default for TgtConfig {
+    fn default() -> Self {
+        TgtConfig { control_port: 0, start_tgtd: true }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -118,6 +200,7 @@ impl Default for Config {
             message_ttl: 2_592_000,
             auth: AuthConfig::default(),
             pool: PoolConfig::default(),
+            target: TargetConfig::default(),
         }
     }
 }
@@ -254,6 +337,18 @@ impl Config {
         let ratio = self.pool.max_over_subscription_ratio();
         if ratio.is_nan() || ratio < 1.0 {
             return Err(ConfigError::Invalid("[pool] max_over_subscription_ratio must be at least 1.0".to_string()));
+        }
+        let t = &self.target;
+        if t.portal_ips.is_empty() {
+            return Err(ConfigError::Invalid("[target] portal_ips must name at least one address".to_string()));
+        }
+        if !matches!(t.nvme_connection_info, 1 | 2) {
+            return Err(ConfigError::Invalid("[target] nvme_connection_info must be 1 or 2".to_string()));
+        }
+        for (what, prefix) in [("iqn_prefix", &t.iqn_prefix), ("nqn_prefix", &t.nqn_prefix)] {
+            if prefix.is_empty() || prefix.contains(['/', ' ']) {
+                return Err(ConfigError::Invalid(format!("[target] {what} must be non-empty without '/' or spaces")));
+            }
         }
         for (what, value) in [("backend_name", self.pool.backend_name()), ("name", self.pool.name())] {
             if value.is_empty() || value.contains(['@', '#', '/']) {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::api::{self, ApiState, Auth};
 use crate::config::{AuthStrategy, Config, PoolConfig};
-use crate::manager::{Manager, Settings};
+use crate::manager::{Exporter, Manager, Settings};
 use crate::pool::Pool;
 use crate::pool::file::FilePool;
 use crate::pool::lvm::LvmPool;
@@ -30,9 +30,27 @@ pub async fn serve(config: Config) -> Result<(), String> {
         max_over_subscription_ratio: config.pool.max_over_subscription_ratio(),
         message_ttl: std::time::Duration::from_secs(config.message_ttl),
     };
-    let manager = Manager::new(store, pool, settings);
+    let exporter = Exporter::open(&config.target)?;
+    let manager = Manager::new(store, pool, exporter, settings);
     manager.ensure_default_type().map_err(|e| e.to_string())?;
     let resumed = manager.recover().map_err(|e| e.to_string())?;
+    // What the targets serve is made to match the store at start (a rebooted host
+    // has empty targets) and every five minutes after; in the background, behind
+    // the jobs just resumed.
+    let reconciler = Arc::clone(&manager);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(300));
+        loop {
+            every.tick().await;
+            let m = Arc::clone(&reconciler);
+            match tokio::task::spawn_blocking(move || m.reconcile_exports()).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(fixed)) => tracing::info!(fixed, "exports reconciled"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "reconciling exports failed; trying again in five minutes"),
+                Err(e) => tracing::error!(error = %e, "the reconciler panicked"),
+            }
+        }
+    });
     // Expired messages and long-ended jobs go hourly (and at every start).
     let reaper = Arc::clone(&manager);
     tokio::spawn(async move {
@@ -53,7 +71,8 @@ pub async fn serve(config: Config) -> Result<(), String> {
             Auth::load_tokens(path)?
         }
     };
-    let state = Arc::new(ApiState { manager, auth, public_endpoint: config.public_endpoint.clone() });
+    let state =
+        Arc::new(ApiState { manager: Arc::clone(&manager), auth, public_endpoint: config.public_endpoint.clone() });
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.map_err(|e| format!("listen on {}: {e}", config.listen))?;
     tracing::info!(
@@ -73,6 +92,8 @@ pub async fn serve(config: Config) -> Result<(), String> {
             .into_future(),
     );
     shutdown_signal().await;
+    // Jobs stop at their next step; their journal rows resume them at next start.
+    manager.stop();
     let _ = stop.send(());
     // In-flight requests get a moment to finish; a client that keeps its
     // connection busy cannot hold the agent up. Unfinished jobs stay journaled.

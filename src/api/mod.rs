@@ -4,6 +4,7 @@
 //! runs the pipeline, so unknown routes and wrong methods get JSON faults too.
 
 mod actions;
+mod attachments;
 mod auth;
 mod fault;
 mod messages;
@@ -107,8 +108,16 @@ impl Reply {
 }
 
 /// Collections that may follow `/v3/` directly, without a project segment.
-const COLLECTIONS: &[&str] =
-    &["volumes", "snapshots", "types", "manageable_volumes", "os-volume-manage", "scheduler-stats", "messages"];
+const COLLECTIONS: &[&str] = &[
+    "volumes",
+    "snapshots",
+    "types",
+    "manageable_volumes",
+    "os-volume-manage",
+    "scheduler-stats",
+    "messages",
+    "attachments",
+];
 
 async fn handle(State(state): State<Arc<ApiState>>, request: Request) -> Response {
     let request_id = format!("req-{}", uuid::Uuid::new_v4());

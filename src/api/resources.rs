@@ -104,6 +104,7 @@ pub fn route(m: &std::sync::Arc<Manager>, req: &Req, path: &[&str]) -> Result<Re
         },
         ["os-volume-manage"] => only(method, Method::POST, || manage_volume(m, req)),
         ["os-volume-manage", "detail"] => only(method, Method::GET, || list_manageable(m, req, true)),
+        ["attachments", rest @ ..] => super::attachments::route(m, req, rest),
         ["messages"] => only(method, Method::GET, || super::messages::list(m, req)),
         ["messages", id] => match *method {
             Method::GET => super::messages::show(m, req, id),
@@ -551,6 +552,9 @@ fn volume_action(m: &std::sync::Arc<Manager>, req: &Req, id: &str) -> Result<Rep
     let version = (req.version.0, req.version.1);
     match m.volume_action(&caller, id, action, version)? {
         ActionOutcome::Metadata(map) => Ok(Reply { status: code, body: Some(json!({"metadata": map})), etag: None }),
+        ActionOutcome::Connection(info) => {
+            Ok(Reply { status: code, body: Some(json!({"connection_info": info})), etag: None })
+        }
         ActionOutcome::Done => Ok(Reply::empty(code)),
     }
 }

@@ -2,12 +2,14 @@
 //! resumption after a crash.
 //!
 //! `enqueue` journals a typed job inside the action's transaction and queues it
-//! on the locks of every resource it names (`locks.rs`); `start` runs it once the
-//! transaction committed. The runner waits for its locks, then runs the job's
-//! steps after the last completed one, each an idempotent pool call on a blocking
-//! thread, recording progress after each; and it ends the job in one transaction
-//! that writes the final status, the job's state and reason, and, on failure, a
-//! user message for the owner of the volume.
+//! on the locks of every resource it names (`locks.rs`); once the transaction
+//! committed, `start` runs it in the background (the action answers 202) or
+//! `run_now` runs it before the action answers (initialize/terminate connection,
+//! detach: their callers need the outcome). The runner waits for its locks, then
+//! runs the job's steps after the last completed one, each an idempotent pool or
+//! target call on a blocking thread, recording progress after each; and it ends
+//! the job in one transaction that writes the final status, the job's state and
+//! reason, and, on failure, a user message for the owner of the volume.
 
 use std::sync::Arc;
 
@@ -18,8 +20,9 @@ use crate::model::{
     Job, JobSpec, JobState, Message, MessageAction, MessageResource, SnapshotStatus, Volume, VolumeSource,
     VolumeStatus, now, timestamp,
 };
-use crate::pool::{Pool, PoolError};
+use crate::pool::PoolError;
 use crate::store::{JobRow, StoreError, Tx};
+use crate::target::TargetError;
 
 /// A journaled job, queued on its locks, not yet started.
 pub(super) struct Pending {
@@ -30,48 +33,112 @@ pub(super) struct Pending {
 /// One idempotent unit of a job's device work.
 #[derive(Debug, Clone, PartialEq)]
 enum Step {
-    CreateVolume { volume: String, size_gib: u64, source: VolumeSource },
+    CreateVolume {
+        volume: String,
+        size_gib: u64,
+        source: VolumeSource,
+    },
     DeleteSnapshot(String),
     DeleteVolume(String),
-    ExtendVolume { volume: String, new_size_gib: u64 },
-    Revert { volume: String, snapshot: String },
-    CreateSnapshot { snapshot: String, volume: String },
-    Manage { volume: String, source_name: String },
+    ExtendVolume {
+        volume: String,
+        new_size_gib: u64,
+    },
+    Revert {
+        volume: String,
+        snapshot: String,
+    },
+    CreateSnapshot {
+        snapshot: String,
+        volume: String,
+    },
+    Manage {
+        volume: String,
+        source_name: String,
+    },
     Unmanage(String),
+    /// The volume's target configuration made to match the store (exports.rs).
+    ReconcileExport(String),
+    /// The volume's export taken down, still wanted (rebuilt by a reconcile).
+    SuspendExport(String),
+    /// Connected initiators told the volume's new size.
+    RefreshExport(String),
 }
 
 /// The steps of a job, in order.
 fn steps(spec: &JobSpec) -> Vec<Step> {
     match spec.clone() {
         JobSpec::CreateVolume { volume, size_gib, source } => vec![Step::CreateVolume { volume, size_gib, source }],
-        // Snapshots first: a volume is never removed while a snapshot of it exists.
-        JobSpec::DeleteVolume { volume, snapshots } => {
-            snapshots.into_iter().map(Step::DeleteSnapshot).chain([Step::DeleteVolume(volume)]).collect()
+        // The export goes first (the delete removed it from the store), then the
+        // snapshots: a volume is never removed while a snapshot of it exists.
+        JobSpec::DeleteVolume { volume, snapshots } => std::iter::once(Step::ReconcileExport(volume.clone()))
+            .chain(snapshots.into_iter().map(Step::DeleteSnapshot))
+            .chain([Step::DeleteVolume(volume)])
+            .collect(),
+        JobSpec::ExtendVolume { volume, new_size_gib } => {
+            vec![Step::ExtendVolume { volume: volume.clone(), new_size_gib }, Step::RefreshExport(volume)]
         }
-        JobSpec::ExtendVolume { volume, new_size_gib } => vec![Step::ExtendVolume { volume, new_size_gib }],
-        JobSpec::RevertVolume { volume, snapshot } => vec![Step::Revert { volume, snapshot }],
+        // Merging an LVM snapshot needs the origin closed: the export steps aside
+        // and comes back on the same name, with the same credentials.
+        JobSpec::RevertVolume { volume, snapshot } => vec![
+            Step::SuspendExport(volume.clone()),
+            Step::Revert { volume: volume.clone(), snapshot },
+            Step::ReconcileExport(volume),
+        ],
         JobSpec::CreateSnapshot { snapshot, volume } => vec![Step::CreateSnapshot { snapshot, volume }],
         JobSpec::DeleteSnapshot { snapshot, .. } => vec![Step::DeleteSnapshot(snapshot)],
         JobSpec::ManageVolume { volume, source_name } => vec![Step::Manage { volume, source_name }],
         // The volume stays where it is, under its name, for manage to find.
-        JobSpec::UnmanageVolume { volume } => vec![Step::Unmanage(volume)],
+        JobSpec::UnmanageVolume { volume } => vec![Step::ReconcileExport(volume.clone()), Step::Unmanage(volume)],
         // Same pool, different type: nothing on the device changes (spec §3.12).
         JobSpec::RetypeVolume { .. } => vec![],
+        JobSpec::ExportVolume { volume, .. } | JobSpec::ReconcileExport { volume } => {
+            vec![Step::ReconcileExport(volume)]
+        }
+    }
+}
+
+/// Why a step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl StepError {
+    /// What may be shown to the volume's owner.
+    pub fn user_reason(&self) -> String {
+        match self {
+            StepError::Pool(e) => e.user_reason(),
+            StepError::Target(e) => e.user_reason(),
+            StepError::Store(_) => "the agent could not record its work".to_string(),
+        }
     }
 }
 
 impl Step {
-    fn run(&self, pool: &dyn Pool) -> Result<(), PoolError> {
+    fn run(&self, m: &Manager) -> Result<(), StepError> {
+        let pool = m.pool.as_ref();
         match self {
-            Step::CreateVolume { volume, size_gib, source } => pool.create_volume(volume, *size_gib, source).map(drop),
-            Step::DeleteSnapshot(snapshot) => pool.delete_snapshot(snapshot).map(drop),
-            Step::DeleteVolume(volume) => pool.delete_volume(volume).map(drop),
-            Step::ExtendVolume { volume, new_size_gib } => pool.extend_volume(volume, *new_size_gib).map(drop),
-            Step::Revert { volume, snapshot } => pool.revert_to_snapshot(volume, snapshot),
-            Step::CreateSnapshot { snapshot, volume } => pool.create_snapshot(snapshot, volume).map(drop),
-            Step::Manage { volume, source_name } => pool.manage_existing(source_name, volume).map(drop),
-            Step::Unmanage(volume) => pool.unmanage(volume),
+            Step::CreateVolume { volume, size_gib, source } => {
+                pool.create_volume(volume, *size_gib, source).map(drop)?
+            }
+            Step::DeleteSnapshot(snapshot) => pool.delete_snapshot(snapshot).map(drop)?,
+            Step::DeleteVolume(volume) => pool.delete_volume(volume).map(drop)?,
+            Step::ExtendVolume { volume, new_size_gib } => pool.extend_volume(volume, *new_size_gib).map(drop)?,
+            Step::Revert { volume, snapshot } => pool.revert_to_snapshot(volume, snapshot)?,
+            Step::CreateSnapshot { snapshot, volume } => pool.create_snapshot(snapshot, volume).map(drop)?,
+            Step::Manage { volume, source_name } => pool.manage_existing(source_name, volume).map(drop)?,
+            Step::Unmanage(volume) => pool.unmanage(volume)?,
+            Step::ReconcileExport(volume) => m.reconcile_volume(volume)?,
+            Step::SuspendExport(volume) => m.suspend_export(volume)?,
+            Step::RefreshExport(volume) => m.refresh_export(volume)?,
         }
+        Ok(())
     }
 
     fn name(&self) -> String {
@@ -84,14 +151,29 @@ impl Step {
             Step::CreateSnapshot { snapshot, .. } => format!("create snapshot {snapshot}"),
             Step::Manage { volume, source_name } => format!("manage {source_name} as volume {volume}"),
             Step::Unmanage(v) => format!("unmanage volume {v}"),
+            Step::ReconcileExport(v) => format!("reconcile the export of volume {v}"),
+            Step::SuspendExport(v) => format!("suspend the export of volume {v}"),
+            Step::RefreshExport(v) => format!("show volume {v}'s new size through its export"),
         }
     }
 }
 
-/// Why a job failed: the step, and the pool's error.
-struct Failure {
-    step: String,
-    error: PoolError,
+/// Why a job failed: the step, and its error.
+#[derive(Debug)]
+pub struct Failure {
+    pub step: String,
+    pub error: StepError,
+}
+
+/// How a job ended.
+#[derive(Debug)]
+pub(super) enum Outcome {
+    Done,
+    Failed(Failure),
+    /// Cancelled (by an admin reset) before it ran.
+    Cancelled,
+    /// Stopped by a shutdown; the journal resumes it.
+    Interrupted,
 }
 
 impl Manager {
@@ -156,23 +238,46 @@ impl Manager {
 
     async fn run(self: Arc<Self>, Pending { job, ticket }: Pending) {
         ticket.granted().await;
+        let manager = Arc::clone(&self);
+        if let Err(join) = tokio::task::spawn_blocking(move || manager.work(&job)).await {
+            tracing::error!(error = %join, "a job's worker panicked; it resumes at next start");
+        }
+        drop(ticket);
+    }
+
+    /// Runs a journaled job before the caller answers: waits for its locks (this
+    /// is a blocking thread, as request handlers are), works, and says how it ended.
+    pub(super) fn run_now(&self, Pending { job, ticket }: Pending) -> Outcome {
+        tokio::runtime::Handle::current().block_on(ticket.granted());
+        let outcome = self.work(&job);
+        drop(ticket);
+        outcome
+    }
+
+    /// A job, holding its locks, from its first unfinished step to its end
+    /// (blocking).
+    fn work(&self, job: &Job) -> Outcome {
         // An admin reset while the job waited cancels it: its work must not run
         // against the state the admin set.
         match self.store.read(|tx| tx.job_state(job.id)) {
             Ok(Some(JobState::Running)) => {}
             other => {
                 tracing::info!(job = job.id, kind = job.spec.kind(), state = ?other, "job no longer wanted; not run");
-                return;
+                return Outcome::Cancelled;
             }
         }
         let all = steps(&job.spec);
         let mut failure = None;
         for (index, step) in all.iter().enumerate().skip(job.step) {
-            let pool = Arc::clone(&self.pool);
-            let work = step.clone();
-            let result = tokio::task::spawn_blocking(move || work.run(pool.as_ref()))
-                .await
-                .unwrap_or_else(|join| Err(PoolError::Refused(format!("step panicked: {join}"))));
+            if self.stopping() {
+                return Outcome::Interrupted;
+            }
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step.run(self)))
+                .unwrap_or_else(|_| Err(StepError::Pool(PoolError::Refused("step panicked".to_string()))));
+            if self.stopping() {
+                // Shutting down: whatever this step did, the resumed job does again.
+                return Outcome::Interrupted;
+            }
             if let Err(error) = result {
                 failure = Some(Failure { step: step.name(), error });
                 break;
@@ -198,12 +303,25 @@ impl Manager {
                 Some(f) => {
                     tx.end_job(job.id, JobState::Failed, Some(&format!("{}: {}", f.step, f.error)))?;
                     let reason = format!("{} (job {})", f.error.user_reason(), job.id);
-                    leave_message(tx, &job, &self.settings, &reason)
+                    leave_message(tx, job, &self.settings, &reason)
                 }
             }
         });
         if let Err(e) = ended {
             tracing::error!(job = job.id, error = %e, "could not record the end of a job; it will resume at next start");
+        }
+        match failure {
+            None => Outcome::Done,
+            Some(f) => {
+                // What the failed request added is out of the store again: take it
+                // out of the target too, so nothing half-built remains.
+                if let JobSpec::ExportVolume { volume, .. } = &job.spec {
+                    if let Err(e) = self.reconcile_volume(volume) {
+                        tracing::error!(job = job.id, %volume, error = %e, "could not roll back a failed export");
+                    }
+                }
+                Outcome::Failed(f)
+            }
         }
     }
 }
@@ -367,6 +485,18 @@ fn finish(tx: &Tx, spec: &JobSpec, ok: bool) -> Result<(), StoreError> {
             }
             v.status = v.previous_status.unwrap_or(VolumeStatus::Available);
         }),
+        // A failed export takes back what its request added to the desired state.
+        JobSpec::ExportVolume { volume, initiator, new_export, new_acl } => {
+            if !ok {
+                if *new_export {
+                    tx.delete_export(volume)?;
+                } else if *new_acl {
+                    tx.remove_export_acl(volume, initiator)?;
+                }
+            }
+            Ok(())
+        }
+        JobSpec::ReconcileExport { .. } => Ok(()),
     }
 }
 
@@ -375,11 +505,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_cascade_delete_removes_snapshots_before_the_volume() {
+    fn a_cascade_delete_removes_the_export_then_snapshots_then_the_volume() {
         let spec = JobSpec::DeleteVolume { volume: "v".into(), snapshots: vec!["s1".into(), "s2".into()] };
         assert_eq!(
             steps(&spec),
-            [Step::DeleteSnapshot("s1".into()), Step::DeleteSnapshot("s2".into()), Step::DeleteVolume("v".into())]
+            [
+                Step::ReconcileExport("v".into()),
+                Step::DeleteSnapshot("s1".into()),
+                Step::DeleteSnapshot("s2".into()),
+                Step::DeleteVolume("v".into())
+            ]
         );
     }
 }

@@ -22,6 +22,9 @@ use crate::model::{Access, Resource};
 pub(super) struct LockTable {
     queues: Mutex<HashMap<Resource, VecDeque<(i64, Access)>>>,
     changed: tokio::sync::Notify,
+    /// Ids for work that is not journaled (reconciliation): negative, so they
+    /// never meet a job's.
+    transient: std::sync::atomic::AtomicI64,
 }
 
 /// A job's place in the queues of its resources; dropping it leaves them.
@@ -39,6 +42,13 @@ impl LockTable {
             queues.entry(resource.clone()).or_default().push_back((job, *access));
         }
         Ticket { table: Arc::clone(self), job, locks }
+    }
+
+    /// Queues work that has no journal row (it is simply done again at the next
+    /// start), behind everything queued so far.
+    pub(super) fn enqueue_transient(self: &Arc<Self>, locks: Vec<(Resource, Access)>) -> Ticket {
+        let id = -1 - self.transient.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.enqueue(id, locks)
     }
 
     fn granted(&self, job: i64, locks: &[(Resource, Access)]) -> bool {

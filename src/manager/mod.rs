@@ -13,6 +13,8 @@
 //! start.
 
 mod actions;
+mod attachments;
+mod exports;
 mod jobs;
 mod locks;
 mod messages;
@@ -24,6 +26,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use actions::*;
+pub use attachments::AttachmentView;
+pub use exports::{ExportSettings, Exporter, connector_initiator, portal};
 pub use snapshots::*;
 pub use volumes::*;
 
@@ -56,6 +60,9 @@ pub enum ManagerError {
     NotImplemented(String),
     #[error("{0}")]
     PreconditionFailed(String),
+    /// The device or target work failed (Cinder's 500 "Unable to … from backend").
+    #[error("{0}")]
+    Backend(String),
     #[error(transparent)]
     Store(StoreError),
     #[error(transparent)]
@@ -92,13 +99,27 @@ pub struct Settings {
 pub struct Manager {
     store: Arc<Store>,
     pool: Arc<dyn Pool>,
+    exporter: Exporter,
     settings: Settings,
     locks: Arc<locks::LockTable>,
+    /// Set on shutdown: running jobs stop at their next step boundary, recording
+    /// nothing more, and resume from the journal at the next start.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Manager {
-    pub fn new(store: Arc<Store>, pool: Arc<dyn Pool>, settings: Settings) -> Arc<Manager> {
-        Arc::new(Manager { store, pool, settings, locks: Arc::default() })
+    pub fn new(store: Arc<Store>, pool: Arc<dyn Pool>, exporter: Exporter, settings: Settings) -> Arc<Manager> {
+        Arc::new(Manager { store, pool, exporter, settings, locks: Arc::default(), stopping: Default::default() })
+    }
+
+    /// Asks running jobs to stop after their current step (shutdown): what they
+    /// did not record they do again when the journal resumes them.
+    pub fn stop(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn settings(&self) -> &Settings {

@@ -215,6 +215,8 @@ impl Manager {
             new.status = VolumeStatus::Deleting;
             new.previous_status = Some(v.status);
             tx.update_volume(v.status, &new)?;
+            // The export is no longer wanted; the job takes it down first.
+            tx.delete_export(id)?;
             let spec = JobSpec::DeleteVolume {
                 volume: id.to_string(),
                 snapshots: snapshots.iter().map(|s| s.id.clone()).collect(),
@@ -248,6 +250,7 @@ impl Manager {
             new.status = VolumeStatus::Unmanaging;
             new.previous_status = Some(v.status);
             tx.update_volume(v.status, &new)?;
+            tx.delete_export(id)?;
             let spec = JobSpec::UnmanageVolume { volume: id.to_string() };
             Ok::<_, ManagerError>(self.enqueue(tx, caller, &v.project_id, spec)?)
         })?;

@@ -55,6 +55,19 @@ pub enum JobSpec {
         volume: String,
         new_type: String,
     },
+    /// Builds the volume's export and admits `initiator` (os-initialize_connection,
+    /// an attachment's connector); a failure takes back what the request added.
+    ExportVolume {
+        volume: String,
+        initiator: String,
+        new_export: bool,
+        new_acl: bool,
+    },
+    /// Makes the volume's export match the store again after an initiator or the
+    /// whole export was removed from it (terminate, detach, force detach).
+    ReconcileExport {
+        volume: String,
+    },
 }
 
 /// Something a job locks.
@@ -84,6 +97,8 @@ impl JobSpec {
             JobSpec::ManageVolume { .. } => "manage_volume",
             JobSpec::UnmanageVolume { .. } => "unmanage_volume",
             JobSpec::RetypeVolume { .. } => "retype_volume",
+            JobSpec::ExportVolume { .. } => "export_volume",
+            JobSpec::ReconcileExport { .. } => "reconcile_export",
         }
     }
 
@@ -98,7 +113,9 @@ impl JobSpec {
             | JobSpec::DeleteSnapshot { volume, .. }
             | JobSpec::ManageVolume { volume, .. }
             | JobSpec::UnmanageVolume { volume }
-            | JobSpec::RetypeVolume { volume, .. } => volume,
+            | JobSpec::RetypeVolume { volume, .. }
+            | JobSpec::ExportVolume { volume, .. }
+            | JobSpec::ReconcileExport { volume } => volume,
         }
     }
 
@@ -140,7 +157,9 @@ impl JobSpec {
             JobSpec::ExtendVolume { volume: v, .. }
             | JobSpec::ManageVolume { volume: v, .. }
             | JobSpec::UnmanageVolume { volume: v }
-            | JobSpec::RetypeVolume { volume: v, .. } => vec![(volume(v), Write)],
+            | JobSpec::RetypeVolume { volume: v, .. }
+            | JobSpec::ExportVolume { volume: v, .. }
+            | JobSpec::ReconcileExport { volume: v } => vec![(volume(v), Write)],
         };
         // Sorted by resource, the write first where one appears twice; keep that one.
         locks.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
@@ -161,6 +180,8 @@ impl JobSpec {
             JobSpec::ManageVolume { .. } => (MessageResource::Volume, A::MANAGE_VOLUME),
             JobSpec::UnmanageVolume { .. } => (MessageResource::Volume, A::UNMANAGE_VOLUME),
             JobSpec::RetypeVolume { .. } => (MessageResource::Volume, A::RETYPE_VOLUME),
+            JobSpec::ExportVolume { .. } => (MessageResource::Volume, A::ATTACH_VOLUME),
+            JobSpec::ReconcileExport { .. } => (MessageResource::Volume, A::DETACH_VOLUME),
         }
     }
 }

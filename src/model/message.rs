@@ -35,10 +35,14 @@ impl MessageDetail {
         MessageDetail { id: "012", text: "Driver failed to create the volume." };
     pub const SNAPSHOT_CREATE_ERROR: MessageDetail = MessageDetail { id: "013", text: "Snapshot failed to create." };
     pub const SNAPSHOT_DELETE_ERROR: MessageDetail = MessageDetail { id: "016", text: "Snapshot failed to delete." };
+    pub const ATTACH_ERROR: MessageDetail = MessageDetail { id: "021", text: "Failed to attach volume." };
+    pub const DETACH_ERROR: MessageDetail = MessageDetail { id: "022", text: "Failed to detach volume." };
     pub const VOLUME_INVALID_STATE: MessageDetail = MessageDetail { id: "027", text: "Volume status is invalid." };
 }
 
 impl MessageAction {
+    pub const ATTACH_VOLUME: MessageAction =
+        MessageAction { id: "002", text: "attach volume", detail: MessageDetail::ATTACH_ERROR };
     pub const UNMANAGE_VOLUME: MessageAction =
         MessageAction { id: "006", text: "unmanage volume", detail: MessageDetail::UNKNOWN_ERROR };
     pub const EXTEND_VOLUME: MessageAction =
@@ -64,6 +68,8 @@ impl MessageAction {
     /// A job row that could not be decoded at start (a corrupt or foreign journal).
     pub const RESUME_JOB: MessageAction =
         MessageAction { id: "105", text: "resume unfinished work", detail: MessageDetail::VOLUME_INVALID_STATE };
+    pub const DETACH_VOLUME: MessageAction =
+        MessageAction { id: "106", text: "detach volume", detail: MessageDetail::DETACH_ERROR };
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

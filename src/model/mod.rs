@@ -2,11 +2,13 @@
 //! types, attachments, jobs and user messages, with the status sets of spec §2.1.
 //! Depends on nothing but std and serde.
 
+mod export;
 mod job;
 mod message;
 mod snapshot;
 mod volume;
 
+pub use export::*;
 pub use job::*;
 pub use message::*;
 pub use snapshot::*;

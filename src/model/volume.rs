@@ -155,6 +155,11 @@ pub struct Attachment {
     pub attach_status: AttachStatus,
     pub attach_mode: AttachMode,
     pub attach_time: Option<String>,
+    pub detach_time: Option<String>,
+    /// The connector the attachment was made with (JSON, as the caller sent it).
+    pub connector: Option<String>,
+    /// Who the export admits for it: the connector's IQN or host NQN.
+    pub initiator: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

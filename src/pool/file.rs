@@ -246,6 +246,10 @@ impl Pool for FilePool {
         Ok(if devices.is_empty() { Removed::Absent } else { Removed::Removed })
     }
 
+    fn bound_device(&self, id: &str) -> Option<PathBuf> {
+        loopback::devices_backed_by(&self.volume_path(id)).into_iter().next()
+    }
+
     fn unmanage(&self, _id: &str) -> Result<(), PoolError> {
         // A file carries no ownership mark: the store alone says whose it is.
         Ok(())

@@ -559,6 +559,10 @@ impl Pool for LvmPool {
         Ok(self.device(&lv))
     }
 
+    fn bound_device(&self, id: &str) -> Option<PathBuf> {
+        Some(self.device(&volume_lv(id))).filter(|d| d.exists())
+    }
+
     fn detach_device(&self, _id: &str) -> Result<Removed, PoolError> {
         // LVs stay active; there is nothing bound to release.
         Ok(Removed::Absent)

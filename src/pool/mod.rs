@@ -111,6 +111,8 @@ pub trait Pool: Send + Sync {
     fn attach_device(&self, id: &str) -> Result<PathBuf, PoolError>;
     /// Releases what `attach_device` bound.
     fn detach_device(&self, id: &str) -> Result<Removed, PoolError>;
+    /// The block device serving the volume now, if one is (nothing is bound).
+    fn bound_device(&self, id: &str) -> Option<PathBuf>;
     /// Everything in the pool, managed or not; the manager tells them apart.
     fn list_existing(&self) -> Result<Vec<Manageable>, PoolError>;
     /// Name under which a volume with this id is kept (what unmanage leaves behind).

@@ -354,6 +354,10 @@ impl Pool for SimPool {
         self.leave(Op::DetachDevice, id, after, Ok(removed))
     }
 
+    fn bound_device(&self, id: &str) -> Option<PathBuf> {
+        self.lock().attached.get(id).cloned()
+    }
+
     fn list_existing(&self) -> Result<Vec<Manageable>, PoolError> {
         let after = self.enter(Op::ListExisting, "")?;
         let s = self.lock();

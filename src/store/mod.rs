@@ -13,8 +13,8 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use crate::model::{
-    Attachment, Job, JobSpec, JobState, Message, MessageResource, Snapshot, SnapshotStatus, Volume, VolumeStatus,
-    VolumeType, now,
+    Attachment, Chap, Export, Job, JobSpec, JobState, Message, MessageResource, Snapshot, SnapshotStatus, Volume,
+    VolumeStatus, VolumeType, now,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +185,29 @@ CREATE TABLE messages (
 );
 CREATE INDEX messages_project ON messages(project_id, created_at);
 "#,
+    // 3: exports (the desired state the target layer reconciles) and the initiators
+    // each admits; attachments remember their connector.
+    r#"
+CREATE TABLE exports (
+    volume_id TEXT PRIMARY KEY REFERENCES volumes(id) ON DELETE CASCADE,
+    backend TEXT NOT NULL,
+    target_name TEXT NOT NULL UNIQUE,
+    lun INTEGER NOT NULL,
+    chap_username TEXT,
+    chap_secret TEXT,
+    host_key TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE export_acls (
+    volume_id TEXT NOT NULL REFERENCES exports(volume_id) ON DELETE CASCADE,
+    initiator TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (volume_id, initiator)
+);
+ALTER TABLE attachments ADD COLUMN detach_time TEXT;
+ALTER TABLE attachments ADD COLUMN connector TEXT;
+ALTER TABLE attachments ADD COLUMN initiator TEXT;
+"#,
 ];
 
 /// The schema version this ember writes.
@@ -273,6 +296,41 @@ pub struct Tx<'c>(rusqlite::Transaction<'c>);
 const VOLUME_COLUMNS: &str = "id, project_id, user_id, name, description, size, status, previous_status, \
      attach_status, migration_status, volume_type_id, availability_zone, bootable, multiattach, \
      snapshot_id, source_volid, host, created_at, updated_at";
+
+const ATTACHMENT_COLUMNS: &str = "id, volume_id, instance_uuid, attached_host, mountpoint, attach_status, \
+     attach_mode, attach_time, detach_time, connector, initiator";
+
+fn attachment_from_row(r: &Row) -> rusqlite::Result<Attachment> {
+    Ok(Attachment {
+        id: r.get(0)?,
+        volume_id: r.get(1)?,
+        instance_uuid: r.get(2)?,
+        attached_host: r.get(3)?,
+        mountpoint: r.get(4)?,
+        attach_status: parse(r.get(5)?)?,
+        attach_mode: parse(r.get(6)?)?,
+        attach_time: r.get(7)?,
+        detach_time: r.get(8)?,
+        connector: r.get(9)?,
+        initiator: r.get(10)?,
+    })
+}
+
+const EXPORT_COLUMNS: &str = "volume_id, backend, target_name, lun, chap_username, chap_secret, host_key, created_at";
+
+fn export_from_row(r: &Row) -> rusqlite::Result<Export> {
+    let username: Option<String> = r.get(4)?;
+    let secret: Option<String> = r.get(5)?;
+    Ok(Export {
+        volume_id: r.get(0)?,
+        backend: parse(r.get(1)?)?,
+        target_name: r.get(2)?,
+        lun: r.get(3)?,
+        chap: username.zip(secret).map(|(username, secret)| Chap { username, secret }),
+        host_key: r.get(6)?,
+        created_at: r.get(7)?,
+    })
+}
 
 const SNAPSHOT_COLUMNS: &str = "id, volume_id, project_id, user_id, name, description, status, \
      volume_size, progress, volume_type_id, created_at, updated_at";
@@ -495,35 +553,51 @@ impl Tx<'_> {
     // ---- attachments -----------------------------------------------------------
 
     pub fn attachments(&self, volume_id: &str) -> Result<Vec<Attachment>, StoreError> {
-        let mut stmt = self.0.prepare_cached(
-            "SELECT id, volume_id, instance_uuid, attached_host, mountpoint, attach_status, attach_mode, attach_time \
-             FROM attachments WHERE volume_id = ?1 ORDER BY rowid",
-        )?;
-        let rows = stmt.query_map([volume_id], |r| {
-            Ok(Attachment {
-                id: r.get(0)?,
-                volume_id: r.get(1)?,
-                instance_uuid: r.get(2)?,
-                attached_host: r.get(3)?,
-                mountpoint: r.get(4)?,
-                attach_status: parse(r.get(5)?)?,
-                attach_mode: parse(r.get(6)?)?,
-                attach_time: r.get(7)?,
-            })
-        })?;
+        let sql = format!("SELECT {ATTACHMENT_COLUMNS} FROM attachments WHERE volume_id = ?1 ORDER BY rowid");
+        let mut stmt = self.0.prepare_cached(&sql)?;
+        let rows = stmt.query_map([volume_id], attachment_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every attachment of every volume (a project's with Some), oldest first.
+    pub fn all_attachments(&self, project_id: Option<&str>) -> Result<Vec<Attachment>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM attachments a JOIN volumes v ON v.id = a.volume_id \
+             WHERE (?1 IS NULL OR v.project_id = ?1) ORDER BY a.rowid",
+            ATTACHMENT_COLUMNS.split(", ").map(|c| format!("a.{c}")).collect::<Vec<_>>().join(", ")
+        );
+        let mut stmt = self.0.prepare_cached(&sql)?;
+        let rows = stmt.query_map([project_id], attachment_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn attachment(&self, id: &str) -> Result<Option<Attachment>, StoreError> {
+        let sql = format!("SELECT {ATTACHMENT_COLUMNS} FROM attachments WHERE id = ?1");
+        Ok(self.0.prepare_cached(&sql)?.query_row([id], attachment_from_row).optional()?)
     }
 
     pub fn upsert_attachment(&self, a: &Attachment) -> Result<(), StoreError> {
         self.0.execute(
-            "INSERT INTO attachments (id, volume_id, instance_uuid, attached_host, mountpoint, attach_status, attach_mode, attach_time) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO UPDATE SET \
-             instance_uuid = excluded.instance_uuid, attached_host = excluded.attached_host, \
-             mountpoint = excluded.mountpoint, attach_status = excluded.attach_status, \
-             attach_mode = excluded.attach_mode, attach_time = excluded.attach_time",
+            &format!(
+                "INSERT INTO attachments ({ATTACHMENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+                 ON CONFLICT (id) DO UPDATE SET instance_uuid = excluded.instance_uuid, \
+                 attached_host = excluded.attached_host, mountpoint = excluded.mountpoint, \
+                 attach_status = excluded.attach_status, attach_mode = excluded.attach_mode, \
+                 attach_time = excluded.attach_time, detach_time = excluded.detach_time, \
+                 connector = excluded.connector, initiator = excluded.initiator"
+            ),
             params![
-                a.id, a.volume_id, a.instance_uuid, a.attached_host, a.mountpoint,
-                a.attach_status.as_str(), a.attach_mode.as_str(), a.attach_time
+                a.id,
+                a.volume_id,
+                a.instance_uuid,
+                a.attached_host,
+                a.mountpoint,
+                a.attach_status.as_str(),
+                a.attach_mode.as_str(),
+                a.attach_time,
+                a.detach_time,
+                a.connector,
+                a.initiator
             ],
         )?;
         Ok(())
@@ -702,6 +776,68 @@ impl Tx<'_> {
 
     pub fn volume_type_in_use(&self, id: &str) -> Result<bool, StoreError> {
         Ok(self.0.query_row("SELECT EXISTS (SELECT 1 FROM volumes WHERE volume_type_id = ?1)", [id], |r| r.get(0))?)
+    }
+
+    // ---- exports ---------------------------------------------------------------
+
+    pub fn export(&self, volume_id: &str) -> Result<Option<Export>, StoreError> {
+        let sql = format!("SELECT {EXPORT_COLUMNS} FROM exports WHERE volume_id = ?1");
+        Ok(self.0.prepare_cached(&sql)?.query_row([volume_id], export_from_row).optional()?)
+    }
+
+    pub fn exports(&self) -> Result<Vec<Export>, StoreError> {
+        let sql = format!("SELECT {EXPORT_COLUMNS} FROM exports ORDER BY created_at, rowid");
+        let mut stmt = self.0.prepare_cached(&sql)?;
+        let rows = stmt.query_map([], export_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn insert_export(&self, e: &Export) -> Result<(), StoreError> {
+        self.0.execute(
+            &format!("INSERT INTO exports ({EXPORT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+            params![
+                e.volume_id,
+                e.backend.as_str(),
+                e.target_name,
+                e.lun,
+                e.chap.as_ref().map(|c| &c.username),
+                e.chap.as_ref().map(|c| &c.secret),
+                e.host_key,
+                e.created_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Removes the export and the initiators it admits.
+    pub fn delete_export(&self, volume_id: &str) -> Result<bool, StoreError> {
+        Ok(self.0.execute("DELETE FROM exports WHERE volume_id = ?1", [volume_id])? > 0)
+    }
+
+    /// The initiators the volume's export admits, in the order they were added.
+    pub fn export_acls(&self, volume_id: &str) -> Result<Vec<String>, StoreError> {
+        let mut stmt =
+            self.0.prepare_cached("SELECT initiator FROM export_acls WHERE volume_id = ?1 ORDER BY rowid")?;
+        let rows = stmt.query_map([volume_id], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Admits `initiator`; false when it was admitted already.
+    pub fn add_export_acl(&self, volume_id: &str, initiator: &str) -> Result<bool, StoreError> {
+        let n = self.0.execute(
+            "INSERT INTO export_acls (volume_id, initiator, created_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (volume_id, initiator) DO NOTHING",
+            params![volume_id, initiator, now()],
+        )?;
+        Ok(n > 0)
+    }
+
+    pub fn remove_export_acl(&self, volume_id: &str, initiator: &str) -> Result<bool, StoreError> {
+        let n = self.0.execute(
+            "DELETE FROM export_acls WHERE volume_id = ?1 AND initiator = ?2",
+            params![volume_id, initiator],
+        )?;
+        Ok(n > 0)
     }
 
     // ---- jobs ------------------------------------------------------------------

@@ -166,14 +166,22 @@ def read_at(path, offset, n):
         return f.read(n)
 
 
+NO_TARGET = '\n[target]\niscsi = "none"\nnvme = "none"\n'
+
+
 def start_agent(config_text=None, data_dir=None):
     """Starts `ember serve` on a new data dir (or the one given), on a free port.
+
+    Unless the configuration has a [target] section, the agent exports nothing
+    (so no test starts a tgtd on the host by accident).
 
     A free port is only free until someone takes it: the agent counts as started
     when its own log says it serves on that port, and one that could not bind is
     started again on another."""
     if data_dir is None:
         data_dir = tempfile.mkdtemp(prefix="ember-test-", dir=os.environ.get("EMBER_TEST_TMP"))
+    if config_text is None or "[target]" not in config_text:
+        config_text = (config_text or "") + NO_TARGET
     log_path = os.path.join(data_dir, "agent.log")
     for _ in range(5):
         port = free_port()
@@ -216,15 +224,21 @@ def stop_agent(agent):
     shutil.rmtree(agent.data_dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def agent():
+def serve_for_module(config_text=None):
+    """An agent for a module's tests: stopped at the end, and no loop device of its
+    data dir may outlive it."""
     before = loop_devices()
-    a = start_agent()
+    a = start_agent(config_text)
     yield a
     stop_agent(a)
     after = loop_devices()
     leaked = [d for d in after if d not in before and a.data_dir.as_posix() in " ".join(d)]
     assert not leaked, f"leaked loop devices: {leaked}"
+
+
+@pytest.fixture(scope="module")
+def agent():
+    yield from serve_for_module()
 
 
 @pytest.fixture

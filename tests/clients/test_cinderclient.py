@@ -729,12 +729,12 @@ def test_extend_in_use_below_342_400(agent, cinder, vol):
     wait_vol(cinder, vol.id, "in-use")
     with pytest.raises(cexc.BadRequest):
         c341.volumes.extend(vol, 2)
-    # at >= 3.42 an in-use extend is a later feature: 501
-    with pytest.raises(cexc.ClientException) as e:
-        cinder.volumes.extend(vol, 2)
-    assert e.value.code == 501
     assert cinder.volumes.get(vol.id).size == 1
-    assert cinder.volumes.get(vol.id).status == "in-use"
+    # from 3.42 an in-use volume extends online and stays in use
+    cinder.volumes.extend(vol, 2)
+    done = wait_vol(cinder, vol.id, "in-use")
+    assert done.size == 2
+    assert agent.volume_file(vol.id).stat().st_size == 2 << 30
     cinder.volumes.detach(vol)
     wait_vol(cinder, vol.id, "available")
 
@@ -843,18 +843,21 @@ def test_retype_needing_migration(cinder, vol):
 
 # -- actions of later increments: valid → 501 through the client ------------------------
 
-def test_initialize_connection_501(cinder, vol):
+def test_initialize_connection_without_a_target_is_400(cinder, vol):
+    """This module's agent serves no target ([target] iscsi = "none"): the
+    connection is refused with the reason, and nothing changes. The export path
+    itself is in test_exports_tgt.py."""
     connector = {"initiator": "iqn.1994-05.com.redhat:abc", "host": "node2",
                  "ip": "192.0.2.5", "platform": "x86_64", "os_type": "linux", "multipath": False}
-    with pytest.raises(cexc.ClientException) as e:
+    with pytest.raises(cexc.BadRequest) as e:
         cinder.volumes.initialize_connection(vol, connector)
-    assert e.value.code == 501
+    assert "serves no iscsi target" in str(e.value)
+    assert cinder.volumes.get(vol.id).status == "available"
 
 
-def test_terminate_connection_501(cinder, vol):
-    with pytest.raises(cexc.ClientException) as e:
-        cinder.volumes.terminate_connection(vol, {"initiator": "iqn.1994-05.com.redhat:abc"})
-    assert e.value.code == 501
+def test_terminate_connection_without_an_export_is_a_no_op(cinder, vol):
+    cinder.volumes.terminate_connection(vol, {"initiator": "iqn.1994-05.com.redhat:abc"})
+    assert cinder.volumes.get(vol.id).status == "available"
 
 
 def test_upload_to_image_501(cinder, vol):
@@ -893,14 +896,31 @@ def assert_400(r):
     assert r.json()["badRequest"]["code"] == 400
 
 
+CONNECTION = [
+    # (action, valid inner body, [invalid inner bodies], what the valid one answers here)
+    ("os-initialize_connection", {"connector": CONNECTOR},
+     [{}, {"connector": None}, {"connector": CONNECTOR, "bogus": 1}], 400),  # no target here
+    ("os-terminate_connection", {"connector": CONNECTOR},
+     [{}, {"connector": CONNECTOR, "bogus": 1}], 202),
+    ("os-force_detach", {"attachment_id": None, "connector": None},
+     [{"attachment_id": 12}, {"bogus": 1}], 202),
+]
+
+
+@pytest.mark.parametrize("action,valid,invalid,code", CONNECTION, ids=[x[0] for x in CONNECTION])
+def test_connection_action_raw(agent, cinder, vol, action, valid, invalid, code):
+    for bad in invalid:
+        assert_400(agent.action(vol.id, {action: bad}))
+    r = agent.action(vol.id, {action: valid})
+    assert r.status_code == code, r.text
+    v = cinder.volumes.get(vol.id)
+    assert v.status == "available" and v.attachments == []
+    r = agent.action(str(uuid.uuid4()), {action: valid})
+    assert r.status_code == 404 and r.json()["itemNotFound"]["code"] == 404, r.text
+
+
 LATER = [
     # (action, valid inner body, [invalid inner bodies], microversion)
-    ("os-initialize_connection", {"connector": CONNECTOR},
-     [{}, {"connector": None}, {"connector": CONNECTOR, "bogus": 1}], None),
-    ("os-terminate_connection", {"connector": CONNECTOR},
-     [{}, {"connector": CONNECTOR, "bogus": 1}], None),
-    ("os-force_detach", {"attachment_id": None, "connector": None},
-     [{"attachment_id": 12}, {"bogus": 1}], None),
     ("os-volume_upload_image", {"image_name": "img", "disk_format": "raw",
                                 "container_format": "bare"},
      [{}, {"image_name": ""}, {"image_name": "img", "disk_format": "exe"},
@@ -957,15 +977,17 @@ def test_migrate_completion_raw(agent, cinder, vol):
     wait_vol_gone(cinder, other.id)
 
 
-def test_extend_in_use_raw_501(agent, cinder, vol):
+def test_extend_in_use_raw(agent, cinder, vol):
     cinder.volumes.attach(vol, str(uuid.uuid4()), "/dev/vdb")
     wait_vol(cinder, vol.id, "in-use")
     assert_400(agent.action(vol.id, {"os-extend": {"new_size": "abc"}}, version="3.42"))
     assert_400(agent.action(vol.id, {"os-extend": {"new_size": 1}}, version="3.42"))
-    assert_501(agent.action(vol.id, {"os-extend": {"new_size": 2}}, version="3.42"))
     assert_400(agent.action(vol.id, {"os-extend": {"new_size": 2}}, version="3.41"))
+    r = agent.action(vol.id, {"os-extend": {"new_size": 2}}, version="3.42")
+    assert r.status_code == 202, r.text
+    assert wait_vol(cinder, vol.id, "in-use").size == 2
     cinder.volumes.detach(vol)
-    assert wait_vol(cinder, vol.id, "available").size == 1
+    assert wait_vol(cinder, vol.id, "available").size == 2
 
 
 # -- the `cinder` CLI (version discovery via GET /, project-less URLs) -------------------

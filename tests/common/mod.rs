@@ -30,11 +30,15 @@ impl Agent {
     /// again on another.
     pub fn start_with(data_dir: &Path, config: Option<&str>) -> Agent {
         let mut args: Vec<String> = vec!["serve".into(), "--data-dir".into(), data_dir.to_str().unwrap().into()];
-        if let Some(text) = config {
-            let path = data_dir.join("ember.toml");
-            std::fs::write(&path, text).unwrap();
-            args.extend(["--config".to_string(), path.display().to_string()]);
+        // These tests export nothing: no target, so no tgtd is started on the host
+        // (a test that exports says which target it uses).
+        let mut text = config.unwrap_or_default().to_string();
+        if !text.contains("[target]") {
+            text.push_str("\n[target]\niscsi = \"none\"\nnvme = \"none\"\n");
         }
+        let path = data_dir.join("ember.toml");
+        std::fs::write(&path, text).unwrap();
+        args.extend(["--config".to_string(), path.display().to_string()]);
         for _ in 0..5 {
             let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
             let log_path = data_dir.join(format!("agent-{port}.log"));

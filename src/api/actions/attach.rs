@@ -45,11 +45,9 @@ pub(super) fn force_detach(name: &str, value: &Value, _: Version) -> Result<Pars
     let o = object(name, value, &["attachment_id", "connector"])?;
     let attachment_id =
         o.get("attachment_id").map(|v| nullable_string("attachment_id", v, 0, 255)).transpose()?.flatten();
-    if let Some(c) = o.get("connector") {
-        connector(c, true)?;
-    }
+    let connector = o.get("connector").map(|c| connector(c, true)).transpose()?.unwrap_or(Value::Null);
     Parsed::accepted(
-        A::ForceDetach { attachment_id },
+        A::ForceDetach { attachment_id, connector },
         Policy::Admin("volume_extension:volume_admin_actions:force_detach"),
     )
 }

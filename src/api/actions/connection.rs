@@ -19,6 +19,9 @@ pub(super) fn initialize_connection(name: &str, value: &Value, _: Version) -> Re
 
 pub(super) fn terminate_connection(name: &str, value: &Value, _: Version) -> Result<Parsed, ApiError> {
     let o = object(name, value, &["connector"])?;
-    connector(required(name, o, "connector")?, true)?;
-    Parsed::accepted(A::TerminateConnection, Policy::Member("volume_extension:volume_actions:terminate_connection"))
+    let connector = connector(required(name, o, "connector")?, true)?;
+    Parsed::accepted(
+        A::TerminateConnection { connector },
+        Policy::Member("volume_extension:volume_actions:terminate_connection"),
+    )
 }

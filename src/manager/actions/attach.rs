@@ -4,26 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use super::{ActionOutcome, attachment_guard, derived_attach_state, invalid, refuse_maintenance, set_status};
+use super::{
+    ActionOutcome, attachment_guard, busy, derived_attach_state, invalid, ran, refuse_maintenance, set_status,
+};
 use crate::manager::{Caller, Manager, ManagerError, Result};
-use crate::model::{AttachMode, AttachStatus, Attachment, VolumeStatus, not_migrating, now};
+use crate::model::{AttachMode, AttachStatus, Attachment, JobSpec, VolumeStatus, not_migrating, now};
 use crate::store::MetaKind;
-
-/// Statuses in which device work is under way; attaching there would race it.
-fn busy(status: VolumeStatus) -> bool {
-    matches!(
-        status,
-        VolumeStatus::Creating
-            | VolumeStatus::Deleting
-            | VolumeStatus::Extending
-            | VolumeStatus::Reverting
-            | VolumeStatus::Retyping
-            | VolumeStatus::Managing
-            | VolumeStatus::Unmanaging
-            | VolumeStatus::Downloading
-            | VolumeStatus::Uploading
-    )
-}
 
 impl Manager {
     pub(super) fn attach(
@@ -91,6 +77,9 @@ impl Manager {
                 attach_status: AttachStatus::Attached,
                 attach_mode: mode,
                 attach_time: Some(now()),
+                detach_time: None,
+                connector: None,
+                initiator: None,
             })?;
             tx.set_volume_meta(
                 id,
@@ -104,16 +93,18 @@ impl Manager {
         .map_err(attach_error)
     }
 
+    /// Removes the attachment; the last one takes the export with it (spec §3.9).
     pub(super) fn detach(&self, caller: &Caller, id: &str, attachment_id: Option<String>) -> Result<ActionOutcome> {
-        self.change(caller, id, |tx, v| {
-            attachment_guard(v, attachment_id.as_deref())?;
-            refuse_maintenance(v)?;
+        let pending = self.store.write(|tx| {
+            let v = self.visible(tx, caller, id)?;
+            attachment_guard(&v, attachment_id.as_deref())?;
+            refuse_maintenance(&v)?;
             let target = match &attachment_id {
                 Some(aid) => v.attachments.iter().find(|a| a.id == *aid),
                 None => v.attachments.first(),
             };
             let mut new = v.clone();
-            match target {
+            let remaining: Vec<Attachment> = match target {
                 None => {
                     // Nothing attached: a detach only settles an in-between status.
                     if matches!(
@@ -126,23 +117,43 @@ impl Manager {
                         new.status = VolumeStatus::Available;
                     }
                     new.attach_status = AttachStatus::Detached;
+                    Vec::new()
                 }
                 Some(a) => {
-                    // No export exists before the target layer lands; once it does,
-                    // removing it is part of this step (spec §3.9).
                     tx.delete_attachment(&a.id)?;
                     let remaining: Vec<Attachment> = v.attachments.iter().filter(|b| b.id != a.id).cloned().collect();
-                    if remaining.is_empty() {
-                        tx.delete_volume_meta(id, MetaKind::Admin, "attached_mode")?;
-                    }
                     let (attach, status) = derived_attach_state(&remaining);
                     new.attach_status = attach;
                     new.status = status;
+                    remaining
                 }
+            };
+            if remaining.is_empty() {
+                tx.delete_volume_meta(id, MetaKind::Admin, "attached_mode")?;
             }
             tx.update_volume(v.status, &new)?;
-            Ok(ActionOutcome::Done)
-        })
+            self.unexport_if_unused(tx, caller, &v.id, &v.project_id, &remaining)
+        })?;
+        if let Some(p) = pending {
+            ran(self.run_now(p), "Unable to remove the export from the backend")?;
+        }
+        Ok(ActionOutcome::Done)
+    }
+
+    /// With no attachment left, the volume's export is no longer wanted: a job
+    /// to take it down.
+    pub(super) fn unexport_if_unused(
+        &self,
+        tx: &crate::store::Tx,
+        caller: &Caller,
+        id: &str,
+        owner: &str,
+        remaining: &[Attachment],
+    ) -> Result<Option<super::super::jobs::Pending>> {
+        if !remaining.is_empty() || !tx.delete_export(id)? {
+            return Ok(None);
+        }
+        Ok(Some(self.enqueue(tx, caller, owner, JobSpec::ReconcileExport { volume: id.to_string() })?))
     }
 
     pub(super) fn reserve(&self, caller: &Caller, id: &str) -> Result<ActionOutcome> {
@@ -192,18 +203,57 @@ impl Manager {
         })
     }
 
+    /// os-force_detach (admin, any status): the connector's initiator (every
+    /// initiator for a null connector) loses access, the attachment goes, and with
+    /// the last attachment the export.
     pub(super) fn force_detach(
         &self,
         caller: &Caller,
         id: &str,
         attachment_id: Option<String>,
+        connector: &serde_json::Value,
     ) -> Result<ActionOutcome> {
-        let v = self.volume(caller, id)?;
-        attachment_guard(&v, attachment_id.as_deref())?;
-        Err(ManagerError::NotImplemented(
-            "os-force_detach needs the export layer (iSCSI/NVMe-oF targets) to drop the connection; \
-             it arrives with the target issue. Use os-detach for attachments without an export."
-                .to_string(),
-        ))
+        let pending = self.store.write(|tx| {
+            let v = self.visible(tx, caller, id)?;
+            attachment_guard(&v, attachment_id.as_deref())?;
+            if let Some(export) = tx.export(id)? {
+                match crate::manager::connector_initiator(export.protocol(), connector) {
+                    Some(initiator) => {
+                        tx.remove_export_acl(id, &initiator)?;
+                    }
+                    None => {
+                        for initiator in tx.export_acls(id)? {
+                            tx.remove_export_acl(id, &initiator)?;
+                        }
+                    }
+                }
+            }
+            let gone = match &attachment_id {
+                Some(aid) => v.attachments.iter().find(|a| a.id == *aid),
+                None => v.attachments.first(),
+            };
+            let remaining: Vec<Attachment> =
+                v.attachments.iter().filter(|a| Some(a.id.as_str()) != gone.map(|g| g.id.as_str())).cloned().collect();
+            if let Some(a) = gone {
+                tx.delete_attachment(&a.id)?;
+            }
+            let mut new = v.clone();
+            (new.attach_status, new.status) = derived_attach_state(&remaining);
+            if remaining.is_empty() {
+                tx.delete_volume_meta(id, MetaKind::Admin, "attached_mode")?;
+            }
+            tx.update_volume(v.status, &new)?;
+            match self.unexport_if_unused(tx, caller, id, &v.project_id, &remaining)? {
+                Some(p) => Ok::<_, ManagerError>(Some(p)),
+                None if tx.export(id)?.is_some() => {
+                    Ok(Some(self.enqueue(tx, caller, &v.project_id, JobSpec::ReconcileExport { volume: id.into() })?))
+                }
+                None => Ok(None),
+            }
+        })?;
+        if let Some(p) = pending {
+            ran(self.run_now(p), "Unable to terminate volume connection from backend")?;
+        }
+        Ok(ActionOutcome::Done)
     }
 }

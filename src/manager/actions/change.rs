@@ -32,13 +32,6 @@ impl Manager {
                     v.status
                 )));
             }
-            if in_use_ok {
-                return Err(ManagerError::NotImplemented(
-                    "Extending an in-use volume needs the export layer to tell connected initiators \
-                     (tgt/LIO/nvmet); it arrives with the target issue."
-                        .to_string(),
-                ));
-            }
             self.check_capacity(tx, &capacity, new_size - v.size)?;
             let mut new = v.clone();
             new.status = VolumeStatus::Extending;

@@ -18,6 +18,7 @@ mod metadata;
 
 use std::collections::BTreeMap;
 
+use super::jobs::Outcome;
 use super::{Caller, Manager, ManagerError, Result};
 use crate::model::{AttachMode, AttachStatus, Attachment, MigrationStatus, Volume, VolumeStatus};
 use crate::store::Tx;
@@ -54,6 +55,8 @@ pub enum VolumeAction {
     Unmanage,
     ForceDetach {
         attachment_id: Option<String>,
+        /// Null (or absent) means every initiator of the volume.
+        connector: serde_json::Value,
     },
     Retype {
         new_type: String,
@@ -75,7 +78,9 @@ pub enum VolumeAction {
     Unreserve,
     BeginDetaching,
     RollDetaching,
-    TerminateConnection,
+    TerminateConnection {
+        connector: serde_json::Value,
+    },
     InitializeConnection {
         connector: serde_json::Value,
     },
@@ -91,6 +96,8 @@ pub enum VolumeAction {
 pub enum ActionOutcome {
     Done,
     Metadata(BTreeMap<String, String>),
+    /// os-initialize_connection: `connection_info` (spec §4).
+    Connection(serde_json::Value),
 }
 
 impl Manager {
@@ -117,7 +124,7 @@ impl Manager {
             }
             A::Detach { attachment_id } => self.detach(caller, id, attachment_id),
             A::Unmanage => self.unmanage_volume(caller, id),
-            A::ForceDetach { attachment_id } => self.force_detach(caller, id, attachment_id),
+            A::ForceDetach { attachment_id, connector } => self.force_detach(caller, id, attachment_id, &connector),
             A::Retype { new_type, on_demand } => self.retype(caller, id, &new_type, on_demand),
             A::MigrateVolume { destination } => self.migrate_volume(caller, id, &destination),
             A::MigrateVolumeCompletion { new_volume, error } => {
@@ -130,7 +137,7 @@ impl Manager {
             A::Unreserve => self.unreserve(caller, id),
             A::BeginDetaching => self.begin_detaching(caller, id),
             A::RollDetaching => self.roll_detaching(caller, id),
-            A::TerminateConnection => self.terminate_connection(caller, id),
+            A::TerminateConnection { connector } => self.terminate_connection(caller, id, &connector),
             A::InitializeConnection { connector } => self.initialize_connection(caller, id, &connector),
             A::UpdateReadonly(readonly) => self.update_readonly(caller, id, readonly),
             A::Reimage { reimage_reserved } => self.reimage(caller, id, reimage_reserved),
@@ -205,6 +212,33 @@ fn set_status(tx: &Tx, v: &Volume, status: VolumeStatus) -> Result<ActionOutcome
     new.status = status;
     tx.update_volume(v.status, &new)?;
     Ok(ActionOutcome::Done)
+}
+
+/// Statuses in which device work is under way; attaching or exporting there
+/// would race it.
+pub(super) fn busy(status: VolumeStatus) -> bool {
+    matches!(
+        status,
+        VolumeStatus::Creating
+            | VolumeStatus::Deleting
+            | VolumeStatus::Extending
+            | VolumeStatus::Reverting
+            | VolumeStatus::Retyping
+            | VolumeStatus::Managing
+            | VolumeStatus::Unmanaging
+            | VolumeStatus::Downloading
+            | VolumeStatus::Uploading
+    )
+}
+
+/// The outcome of a job run before the action answers, as the action's result.
+pub(super) fn ran(outcome: Outcome, what: &str) -> Result<()> {
+    match outcome {
+        Outcome::Done => Ok(()),
+        Outcome::Failed(f) => Err(ManagerError::Backend(format!("{what}: {}.", f.error.user_reason()))),
+        Outcome::Cancelled => Err(ManagerError::Conflict(format!("{what}: cancelled by os-reset_status."))),
+        Outcome::Interrupted => Err(ManagerError::Backend(format!("{what}: the agent is shutting down."))),
+    }
 }
 
 fn refuse_maintenance(v: &Volume) -> Result<()> {

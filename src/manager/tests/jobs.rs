@@ -4,133 +4,16 @@
 //! of a source waits for its readers). A crash is a runtime dropped with its jobs
 //! mid-step while the store and the pool live on, as the disk does.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{caller, settings};
-use crate::manager::{Caller, CreateSnapshot, CreateVolume, ManageVolume, Manager, ManagerError, VolumeAction};
-use crate::model::{JobState, Message, Snapshot, SnapshotStatus, Volume, VolumeStatus};
-use crate::pool::sim::{Bytes, Event, Fault, Op, SimPool};
-use crate::store::Store;
-
-const V340: (u16, u16) = (3, 40);
+use super::caller;
+use super::sim::Sim;
+use crate::manager::{CreateSnapshot, CreateVolume, ManageVolume, ManagerError, VolumeAction};
+use crate::model::{JobState, SnapshotStatus, Volume, VolumeStatus};
+use crate::pool::sim::{Bytes, Event, Fault, Op};
 
 /// What must hold once the resumed jobs are done.
 type Check = Box<dyn Fn(&Sim)>;
-
-/// A store, a simulated pool, and the current life of the agent over them.
-struct Sim {
-    dir: std::path::PathBuf,
-    store: Arc<Store>,
-    pool: Arc<SimPool>,
-    rt: Option<tokio::runtime::Runtime>,
-    m: Arc<Manager>,
-    admin: Caller,
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
-}
-
-impl Sim {
-    fn new() -> Sim {
-        let dir = std::env::temp_dir().join(format!("ember-sim-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = Arc::new(Store::open(&dir.join("ember.db")).unwrap());
-        let pool = Arc::new(SimPool::default());
-        let rt = runtime();
-        let m = Manager::new(store.clone(), pool.clone(), settings(1.0));
-        m.ensure_default_type().unwrap();
-        Sim { dir, store, pool, rt: Some(rt), m, admin: caller("admin", "p1", true) }
-    }
-
-    /// Runs `f` where jobs can be spawned.
-    fn on<T>(&self, f: impl FnOnce(&Arc<Manager>) -> T) -> T {
-        let _inside = self.rt.as_ref().unwrap().enter();
-        f(&self.m)
-    }
-
-    /// kill -9 and start again: running jobs stop where they are, hung pool calls
-    /// return into nothing, and a new manager resumes the journal.
-    fn crash_and_restart(&mut self) -> usize {
-        self.rt.take().unwrap().shutdown_background();
-        self.pool.release();
-        self.pool.clear_faults();
-        self.rt = Some(runtime());
-        self.m = Manager::new(self.store.clone(), self.pool.clone(), settings(1.0));
-        self.on(|m| m.recover()).unwrap()
-    }
-
-    fn settle(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.store.read(|tx| tx.running_jobs()).unwrap().is_empty() {
-            assert!(Instant::now() < deadline, "jobs did not finish");
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-
-    fn volume(&self, id: &str) -> Option<Volume> {
-        self.store.read(|tx| tx.volume(id)).unwrap()
-    }
-
-    fn status(&self, id: &str) -> VolumeStatus {
-        self.volume(id).unwrap().status
-    }
-
-    fn snapshot(&self, id: &str) -> Option<Snapshot> {
-        self.store.read(|tx| tx.snapshot(id)).unwrap()
-    }
-
-    fn create(&self, req: CreateVolume) -> Volume {
-        self.on(|m| m.create_volume(&self.admin, req)).unwrap()
-    }
-
-    /// An available volume of `size` GiB holding `Data(value)`.
-    fn ready_volume(&self, size: i64, value: u64) -> Volume {
-        let v = self.create(CreateVolume { size: Some(size), ..Default::default() });
-        self.settle();
-        self.pool.write(&v.id, value);
-        self.volume(&v.id).unwrap()
-    }
-
-    fn take_snapshot(&self, volume: &str) -> Snapshot {
-        let req = CreateSnapshot { volume_id: volume.into(), ..Default::default() };
-        let s = self.on(|m| m.create_snapshot(&self.admin, req, false)).unwrap();
-        self.settle();
-        self.snapshot(&s.id).unwrap()
-    }
-
-    fn act(&self, id: &str, action: VolumeAction) -> crate::manager::Result<crate::manager::ActionOutcome> {
-        self.on(|m| m.volume_action(&self.admin, id, action, V340))
-    }
-
-    fn delete(&self, id: &str, cascade: bool) {
-        self.on(|m| m.delete_volume(&self.admin, id, cascade, false)).unwrap();
-    }
-
-    fn messages(&self) -> Vec<Message> {
-        self.m.messages(&self.admin).unwrap()
-    }
-
-    /// (state, last_error) of every job row, oldest first.
-    fn job_states(&self) -> Vec<(JobState, Option<String>)> {
-        self.store.read(|tx| tx.job_history()).unwrap()
-    }
-
-    fn last_job(&self) -> (JobState, Option<String>) {
-        self.job_states().pop().unwrap()
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        self.pool.release();
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn starts(log: &[Event], op: Op, id: &str) -> usize {
     log.iter().filter(|e| **e == Event::Start(op, id.to_string())).count()

@@ -2,7 +2,9 @@
 //! works in the file pool, on a real SQLite store and real sparse files. Job ends,
 //! resumes and lock rules on the simulated pool are in `jobs.rs`.
 
+mod exports;
 mod jobs;
+mod sim;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -35,7 +37,7 @@ fn env_with(ratio: f64) -> Env {
     std::fs::create_dir_all(&dir).unwrap();
     let store = Arc::new(Store::open(&dir.join("ember.db")).unwrap());
     let pool = Arc::new(FilePool::open(&dir, &FileConfig::default()).unwrap());
-    let m = Manager::new(store, pool.clone(), settings(ratio));
+    let m = Manager::new(store, pool.clone(), Exporter::default(), settings(ratio));
     m.ensure_default_type().unwrap();
     let admin = caller("admin", "p1", true);
     Env { m, pool, dir, admin }
@@ -311,9 +313,12 @@ async fn extend_rules_and_effect() {
     assert_eq!(std::fs::metadata(e.pool.volume_path(&v.id)).unwrap().len(), 3 << 30);
     e.attach(&v.id, "99999999-9999-9999-9999-999999999999", AttachMode::Rw).unwrap();
     is_invalid(e.act(&v.id, VolumeAction::Extend { new_size: 4 }));
-    let err = e.m.volume_action(&e.admin, &v.id, VolumeAction::Extend { new_size: 4 }, V342).unwrap_err();
-    assert!(matches!(err, ManagerError::NotImplemented(_)), "{err:?}");
     assert_eq!(e.get(&v.id).status, VolumeStatus::InUse, "a refused extend changes nothing");
+    // From 3.42 an in-use volume extends, and stays in-use.
+    e.m.volume_action(&e.admin, &v.id, VolumeAction::Extend { new_size: 4 }, V342).unwrap();
+    e.settle().await;
+    let got = e.get(&v.id);
+    assert_eq!((got.status, got.size), (VolumeStatus::InUse, 4));
 }
 
 #[tokio::test(flavor = "multi_thread")]
