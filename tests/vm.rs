@@ -340,3 +340,339 @@ fn vm_udev_rules_keep_the_host_off_volumes() {
     assert!(!props.lines().any(|l| l.starts_with("ID_FS_TYPE=")), "udev probed the guest's data:\n{props}");
     pool.delete_volume(id).unwrap();
 }
+
+// ---- exports: LIO and nvmet, with the kernel's initiators and os-brick -----------
+
+const T: Duration = Duration::from_secs(120);
+
+#[track_caller]
+fn sh(script: &str) -> String {
+    match cmd::run(&cmd::resolve("sh").unwrap(), &["-c", script], T) {
+        Ok(out) => out,
+        Err(e) => {
+            let dmesg = cmd::run(&cmd::resolve("dmesg").unwrap(), &[], T).unwrap_or_default();
+            let tail: Vec<&str> = dmesg.lines().rev().take(15).collect();
+            panic!("{script}: {e}\nkernel log:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+        }
+    }
+}
+
+fn sh_fails(script: &str) -> bool {
+    cmd::run(&cmd::resolve("sh").unwrap(), &["-c", script], T).is_err()
+}
+
+/// Polls `f` for up to `secs` seconds.
+fn wait_until<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn device_bytes(dev: &Path) -> u64 {
+    block_device_size(&std::fs::File::open(dev).unwrap()).unwrap()
+}
+
+/// The block device an iSCSI session of `iqn` brought (the SCSI scan is async).
+fn iscsi_device(iqn: &str) -> PathBuf {
+    wait_until(30, "the iSCSI disk", || {
+        for session in std::fs::read_dir("/sys/class/iscsi_session").ok()?.flatten() {
+            let name = std::fs::read_to_string(session.path().join("targetname")).unwrap_or_default();
+            if name.trim() != iqn {
+                continue;
+            }
+            let dev = session.path().join("device");
+            for target in std::fs::read_dir(&dev)
+                .ok()?
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("target"))
+            {
+                for lun in std::fs::read_dir(target.path()).ok()?.flatten() {
+                    if let Some(block) = std::fs::read_dir(lun.path().join("block")).ok().and_then(|mut d| d.next()) {
+                        let node = PathBuf::from("/dev").join(block.ok()?.file_name());
+                        if node.exists() {
+                            return Some(node);
+                        }
+                    }
+                }
+            }
+        }
+        None
+    })
+}
+
+/// The namespace block device of subsystem `nqn` whose uuid is `volume_id`.
+fn nvme_device(nqn: &str, volume_id: &str) -> PathBuf {
+    wait_until(30, "the NVMe namespace", || {
+        for block in std::fs::read_dir("/sys/block").ok()?.flatten() {
+            let name = block.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("nvme") {
+                continue;
+            }
+            let uuid = std::fs::read_to_string(block.path().join("uuid")).unwrap_or_default();
+            let subsys = std::fs::read_to_string(block.path().join("device/subsysnqn")).unwrap_or_default();
+            if uuid.trim() == volume_id && subsys.trim() == nqn {
+                return Some(PathBuf::from("/dev").join(name));
+            }
+        }
+        None
+    })
+}
+
+/// Writes 4 MiB of a pattern through `dev` with O_DIRECT, reads it back through
+/// `dev` and straight from the LV, and compares.
+fn pattern_through(dev: &Path, lv: &Path, seed: u8) {
+    let pattern: Vec<u8> = (0..4u32 << 20).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect();
+    let file = std::env::temp_dir().join(format!("pattern-{seed}"));
+    std::fs::write(&file, &pattern).unwrap();
+    sh(&format!("dd if={} of={} bs=1M oflag=direct conv=fsync status=none", file.display(), dev.display()));
+    sh(&format!("dd if={} bs=1M count=4 iflag=direct status=none | cmp - {}", dev.display(), file.display()));
+    sh(&format!("dd if={} bs=1M count=4 iflag=direct status=none | cmp - {}", lv.display(), file.display()));
+}
+
+/// Reads the device continuously (O_DIRECT) until `stop` exists; returns the
+/// reader, whose exit status says whether any read failed.
+fn reader(dev: &Path, stop: &Path) -> std::process::Child {
+    std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "while [ ! -e {stop} ]; do dd if={dev} of=/dev/null bs=1M count=64 iflag=direct status=none || exit 1; done",
+                stop = stop.display(),
+                dev = dev.display()
+            ),
+        ])
+        .spawn()
+        .unwrap()
+}
+
+fn action(agent: &Agent, id: &str, body: serde_json::Value, version: Option<&str>) -> serde_json::Value {
+    let (code, reply) = agent.call("POST", &format!("/volumes/{id}/action"), Some(body.clone()), version);
+    assert!((200..300).contains(&code), "{body} -> {code} {reply}");
+    reply
+}
+
+fn new_volume(agent: &Agent, body: serde_json::Value) -> String {
+    let (code, reply) = agent.call("POST", "/volumes", Some(json!({"volume": body})), None);
+    assert_eq!(code, 202, "{reply}");
+    let id = reply["volume"]["id"].as_str().unwrap().to_string();
+    agent.wait_status("volumes", &id, "available");
+    id
+}
+
+/// LIO and nvmet built by ember, used by the kernel's initiators (iscsiadm with
+/// CHAP, nvme-cli with the host NQN) and by os-brick from PyPI; foreign initiators
+/// refused; online extend seen under continuous reads; a wiped configfs (a
+/// reboot) rebuilt from the store.
+#[test]
+fn vm_exports_lio_and_nvmet() {
+    // os-brick finds iSCSI disks by their /dev/disk/by-path links: udev makes them.
+    if !Path::new("/run/udev/control").exists() {
+        cmd::run(Path::new("/lib/systemd/systemd-udevd"), &["--daemon"], T).unwrap();
+    }
+    let phase = std::cell::RefCell::new(Instant::now());
+    let lap = |what: &str| eprintln!("[exports] {what}: {:?}", phase.replace(Instant::now()).elapsed());
+    let vg = TestVg::new("exp");
+    let data_dir = vg.dir.join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let config = format!(
+        "[pool]\nbackend = \"lvm\"\nvolume_group = \"{}\"\nlvm_type = \"thin\"\ncreate_thin_pool = 0.6\n\
+         lvm_system_dir = \"{}\"\nmax_over_subscription_ratio = 8.0\n\
+         [target]\niscsi = \"lio\"\nnvme = \"nvmet\"\nportal_ips = [\"127.0.0.1\"]\n",
+        vg.name,
+        vg.conf_dir.display()
+    );
+    let mut agent = Agent::start_with(&data_dir, Some(&config));
+    let lv = |id: &str| {
+        PathBuf::from(format!("/dev/mapper/{}-volume--{}", vg.name.replace('-', "--"), id.replace('-', "--")))
+    };
+    let lio = Path::new("/sys/kernel/config/target/iscsi");
+    let nvmet = Path::new("/sys/kernel/config/nvmet/subsystems");
+
+    // ---- iSCSI on LIO with iscsiadm -------------------------------------------------
+    let initiator = "iqn.1994-05.com.example:ember-vm";
+    std::fs::create_dir_all("/etc/iscsi").unwrap();
+    std::fs::write("/etc/iscsi/initiatorname.iscsi", format!("InitiatorName={initiator}\n")).unwrap();
+    sh("mkdir -p /run/lock/iscsi /var/lib/iscsi && (pgrep -x iscsid >/dev/null || iscsid)");
+    let a = new_volume(&agent, json!({"size": 1}));
+    let started = Instant::now();
+    let reply = action(
+        &agent,
+        &a,
+        json!({"os-initialize_connection": {"connector": {"initiator": initiator, "host": "vm"}}}),
+        None,
+    );
+    eprintln!("initialize_connection (LIO, new export): {:?}", started.elapsed());
+    let data = &reply["connection_info"]["data"];
+    let iqn = data["target_iqn"].as_str().unwrap().to_string();
+    assert_eq!((data["target_lun"].as_u64(), data["target_portal"].as_str()), (Some(0), Some("127.0.0.1:3260")));
+    assert!(lio.join(&iqn).join("tpgt_1/acls").join(initiator).exists(), "the ACL is in configfs");
+    let (user, secret) = (data["auth_username"].as_str().unwrap(), data["auth_password"].as_str().unwrap());
+    let node = format!("iscsiadm -m node -T {iqn} -p 127.0.0.1:3260");
+    let login = |user: &str, secret: &str| {
+        format!(
+            "iscsiadm -m discovery -t sendtargets -p 127.0.0.1:3260 >/dev/null && \
+             {node} -o update -n node.session.auth.authmethod -v CHAP && \
+             {node} -o update -n node.session.auth.username -v {user} && \
+             {node} -o update -n node.session.auth.password -v {secret} && {node} --login >/dev/null"
+        )
+    };
+    sh(&login(user, secret));
+    let sd = iscsi_device(&iqn);
+    pattern_through(&sd, &lv(&a), 1);
+    // A foreign initiator, and a wrong secret, are refused (libiscsi's initiator).
+    let url = |u: &str, s: &str| format!("iscsi://{u}%{s}@127.0.0.1:3260/{iqn}/0");
+    assert!(sh_fails(&format!("iscsi-inq -i iqn.1994-05.com.example:foreign '{}'", url(user, secret))));
+    assert!(sh_fails(&format!("iscsi-inq -i {initiator} '{}'", url(user, "wrongwrongwrong1"))));
+    // Online extend while the disk is read.
+    action(
+        &agent,
+        &a,
+        json!({"os-attach": {"instance_uuid": "5e2c9a10-1111-4222-8333-444455556666", "mountpoint": "/dev/vdb"}}),
+        None,
+    );
+    let stop = std::env::temp_dir().join("stop-iscsi-reader");
+    let mut reads = reader(&sd, &stop);
+    std::thread::sleep(Duration::from_secs(1));
+    action(&agent, &a, json!({"os-extend": {"new_size": 2}}), Some("3.42"));
+    assert_eq!(agent.wait_status("volumes", &a, "in-use")["size"], 2);
+    sh("iscsiadm -m session -R >/dev/null");
+    wait_until(20, "the initiator to see 2 GiB", || (device_bytes(&sd) == 2 * GIB).then_some(()));
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::write(&stop, b"").unwrap();
+    assert!(reads.wait().unwrap().success(), "a read failed during the online extend (LIO)");
+    sh(&format!("{node} --logout >/dev/null && {node} -o delete"));
+    action(&agent, &a, json!({"os-begin_detaching": null}), None);
+    action(&agent, &a, json!({"os-terminate_connection": {"connector": {"initiator": initiator}}}), None);
+    assert!(!lio.join(&iqn).join("tpgt_1/acls").join(initiator).exists(), "terminate removes the ACL");
+    action(&agent, &a, json!({"os-detach": {}}), None);
+    assert!(!lio.join(&iqn).exists(), "the last detach removes the target");
+    assert!(!Path::new("/sys/kernel/config/target/core/iblock_0").join(&iqn).exists(), "and its backstore");
+
+    lap("iSCSI on LIO");
+    // ---- NVMe-oF/TCP on nvmet with nvme-cli -----------------------------------------
+    let (code, reply) = agent.call(
+        "POST",
+        "/types",
+        Some(json!({"volume_type": {"name": "nvme", "extra_specs": {"ember:target_protocol": "nvmeof"}}})),
+        None,
+    );
+    assert_eq!(code, 200, "{reply}");
+    let hostnqn = "nqn.2014-08.org.nvmexpress:uuid:6b1a4e4c-1111-4222-8333-444455556666";
+    std::fs::create_dir_all("/etc/nvme").unwrap();
+    std::fs::write("/etc/nvme/hostnqn", format!("{hostnqn}\n")).unwrap();
+    std::fs::write("/etc/nvme/hostid", "6b1a4e4c-1111-4222-8333-444455556666\n").unwrap();
+    let b = new_volume(&agent, json!({"size": 1, "volume_type": "nvme"}));
+    let started = Instant::now();
+    let reply =
+        action(&agent, &b, json!({"os-initialize_connection": {"connector": {"nqn": hostnqn, "host": "vm"}}}), None);
+    eprintln!("initialize_connection (nvmet, new export): {:?}", started.elapsed());
+    let info = &reply["connection_info"];
+    assert_eq!(info["driver_volume_type"], "nvmeof");
+    let nqn = info["data"]["target_nqn"].as_str().unwrap().to_string();
+    assert_eq!(info["data"]["portals"], json!([["127.0.0.1", "4420", "tcp"]]));
+    assert_eq!(info["data"]["vol_uuid"], b.as_str());
+    assert!(nvmet.join(&nqn).join("allowed_hosts").join(hostnqn).exists());
+    assert_eq!(std::fs::read_to_string(nvmet.join(&nqn).join("attr_allow_any_host")).unwrap().trim(), "0");
+    sh(&format!("nvme connect -t tcp -a 127.0.0.1 -s 4420 -n {nqn} --hostnqn {hostnqn} >/dev/null"));
+    let nv = nvme_device(&nqn, &b);
+    pattern_through(&nv, &lv(&b), 2);
+    action(
+        &agent,
+        &b,
+        json!({"os-attach": {"instance_uuid": "5e2c9a10-2222-4222-8333-444455556666", "mountpoint": "/dev/vdc"}}),
+        None,
+    );
+    let stop = std::env::temp_dir().join("stop-nvme-reader");
+    let mut reads = reader(&nv, &stop);
+    std::thread::sleep(Duration::from_secs(1));
+    action(&agent, &b, json!({"os-extend": {"new_size": 2}}), Some("3.42"));
+    assert_eq!(agent.wait_status("volumes", &b, "in-use")["size"], 2);
+    wait_until(20, "the host to see 2 GiB (revalidate_size)", || (device_bytes(&nv) == 2 * GIB).then_some(()));
+    std::fs::write(&stop, b"").unwrap();
+    assert!(reads.wait().unwrap().success(), "a read failed during the online extend (nvmet)");
+    sh(&format!("nvme disconnect -n {nqn} >/dev/null"));
+    assert!(
+        sh_fails(&format!(
+            "nvme connect -t tcp -a 127.0.0.1 -s 4420 -n {nqn} --hostnqn nqn.2014-08.org.example:intruder"
+        )),
+        "a host NQN that was not admitted connected"
+    );
+    action(&agent, &b, json!({"os-force_detach": {"connector": null}}), None);
+    assert!(!nvmet.join(&nqn).exists(), "force detach with no attachment left removes the subsystem");
+
+    lap("NVMe-oF on nvmet");
+    // ---- a reboot: configfs wiped, the store still wants both exports ----------------
+    // (a new export: new credentials)
+    let reply = action(&agent, &a, json!({"os-initialize_connection": {"connector": {"initiator": initiator}}}), None);
+    let data = &reply["connection_info"]["data"];
+    let (user, secret) =
+        (data["auth_username"].as_str().unwrap().to_string(), data["auth_password"].as_str().unwrap().to_string());
+    action(&agent, &b, json!({"os-initialize_connection": {"connector": {"nqn": hostnqn}}}), None);
+    agent.crash();
+    let prefix_iqn = iqn.trim_end_matches(&format!("volume-{a}")).to_string();
+    let lio_target = ember::target::lio::LioTarget::open(&prefix_iqn, &["127.0.0.1:3260".to_string()]).unwrap();
+    ember::target::Target::remove_export(&lio_target, &iqn).unwrap();
+    let prefix_nqn = nqn.trim_end_matches(b.as_str()).to_string();
+    let portal = ember::target::nvmet::Portal { ip: "127.0.0.1".parse().unwrap(), port: 4420 };
+    let nvmet_target = ember::target::nvmet::NvmetTarget::open(&prefix_nqn, &[portal]).unwrap();
+    ember::target::Target::remove_export(&nvmet_target, &nqn).unwrap();
+    assert!(!lio.join(&iqn).exists() && !nvmet.join(&nqn).exists());
+    agent = Agent::start_with(&data_dir, Some(&config));
+    wait_until(60, "both exports rebuilt with their initiators", || {
+        (lio.join(&iqn).join("tpgt_1/acls").join(initiator).join("lun_0").exists()
+            && nvmet.join(&nqn).join("allowed_hosts").join(hostnqn).exists())
+        .then_some(())
+    });
+    // The same name and credentials as before the reboot.
+    sh(&login(&user, &secret));
+    let sd = iscsi_device(&iqn);
+    pattern_through(&sd, &lv(&a), 3);
+    sh(&format!("{node} --logout >/dev/null && {node} -o delete"));
+    for id in [&a, &b] {
+        action(&agent, id, json!({"os-force_detach": {}}), None);
+    }
+    assert!(!lio.join(&iqn).exists() && !nvmet.join(&nqn).exists());
+
+    lap("reboot and reconcile");
+    // ---- os-brick attaching as a hypervisor does, for both protocols -----------------
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = repo.join(".venv/bin/python");
+    let ids = [new_volume(&agent, json!({"size": 1})), new_volume(&agent, json!({"size": 1, "volume_type": "nvme"}))];
+    let script = repo.join("tests/vm_osbrick.py");
+    let endpoint = agent.endpoint();
+    let out = cmd::run(
+        &python,
+        &[script.to_str().unwrap(), &endpoint, common::PROJECT, &ids[0], &ids[1]],
+        Duration::from_secs(600),
+    )
+    .unwrap_or_else(|e| panic!("os-brick attach: {e}"));
+    let results: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for r in &results {
+        eprintln!("os-brick: {r}");
+    }
+    let protocols: Vec<&str> = results.iter().map(|r| r["protocol"].as_str().unwrap()).collect();
+    assert_eq!(protocols, ["iscsi", "nvmeof"], "{out}");
+    assert!(results.iter().all(|r| r["path"].as_str().unwrap().starts_with("/dev/")), "{out}");
+    for id in &ids {
+        let (code, reply) = agent.call("DELETE", &format!("/volumes/{id}"), None, None);
+        assert_eq!(code, 202, "{reply}");
+        agent.wait_status("volumes", id, "gone");
+    }
+    for id in [&a, &b] {
+        let (code, reply) = agent.call("DELETE", &format!("/volumes/{id}"), None, None);
+        assert_eq!(code, 202, "{reply}");
+        agent.wait_status("volumes", id, "gone");
+    }
+    lap("os-brick");
+    let left = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+    };
+    assert!(left(lio).iter().all(|n| !n.starts_with("iqn.")), "LIO targets left behind: {:?}", left(lio));
+    assert!(left(nvmet).is_empty(), "nvmet subsystems left behind: {:?}", left(nvmet));
+    agent.stop();
+}

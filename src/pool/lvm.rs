@@ -554,9 +554,15 @@ impl Pool for LvmPool {
 
     fn attach_device(&self, id: &str) -> Result<PathBuf, PoolError> {
         let lv = volume_lv(id);
+        let device = self.device(&lv);
+        // Active already (the common case: every export reconcile asks): no lvm
+        // command at all. The name is ember's own (`volume-<id>`), never a caller's.
+        if device.exists() {
+            return Ok(device);
+        }
         self.owned(&lv, &Tag::Volume(id.to_string()))?.ok_or_else(|| PoolError::NotFound { what: self.full(&lv) })?;
         self.activate(&lv)?;
-        Ok(self.device(&lv))
+        Ok(device)
     }
 
     fn bound_device(&self, id: &str) -> Option<PathBuf> {

@@ -70,6 +70,16 @@ impl Agent {
         panic!("ember could not find a free port in 5 tries");
     }
 
+    /// The agent's `/v3` URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/v3", self.port)
+    }
+
+    /// The data dir the agent serves.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
     /// One HTTP/1.1 request; returns the status and the JSON body (Null if empty).
     pub fn call(&self, method: &str, path: &str, body: Option<Value>, version: Option<&str>) -> (u16, Value) {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
