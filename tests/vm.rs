@@ -426,7 +426,7 @@ fn nvme_device(nqn: &str, volume_id: &str) -> PathBuf {
 /// Writes 4 MiB of a pattern through `dev` with O_DIRECT, reads it back through
 /// `dev` and straight from the LV, and compares.
 fn pattern_through(dev: &Path, lv: &Path, seed: u8) {
-    let pattern: Vec<u8> = (0..4u32 << 20).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect();
+    let pattern: Vec<u8> = (0..4u32 << 20).map(|i| i.to_le_bytes()[0].wrapping_mul(31).wrapping_add(seed)).collect();
     let file = std::env::temp_dir().join(format!("pattern-{seed}"));
     std::fs::write(&file, &pattern).unwrap();
     sh(&format!("dd if={} of={} bs=1M oflag=direct conv=fsync status=none", file.display(), dev.display()));
