@@ -1,18 +1,14 @@
 //! `ember doctor`: what this host can do, and how to get what it lacks.
 
 use std::path::Path;
-use std::time::Duration;
 
 use crate::cmd;
+use crate::config::{IscsiBackend, NvmeBackend, TargetConfig};
 
 pub struct Check {
     pub name: &'static str,
     pub ok: bool,
     pub detail: String,
-}
-
-fn module_loaded(name: &str) -> bool {
-    Path::new("/sys/module").join(name).exists()
 }
 
 fn filesystem_known(name: &str) -> bool {
@@ -21,7 +17,7 @@ fn filesystem_known(name: &str) -> bool {
         .unwrap_or(false)
 }
 
-pub fn checks(data_dir: &Path) -> Vec<Check> {
+pub fn checks(data_dir: &Path, target: &TargetConfig) -> Vec<Check> {
     let mut out = Vec::new();
     let mut add = |name, ok, detail: String| out.push(Check { name, ok, detail });
     add("root", nix::unistd::geteuid().is_root(), "loop devices, LVM and configfs need root".into());
@@ -37,30 +33,27 @@ pub fn checks(data_dir: &Path) -> Vec<Check> {
         "signature probing through libblkid".into(),
     );
     add("configfs", filesystem_known("configfs"), "LIO and nvmet targets: configfs (modprobe configfs)".into());
-    add(
-        "target_core",
-        module_loaded("target_core_mod"),
-        "LIO iSCSI target: modprobe target_core_mod iscsi_target_mod".into(),
-    );
-    add("nvmet", module_loaded("nvmet"), "NVMe-oF/TCP target: modprobe nvmet nvmet_tcp".into());
     add("device-mapper", Path::new("/dev/mapper/control").exists(), "lvm pool: device-mapper (modprobe dm_mod)".into());
     match cmd::resolve("lvm") {
         Ok(p) => add("lvm2", true, p.display().to_string()),
         Err(e) => add("lvm2", false, format!("{e}: apt-get install lvm2 thin-provisioning-tools")),
     }
-    match cmd::resolve("tgtadm") {
-        Ok(p) => {
-            let running = cmd::run(&p, &["--lld", "iscsi", "--mode", "system", "--op", "show"], Duration::from_secs(5));
-            add(
-                "tgtd",
-                running.is_ok(),
-                match running {
-                    Ok(_) => "tgtd answers".into(),
-                    Err(e) => format!("tgtd not answering ({e}); start it: tgtd"),
-                },
-            );
-        }
-        Err(e) => add("tgtd", false, format!("{e}: apt-get install tgt")),
+    let targets = crate::target::availability(target);
+    for t in &targets {
+        add(t.name, t.ready.is_ok(), t.ready.clone().unwrap_or_else(|why| why));
     }
+    let serves = |names: &[&str]| targets.iter().find(|t| names.contains(&t.name) && t.ready.is_ok()).map(|t| t.name);
+    let iscsi = match target.iscsi {
+        IscsiBackend::None => None,
+        IscsiBackend::Tgt => serves(&["tgt"]),
+        IscsiBackend::Lio => serves(&["lio"]),
+        IscsiBackend::Auto => serves(&["lio"]).or(serves(&["tgt"])),
+    };
+    let nvme = match target.nvme {
+        NvmeBackend::None => None,
+        NvmeBackend::Nvmet | NvmeBackend::Auto => serves(&["nvmet"]),
+    };
+    add("iscsi", iscsi.is_some(), format!("iSCSI exports through: {}", iscsi.unwrap_or("nothing ([target] iscsi)")));
+    add("nvmeof", nvme.is_some(), format!("NVMe-oF exports through: {}", nvme.unwrap_or("nothing ([target] nvme)")));
     out
 }

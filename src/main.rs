@@ -73,7 +73,7 @@ fn main() -> ExitCode {
             })
         }
         Command::Doctor { config, data_dir } => load(config, data_dir).map(|cfg| {
-            let checks = ember::doctor::checks(&cfg.data_dir);
+            let checks = ember::doctor::checks(&cfg.data_dir, &cfg.target);
             for c in &checks {
                 println!("{:<14} {:<8} {}", c.name, if c.ok { "ok" } else { "MISSING" }, c.detail);
             }

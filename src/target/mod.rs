@@ -96,6 +96,54 @@ pub trait Target: Send + Sync {
     fn refresh_size(&self, export: &Export, device: &Path) -> Result<(), TargetError>;
 }
 
+/// Whether a backend could serve on this host, as `ember doctor` reports it.
+pub struct Availability {
+    pub name: &'static str,
+    /// What it would use, or why it cannot and how to fix that.
+    pub ready: Result<String, String>,
+}
+
+/// What each backend of `[target]` would find on this host; starts and changes
+/// nothing (unlike opening the backends, which may start tgtd).
+pub fn availability(config: &crate::config::TargetConfig) -> Vec<Availability> {
+    let configfs = Path::new(configfs::ROOT);
+    let lio = if configfs.join("target/core").is_dir() {
+        Ok("configfs has target_core".to_string())
+    } else {
+        Err("needs configfs with target_core: mount -t configfs none /sys/kernel/config; \
+             modprobe target_core_mod target_core_iblock iscsi_target_mod"
+            .to_string())
+    };
+    let control = config.tgt.control_port;
+    let tgt = match crate::cmd::resolve("tgtadm") {
+        Err(e) => Err(format!("{e}: apt-get install tgt")),
+        Ok(tgtadm) => {
+            let port = control.to_string();
+            let mut args = vec!["--lld", "iscsi", "--op", "show", "--mode", "system"];
+            if control != 0 {
+                args.splice(0..0, ["-C", port.as_str()]);
+            }
+            match crate::cmd::run(&tgtadm, &args, std::time::Duration::from_secs(5)) {
+                Ok(_) => Ok(format!("tgtd answers (control port {control})")),
+                Err(_) if config.tgt.start_tgtd && crate::cmd::resolve("tgtd").is_ok() => {
+                    Ok("tgtd is not running; ember starts it".to_string())
+                }
+                Err(e) => Err(format!("tgtd does not answer ({e}); start it, or set [target.tgt] start_tgtd")),
+            }
+        }
+    };
+    let nvmet = if configfs.join("nvmet/subsystems").is_dir() {
+        Ok("configfs has nvmet".to_string())
+    } else {
+        Err("needs configfs with nvmet: modprobe nvmet nvmet_tcp".to_string())
+    };
+    vec![
+        Availability { name: "lio", ready: lio },
+        Availability { name: "tgt", ready: tgt },
+        Availability { name: "nvmet", ready: nvmet },
+    ]
+}
+
 /// The characters and lengths of Cinder's CHAP credentials (spec §4.2): no 0/O,
 /// 1/l/I look-alikes.
 const CHAP_ALPHABET: &[u8] = b"23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
