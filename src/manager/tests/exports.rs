@@ -221,3 +221,55 @@ fn reconciliation_rebuilds_what_a_reboot_lost() {
     s.initialize(&a.id, connector(HOST1)).unwrap();
     assert_eq!(s.on(|m| m.reconcile_exports()).unwrap(), 1, "b");
 }
+
+/// NVMe-oF connection_info in both formats of spec §4.3, and iSCSI with secondary
+/// portals (multipath lists even without the connector asking).
+#[test]
+fn connection_info_formats() {
+    use crate::manager::{ExportSettings, Exporter};
+    use crate::model::{Export, TargetBackend};
+    let s = Sim::with_target();
+    let v = s.ready_volume(1, 1);
+    let volume = s.volume(&v.id).unwrap();
+    let nvme = Export {
+        volume_id: v.id.clone(),
+        backend: TargetBackend::Nvmet,
+        target_name: format!("nqn.2010-10.org.openstack:volume-{}", v.id),
+        lun: 10,
+        chap: None,
+        host_key: None,
+        created_at: crate::model::now(),
+    };
+    let settings = |nvme_format, ips: &[&str]| ExportSettings {
+        nvme_format,
+        portal_ips: ips.iter().map(|ip| ip.parse().unwrap()).collect(),
+        ..ExportSettings::default()
+    };
+    let with = |settings: ExportSettings| {
+        crate::manager::Manager::new(
+            s.store.clone(),
+            s.pool.clone(),
+            Exporter { iscsi: None, nvme: None, settings },
+            super::settings(1.0),
+        )
+    };
+    let v2 = with(settings(2, &["192.0.2.1", "192.0.2.2"])).connection_info(&volume, &nvme, &json!({"nqn": "h"}));
+    assert_eq!(v2["driver_volume_type"], "nvmeof");
+    assert_eq!(v2["data"]["portals"], json!([["192.0.2.1", "4420", "tcp"], ["192.0.2.2", "4420", "tcp"]]));
+    assert_eq!((v2["data"]["vol_uuid"].as_str(), v2["data"]["ns_id"].as_str()), (Some(v.id.as_str()), Some("10")));
+    let v1 = with(settings(1, &["192.0.2.1"])).connection_info(&volume, &nvme, &json!({"nqn": "h"}));
+    assert_eq!(v1["data"]["target_portal"], "192.0.2.1");
+    assert_eq!(
+        (v1["data"]["target_port"].as_str(), v1["data"]["transport_type"].as_str()),
+        (Some("4420"), Some("tcp"))
+    );
+    assert_eq!(v1["data"]["nqn"], nvme.target_name);
+
+    let iscsi = Export { backend: TargetBackend::Lio, lun: 0, target_name: "iqn.x:volume-1".into(), ..nvme };
+    let m = with(settings(2, &["192.0.2.1", "2001:db8::1"]));
+    let info = m.connection_info(&volume, &iscsi, &json!({"initiator": "iqn.h", "enforce_multipath": true}));
+    assert_eq!(info["data"]["target_portals"], json!(["192.0.2.1:3260", "[2001:db8::1]:3260"]));
+    assert_eq!(info["data"]["target_luns"], json!([0, 0]));
+    assert_eq!(info["enforce_multipath"], true);
+    assert!(info["data"].get("auth_method").is_none(), "no CHAP, no auth keys");
+}
