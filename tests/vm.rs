@@ -434,6 +434,13 @@ fn pattern_through(dev: &Path, lv: &Path, seed: u8) {
     sh(&format!("dd if={} bs=1M count=4 iflag=direct status=none | cmp - {}", lv.display(), file.display()));
 }
 
+/// Whether this kernel's nvmet authenticates hosts (CONFIG_NVME_TARGET_AUTH).
+fn kernel_has_nvmet_auth() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let config = std::fs::read_to_string(format!("/boot/config-{}", release.trim())).unwrap_or_default();
+    config.lines().any(|l| l == "CONFIG_NVME_TARGET_AUTH=y" || l == "CONFIG_NVME_TARGET_AUTH=m")
+}
+
 /// Reads the device continuously (O_DIRECT) until `stop` exists; returns the
 /// reader, whose exit status says whether any read failed.
 fn reader(dev: &Path, stop: &Path) -> std::process::Child {
@@ -604,6 +611,36 @@ fn vm_exports_lio_and_nvmet() {
     );
     action(&agent, &b, json!({"os-force_detach": {"connector": null}}), None);
     assert!(!nvmet.join(&nqn).exists(), "force detach with no attachment left removes the subsystem");
+
+    // DH-HMAC-CHAP, opt-in per volume type (os-brick sends no key; nvme-cli does).
+    let specs = json!({"ember:target_protocol": "nvmeof", "ember:nvme_dhchap": "<is> True"});
+    let (code, reply) =
+        agent.call("POST", "/types", Some(json!({"volume_type": {"name": "nvme-auth", "extra_specs": specs}})), None);
+    assert_eq!(code, 200, "{reply}");
+    let authhost = "nqn.2014-08.org.example:authhost";
+    let c = new_volume(&agent, json!({"size": 1, "volume_type": "nvme-auth"}));
+    let body = json!({"os-initialize_connection": {"connector": {"nqn": authhost}}});
+    let (code, reply) = agent.call("POST", &format!("/volumes/{c}/action"), Some(body), None);
+    if Path::new("/sys/kernel/config/nvmet/hosts").read_dir().is_ok() && !kernel_has_nvmet_auth() {
+        // Debian 12's kernel is built without CONFIG_NVME_TARGET_AUTH: refused, cleanly.
+        assert_eq!(code, 500, "{reply}");
+        assert!(reply["computeFault"]["message"].as_str().unwrap().contains("DH-HMAC-CHAP"), "{reply}");
+        assert!(std::fs::read_dir(nvmet).unwrap().next().is_none(), "the refused export was rolled back");
+        assert!(!Path::new("/sys/kernel/config/nvmet/hosts").join(authhost).exists(), "and its host entry");
+    } else {
+        assert_eq!(code, 200, "{reply}");
+        let data = &reply["connection_info"]["data"];
+        let key = data["dhchap_secret"].as_str().unwrap().to_string();
+        let cnqn = data["target_nqn"].as_str().unwrap().to_string();
+        let connect = format!("nvme connect -t tcp -a 127.0.0.1 -s 4420 -n {cnqn} --hostnqn {authhost}");
+        assert!(sh_fails(&connect), "a host without the key connected");
+        sh(&format!("{connect} --dhchap-secret={key} >/dev/null"));
+        pattern_through(&nvme_device(&cnqn, &c), &lv(&c), 4);
+        sh(&format!("nvme disconnect -n {cnqn} >/dev/null"));
+        action(&agent, &c, json!({"os-force_detach": {}}), None);
+    }
+    let (code, reply) = agent.call("DELETE", &format!("/volumes/{c}"), None, None);
+    assert_eq!(code, 202, "{reply}");
 
     lap("NVMe-oF on nvmet");
     // ---- a reboot: configfs wiped, the store still wants both exports ----------------

@@ -157,6 +157,54 @@ fn wanted_protocol(vtype: Option<&VolumeType>, default: Protocol) -> Result<Prot
     }
 }
 
+/// A volume type asks for DH-HMAC-CHAP on NVMe-oF with `ember:nvme_dhchap = "<is> True"`.
+fn wants_dhchap(vtype: Option<&VolumeType>) -> bool {
+    vtype
+        .and_then(|t| t.extra_specs.get("ember:nvme_dhchap"))
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("<is> true"))
+}
+
+/// A DH-HMAC-CHAP secret in the NVMe representation nvme-cli and nvmet take:
+/// `DHHC-1:00:<base64 of 32 random bytes and their CRC-32, little-endian>:`
+/// (00: the secret is used as is, no transformation).
+fn dhchap_key() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut secret = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut secret)?;
+    let mut bytes = secret.to_vec();
+    bytes.extend_from_slice(&crc32(&secret).to_le_bytes());
+    Ok(format!("DHHC-1:00:{}:", base64(&bytes)))
+}
+
+/// CRC-32 (IEEE 802.3, reflected), as the NVMe secret representation uses.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+/// Standard base64 with padding.
+fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// What a connector names its initiator by for `protocol`: the IQN (iSCSI,
 /// lowercased: IQNs compare case-insensitively) or the host NQN.
 pub fn connector_initiator(protocol: Protocol, connector: &Value) -> Option<String> {
@@ -180,11 +228,10 @@ impl Manager {
     /// `initiator` admitted to it; in the caller's transaction.
     pub(super) fn add_acl(&self, tx: &Tx, v: &Volume, connector: &Value) -> Result<(Export, String, Added)> {
         let existing = tx.export(&v.id)?;
+        let vtype = tx.volume_type(&v.volume_type_id)?;
         let protocol = match &existing {
             Some(e) => e.protocol(),
-            None => {
-                wanted_protocol(tx.volume_type(&v.volume_type_id)?.as_ref(), self.exporter.settings.default_protocol)?
-            }
+            None => wanted_protocol(vtype.as_ref(), self.exporter.settings.default_protocol)?,
         };
         let initiator = connector_initiator(protocol, connector).ok_or_else(|| {
             ManagerError::Invalid(format!(
@@ -212,7 +259,10 @@ impl Manager {
                     target_name: self.exporter.target_name(target.backend(), &v.id),
                     lun: target.lun(),
                     chap,
-                    host_key: None,
+                    host_key: (protocol == Protocol::Nvmeof && wants_dhchap(vtype.as_ref()))
+                        .then(dhchap_key)
+                        .transpose()
+                        .map_err(|e| ManagerError::Invalid(format!("could not draw a DH-HMAC-CHAP key: {e}")))?,
                     created_at: now(),
                 };
                 tx.insert_export(&e)?;
@@ -330,6 +380,11 @@ impl Manager {
                         s.portal_ips.iter().map(|ip| json!([ip.to_string(), port, "tcp"])).collect();
                     json!({"target_nqn": e.target_name, "vol_uuid": v.id, "portals": portals, "ns_id": e.lun.to_string()})
                 };
+                let mut data = data;
+                if let Some(key) = &e.host_key {
+                    // The host's DH-HMAC-CHAP secret (nvme connect --dhchap-secret).
+                    data["dhchap_secret"] = json!(key);
+                }
                 ("nvmeof", data)
             }
         };
@@ -418,5 +473,21 @@ impl Manager {
             Some(e) => Ok::<_, StoreError>(Some((e, tx.export_acls(id)?))),
             None => Ok(None),
         })?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dhchap_keys_have_nvmes_representation() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926, "the CRC-32 check value");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        let key = dhchap_key().unwrap();
+        assert!(key.starts_with("DHHC-1:00:") && key.ends_with(':'), "{key}");
+        assert_eq!(key.len(), "DHHC-1:00:".len() + 48 + 1, "36 bytes in base64");
+        assert_ne!(key, dhchap_key().unwrap());
     }
 }

@@ -37,6 +37,9 @@ pub enum TargetError {
     Refused(String),
     #[error("{0} is not available on this host: {1}")]
     Unavailable(TargetBackend, String),
+    /// The backend is there but lacks what the export asks for.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl TargetError {
@@ -52,6 +55,7 @@ impl TargetError {
                 None => "the target refused the change".to_string(),
             },
             TargetError::Unavailable(backend, _) => format!("the {backend} target is not available on this host"),
+            TargetError::Unsupported(what) => what.clone(),
             TargetError::Cmd(_) | TargetError::Refused(_) => "the target refused the change".to_string(),
         }
     }

@@ -10,8 +10,9 @@
 //! 3. Per portal, the port `ports/<id>` with that address (found, or made with the
 //!    first free id), and the link `ports/<id>/subsystems/N`.
 //! 4. Per host NQN `H` (`allow`): `hosts/H` (shared by every subsystem; with the
-//!    export's DH-HMAC-CHAP key when its volume type asks for one) and the link
-//!    `subsystems/N/allowed_hosts/H`.
+//!    export's DH-HMAC-CHAP key when its volume type asks for one: nvmet keeps one
+//!    key per host, so a host that already holds another key is refused) and the
+//!    link `subsystems/N/allowed_hosts/H`.
 //!
 //! Teardown is the reverse: unlink the subsystem from its ports, unlink its hosts
 //! (a host no subsystem links any more goes), disable and remove the namespace,
@@ -241,6 +242,18 @@ impl Target for NvmetTarget {
         let created = configfs::mkdir(&entry)?;
         let result = (|| {
             if let Some(key) = &export.host_key {
+                if !entry.join("dhchap_key").exists() {
+                    return Err(TargetError::Unsupported(
+                        "this kernel's nvmet has no DH-HMAC-CHAP (CONFIG_NVME_TARGET_AUTH)".to_string(),
+                    ));
+                }
+                // nvmet keeps one key per host, for every subsystem it connects to.
+                let current = configfs::read(&entry.join("dhchap_key")).unwrap_or_default();
+                if !current.is_empty() && current != *key {
+                    return Err(TargetError::Refused(format!(
+                        "host {host} already has another DH-HMAC-CHAP key (nvmet keeps one per host)"
+                    )));
+                }
                 configfs::write(&entry.join("dhchap_hash"), "hmac(sha256)")?;
                 configfs::write(&entry.join("dhchap_key"), key)?;
             }
