@@ -40,6 +40,9 @@ pub enum AuthStrategy {
 pub struct AuthConfig {
     pub strategy: AuthStrategy,
     pub tokens_file: Option<PathBuf>,
+    /// Refuse to start when the tokens file is readable by group or others (by
+    /// default ember warns and starts).
+    pub refuse_readable_tokens_file: bool,
     /// Serve noauth on a non-loopback address anyway (test rigs only).
     pub allow_remote_noauth: bool,
 }
@@ -207,7 +210,12 @@ impl Default for Config {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { strategy: AuthStrategy::Noauth, tokens_file: None, allow_remote_noauth: false }
+        AuthConfig {
+            strategy: AuthStrategy::Noauth,
+            tokens_file: None,
+            refuse_readable_tokens_file: false,
+            allow_remote_noauth: false,
+        }
     }
 }
 

@@ -6,6 +6,7 @@ pub mod api;
 pub mod blockdev;
 pub mod cmd;
 pub mod config;
+pub mod datadir;
 pub mod doctor;
 pub mod manager;
 pub mod model;

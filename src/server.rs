@@ -16,8 +16,10 @@ use crate::store::Store;
 
 pub async fn serve(config: Config) -> Result<(), String> {
     config.validate().map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| format!("create data dir {}: {e}", config.data_dir.display()))?;
+    // Before anything touches the data dir: a second ember there would resume the
+    // first one's jobs and copy into the same volumes.
+    let _lock = crate::datadir::lock(&config.data_dir)?;
+    crate::datadir::make_private(&config.data_dir)?;
     let store = Arc::new(Store::open(&config.data_dir.join("ember.db")).map_err(|e| e.to_string())?);
     let pool: Arc<dyn Pool> = match &config.pool {
         PoolConfig::File(c) => Arc::new(FilePool::open(&config.data_dir, c).map_err(|e| e.to_string())?),
@@ -68,7 +70,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
         AuthStrategy::Noauth => Auth::NoAuth,
         AuthStrategy::Token => {
             let path = config.auth.tokens_file.as_deref().ok_or("token auth needs tokens_file")?;
-            Auth::load_tokens(path)?
+            Auth::load_tokens(path, config.auth.refuse_readable_tokens_file)?
         }
     };
     let state =

@@ -80,9 +80,34 @@ pub enum Authenticated {
 }
 
 impl Auth {
-    pub fn load_tokens(path: &Path) -> Result<Auth, String> {
+    /// Reads the tokens file. One readable by group or others is a leak of every
+    /// credential in it: a warning, or with `refuse_readable` a refusal. A syntax
+    /// error is reported by line only: the line may hold a token.
+    pub fn load_tokens(path: &Path, refuse_readable: bool) -> Result<Auth, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).map_err(|e| format!("read {}: {e}", path.display()))?.permissions().mode();
+        if mode & 0o077 != 0 {
+            let what = format!(
+                "{} is readable by others (mode {:o}): chmod 600 it, it holds credentials",
+                path.display(),
+                mode & 0o777
+            );
+            if refuse_readable {
+                return Err(what);
+            }
+            tracing::warn!("{what}");
+        }
         let text = std::fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
-        let file: TokenFile = toml::from_str(&text).map_err(|e| format!("parse {}: {e}", path.display()))?;
+        let file: TokenFile = toml::from_str(&text).map_err(|e| {
+            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let reason = e.message().lines().next().unwrap_or("invalid TOML").to_string();
+            match line {
+                Some(n) => {
+                    format!("parse {}: line {n}: {reason} (the line is not shown: it may hold a token)", path.display())
+                }
+                None => format!("parse {}: {reason}", path.display()),
+            }
+        })?;
         let mut map = HashMap::new();
         for t in file.tokens {
             if t.token.len() < 16 {

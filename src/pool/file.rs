@@ -174,14 +174,18 @@ impl Pool for FilePool {
         let path = self.volume_path(id);
         let from = file_size(&path)?;
         let to = new_size_gib * GIB;
-        if from >= to {
-            return Ok(Resized::Unchanged);
+        if from < to {
+            set_size(&path, to)?;
         }
-        set_size(&path, to)?;
+        // Also when the file is already grown: a crash between the two leaves a
+        // bound device at the old size, and the resumed step must put it right.
         for device in loopback::devices_backed_by(&path) {
-            loopback::refresh_capacity(&device)?;
+            let size = File::open(&device).and_then(|f| crate::blockdev::block_device_size(&f));
+            if size.map_or(true, |s| s != to.max(from)) {
+                loopback::refresh_capacity(&device)?;
+            }
         }
-        Ok(Resized::Resized { from, to })
+        Ok(if from < to { Resized::Resized { from, to } } else { Resized::Unchanged })
     }
 
     fn create_snapshot(&self, snapshot_id: &str, volume_id: &str) -> Result<Created, PoolError> {
@@ -296,6 +300,12 @@ mod tests {
         pool.extend_volume("v1", 2).unwrap();
         let size = crate::blockdev::block_device_size(&File::open(&dev).unwrap()).unwrap();
         assert_eq!(size, 2 * GIB, "the bound device learns the new size");
+        // A crash after the file grew and before the device heard of it: the
+        // resumed extend finds the file grown and must still tell the device.
+        set_size(&pool.volume_path("v1"), 3 * GIB).unwrap();
+        assert_eq!(pool.extend_volume("v1", 3).unwrap(), Resized::Unchanged);
+        let size = crate::blockdev::block_device_size(&File::open(&dev).unwrap()).unwrap();
+        assert_eq!(size, 3 * GIB, "the resumed extend left the device at the old size");
         assert!(pool.list_existing().unwrap().iter().all(|m| m.in_use));
         // Delete releases what is still bound.
         assert_eq!(pool.delete_volume("v1").unwrap(), Removed::Removed);

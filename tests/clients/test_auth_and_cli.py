@@ -167,3 +167,63 @@ def test_sigterm_exits_even_with_a_stuck_client():
         if agent.proc.poll() is None:
             agent.proc.kill()
         shutil.rmtree(agent.data_dir, ignore_errors=True)
+
+
+def test_one_ember_per_data_dir():
+    first = start_agent()
+    try:
+        r = run_ember("serve", "--data-dir", str(first.data_dir), "--listen", f"127.0.0.1:{free_port()}")
+        assert r.returncode != 0, r.stderr
+        assert f"in use by another ember (pid {first.proc.pid})" in r.stderr, r.stderr
+        assert first.request("GET", "/volumes").status_code == 200, "the first one is untouched"
+    finally:
+        stop_agent(first)
+
+
+def test_the_data_dir_is_private_whatever_the_umask(tmp_path):
+    import stat
+    data = tmp_path / "data"
+    (data / "volumes").mkdir(parents=True)
+    leftover = data / "volumes" / "volume-old"
+    leftover.write_bytes(b"tenant bytes")
+    os.chmod(data, 0o755)
+    os.chmod(leftover, 0o644)
+    old = os.umask(0o022)
+    try:
+        agent = start_agent(data_dir=str(data))
+    finally:
+        os.umask(old)
+    try:
+        vol = agent.create_volume(1)
+        snap = agent.create_snapshot(vol["id"])
+        mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)
+        assert mode(data) == 0o700 and mode(data / "volumes") == 0o700 and mode(data / "snapshots") == 0o700
+        for f in [agent.volume_file(vol["id"]), data / "snapshots" / f"snapshot-{snap['id']}", leftover,
+                  data / "ember.db", data / "ember.db-wal", data / "ember.lock"]:
+            assert mode(f) == 0o600, f"{f} is {oct(mode(f))}"
+        assert "tightened permissions" in agent.log()
+    finally:
+        stop_agent(agent)
+
+
+def test_a_readable_tokens_file_is_warned_about_or_refused_and_syntax_errors_hide_the_line(tmp_path):
+    secret = "s3cret-token-never-printed"
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(f'[[tokens]]\ntoken = "{secret}-aaaa"\nuser_id = "u"\nproject_id = "p"\nroles = ["member"]\n')
+    os.chmod(tokens, 0o644)
+    cfg = f'[auth]\nstrategy = "token"\ntokens_file = "{tokens}"\n'
+    agent = start_agent(cfg)
+    try:
+        assert "readable by others" in agent.log(), agent.log()
+    finally:
+        stop_agent(agent)
+    config = tmp_path / "refuse.toml"
+    config.write_text(cfg.replace('[auth]\n', '[auth]\nrefuse_readable_tokens_file = true\n'))
+    r = run_ember("serve", "--config", str(config), "--data-dir", str(tmp_path / "d1"))
+    assert r.returncode != 0 and "chmod 600" in r.stderr, r.stderr
+    os.chmod(tokens, 0o600)
+    tokens.write_text(f'[[tokens]]\ntoken = "{secret}\nuser_id = "u"\n')
+    config.write_text(cfg)
+    r = run_ember("serve", "--config", str(config), "--data-dir", str(tmp_path / "d2"))
+    assert r.returncode != 0 and "line 2" in r.stderr, r.stderr
+    assert secret not in r.stderr, r.stderr
