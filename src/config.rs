@@ -24,6 +24,36 @@ pub struct Config {
     pub auth: AuthConfig,
     pub pool: PoolConfig,
     pub target: TargetConfig,
+    pub http: HttpConfig,
+}
+
+/// `[http]`: what the API's clients may hold.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Open connections at most; more are answered 503. Default: the open-file
+    /// limit less 256 descriptors kept for jobs, devices and the store.
+    pub max_connections: Option<usize>,
+    /// Seconds a client may take to send a request's headers.
+    pub header_timeout: u64,
+    /// Seconds a kept-alive connection may sit idle.
+    pub idle_timeout: u64,
+    /// Seconds a client may take to send a request's body.
+    pub body_timeout: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { max_connections: None, header_timeout: 10, idle_timeout: 60, body_timeout: 30 }
+    }
+}
+
+impl HttpConfig {
+    /// The connection cap, given the open-file limit.
+    pub fn max_connections(&self, open_files: u64) -> usize {
+        let room = usize::try_from(open_files.saturating_sub(256)).unwrap_or(usize::MAX).max(16);
+        self.max_connections.unwrap_or(room).min(room)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -204,6 +234,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             pool: PoolConfig::default(),
             target: TargetConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }

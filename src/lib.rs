@@ -8,6 +8,7 @@ pub mod cmd;
 pub mod config;
 pub mod datadir;
 pub mod doctor;
+pub mod http;
 pub mod manager;
 pub mod model;
 pub mod pool;

@@ -2,8 +2,6 @@
 //! the API until SIGINT/SIGTERM. Running jobs are not waited for: their rows stay
 //! in the journal and resume at the next start.
 
-use std::future::IntoFuture;
-
 use std::sync::Arc;
 
 use crate::api::{self, ApiState, Auth};
@@ -19,6 +17,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     // Before anything touches the data dir: a second ember there would resume the
     // first one's jobs and copy into the same volumes.
     let _lock = crate::datadir::lock(&config.data_dir)?;
+    let files = crate::http::raise_file_limit();
     crate::datadir::make_private(&config.data_dir)?;
     let store = Arc::new(Store::open(&config.data_dir.join("ember.db")).map_err(|e| e.to_string())?);
     let pool: Arc<dyn Pool> = match &config.pool {
@@ -73,8 +72,12 @@ pub async fn serve(config: Config) -> Result<(), String> {
             Auth::load_tokens(path, config.auth.refuse_readable_tokens_file)?
         }
     };
-    let state =
-        Arc::new(ApiState { manager: Arc::clone(&manager), auth, public_endpoint: config.public_endpoint.clone() });
+    let state = Arc::new(ApiState {
+        manager: Arc::clone(&manager),
+        auth,
+        public_endpoint: config.public_endpoint.clone(),
+        body_timeout: std::time::Duration::from_secs(config.http.body_timeout),
+    });
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.map_err(|e| format!("listen on {}: {e}", config.listen))?;
     tracing::info!(
@@ -85,28 +88,28 @@ pub async fn serve(config: Config) -> Result<(), String> {
         resumed_jobs = resumed,
         "ember serving the Cinder v3 API"
     );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .into_future(),
-    );
-    shutdown_signal().await;
-    // Jobs stop at their next step; their journal rows resume them at next start.
-    manager.stop();
-    let _ = stop.send(());
-    // In-flight requests get a moment to finish; a client that keeps its
-    // connection busy cannot hold the agent up. Unfinished jobs stay journaled.
-    match tokio::time::timeout(std::time::Duration::from_secs(10), server).await {
-        Ok(Ok(result)) => result.map_err(|e| format!("serve: {e}")),
-        Ok(Err(join)) => Err(format!("server task failed: {join}")),
-        Err(_) => {
-            tracing::warn!("connections still open after 10 s; exiting anyway");
-            Ok(())
-        }
-    }
+    let limits = crate::http::Limits {
+        max_connections: config.http.max_connections(files),
+        header_timeout: std::time::Duration::from_secs(config.http.header_timeout),
+        idle_timeout: std::time::Duration::from_secs(config.http.idle_timeout),
+    };
+    tracing::info!(open_files = files, max_connections = limits.max_connections, "connection limits");
+    let stopping = Arc::clone(&manager);
+    crate::http::serve(
+        listener,
+        api::router(state),
+        limits,
+        async move {
+            shutdown_signal().await;
+            // Jobs stop at their next step; their journal rows resume them at next start.
+            stopping.stop();
+        },
+        // In-flight requests get a moment to finish; a client that keeps its
+        // connection busy cannot hold the agent up. Unfinished jobs stay journaled.
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -37,6 +37,8 @@ pub struct ApiState {
     pub manager: Arc<Manager>,
     pub auth: Auth,
     pub public_endpoint: Option<String>,
+    /// How long a client may take to send a request body.
+    pub body_timeout: std::time::Duration,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -196,7 +198,16 @@ async fn pipeline(
     let base = base_url(state, headers);
     // The body is read before anything can refuse the request: a keep-alive client
     // sends it after the headers, and an unread body would cost it the connection.
-    let body = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+    let body = match tokio::time::timeout(state.body_timeout, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(read) => read,
+        Err(_) => {
+            let fault = ApiError::new(StatusCode::REQUEST_TIMEOUT, "The request body did not arrive in time.");
+            let mut r = (fault.status, axum::Json(fault.body())).into_response();
+            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Err(Early::Response(r));
+        }
+    };
+    let body = body.map_err(|_| {
         let fault = ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("Request is too large: the body limit is {MAX_BODY} bytes."),
