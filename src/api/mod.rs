@@ -9,6 +9,7 @@ mod auth;
 mod fault;
 mod messages;
 mod microversion;
+mod policy;
 mod resources;
 mod schema;
 mod views;
@@ -39,6 +40,14 @@ pub struct ApiState {
     pub public_endpoint: Option<String>,
     /// How long a client may take to send a request body.
     pub body_timeout: std::time::Duration,
+    /// Listings build whole collections: at most one per core at a time, so a
+    /// storm of them neither starves small requests of CPU nor holds a response's
+    /// worth of memory per client (the rest wait their turn, in order).
+    pub listings: tokio::sync::Semaphore,
+}
+
+pub fn listing_slots() -> tokio::sync::Semaphore {
+    tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -97,7 +106,20 @@ pub struct Reply {
     pub etag: Option<String>,
 }
 
+/// A reply with its body serialized.
+pub struct Encoded {
+    status: StatusCode,
+    body: Option<Vec<u8>>,
+    etag: Option<String>,
+}
+
 impl Reply {
+    fn encode(self) -> Encoded {
+        // Serializing a `Value` cannot fail (its keys are strings).
+        let body = self.body.map(|b| serde_json::to_vec(&b).unwrap_or_default());
+        Encoded { status: self.status, body, etag: self.etag }
+    }
+
     pub fn ok(body: Value) -> Reply {
         Reply { status: StatusCode::OK, body: Some(body), etag: None }
     }
@@ -131,7 +153,11 @@ async fn handle(State(state): State<Arc<ApiState>>, request: Request) -> Respons
     let mut response = match result {
         Ok(reply) => {
             let mut r = match reply.body {
-                Some(body) => (reply.status, axum::Json(body)).into_response(),
+                Some(body) => {
+                    let mut r = body.into_response();
+                    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    r
+                }
                 None => {
                     let mut r = reply.status.into_response();
                     if reply.status != StatusCode::NO_CONTENT {
@@ -194,7 +220,7 @@ async fn pipeline(
     headers: &HeaderMap,
     body: Body,
     version: &mut Version,
-) -> Result<Reply, Early> {
+) -> Result<Encoded, Early> {
     let base = base_url(state, headers);
     // The body is read before anything can refuse the request: a keep-alive client
     // sends it after the headers, and an unread body would cost it the connection.
@@ -223,7 +249,9 @@ async fn pipeline(
             if *method != Method::GET {
                 return Err(bad_method().into());
             }
-            return Ok(Reply { status: StatusCode::MULTIPLE_CHOICES, body: Some(views::versions(&base)), etag: None });
+            return Ok(
+                Reply { status: StatusCode::MULTIPLE_CHOICES, body: Some(views::versions(&base)), etag: None }.encode()
+            );
         }
         ["v3", ..] => {}
         _ => return Err(ApiError::resource_not_found().into()),
@@ -236,7 +264,7 @@ async fn pipeline(
         if *method != Method::GET {
             return Err(bad_method().into());
         }
-        return Ok(Reply::ok(views::versions(&base)));
+        return Ok(Reply::ok(views::versions(&base)).encode());
     }
     let (url_project, rest) = if COLLECTIONS.contains(&rest[0]) {
         (None, rest)
@@ -300,10 +328,24 @@ async fn pipeline(
     let manager = Arc::clone(&state.manager);
     // Handlers touch SQLite (fsync on commit) and may stat files: keep them off the
     // async workers.
+    let listing = method == Method::GET && (rest.len() == 1 || rest.last() == Some(&"detail"));
+    let _slot = match listing {
+        true => Some(
+            state
+                .listings
+                .acquire()
+                .await
+                .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "The service is shutting down."))?,
+        ),
+        false => None,
+    };
     let rest: Vec<String> = rest.iter().map(|s| percent_decode(s, false)).collect();
     let outcome = tokio::task::spawn_blocking(move || {
         let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| resources::route(&manager, &req, &rest)))
+        // Encoded here too: a listing's JSON is megabytes, not for an async worker.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            resources::route(&manager, &req, &rest).map(Reply::encode)
+        }))
     })
     .await;
     match outcome {

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use axum::http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use super::actions::{self, Parsed, Policy};
+use super::actions::{self, Parsed};
 use super::fault::ApiError;
+use super::policy;
 use super::schema::{
     self, boolean, closed, envelope, field_error, integer, meta_key, metadata, name, optional_metadata, required,
     spec_key, string, uuid_like,
@@ -23,6 +24,10 @@ type Result<T> = std::result::Result<T, ApiError>;
 
 pub fn route(m: &std::sync::Arc<Manager>, req: &Req, path: &[&str]) -> Result<Reply> {
     let method = &req.method;
+    // The one policy check of every route (api/policy.rs): no route without a rule.
+    let route = policy::lookup(method, path, req.version)?;
+    let project = owner_project(m, req, route.owner, path)?;
+    policy::authorize(&req.ctx, route.rule, &project)?;
     match path {
         ["volumes"] => match *method {
             Method::GET => list_volumes(m, req, false),
@@ -36,7 +41,7 @@ pub fn route(m: &std::sync::Arc<Manager>, req: &Req, path: &[&str]) -> Result<Re
             Method::DELETE => delete_volume(m, req, id),
             _ => Err(bad_method()),
         },
-        ["volumes", id, "action"] => only(method, Method::POST, || volume_action(m, req, id)),
+        ["volumes", id, "action"] => only(method, Method::POST, || volume_action(m, req, id, &project)),
         ["volumes", id, "metadata"] => volume_metadata(m, req, id, None),
         ["volumes", id, "metadata", key] => volume_metadata(m, req, id, Some(key)),
         ["snapshots"] => match *method {
@@ -48,13 +53,10 @@ pub fn route(m: &std::sync::Arc<Manager>, req: &Req, path: &[&str]) -> Result<Re
         ["snapshots", id] => match *method {
             Method::GET => {
                 let s = m.snapshot(&req.caller(), id)?;
-                req.ctx.require_reader("volume:get_snapshot", &s.project_id)?;
                 Ok(Reply::ok(json!({"snapshot": views::snapshot_detail(&view_ctx(m, req)?.view(), &s)})))
             }
             Method::PUT => update_snapshot(m, req, id),
             Method::DELETE => {
-                let s = m.snapshot(&req.caller(), id)?;
-                req.ctx.require_member("volume:delete_snapshot", &s.project_id)?;
                 m.delete_snapshot(&req.caller(), id, false)?;
                 Ok(Reply::empty(StatusCode::ACCEPTED))
             }
@@ -62,16 +64,7 @@ pub fn route(m: &std::sync::Arc<Manager>, req: &Req, path: &[&str]) -> Result<Re
         },
         ["snapshots", id, "action"] => only(method, Method::POST, || snapshot_action(m, req, id)),
         ["types"] => match *method {
-            Method::GET => {
-                let ctx = view_ctx(m, req)?;
-                let types: Vec<Value> = m
-                    .volume_types()?
-                    .iter()
-                    .filter(|t| t.is_public || req.ctx.is_admin)
-                    .map(|t| views::volume_type(&ctx.view(), t))
-                    .collect();
-                Ok(Reply::ok(json!({"volume_types": types})))
-            }
+            Method::GET => list_types(m, req),
             Method::POST => create_type(m, req),
             _ => Err(bad_method()),
         },
@@ -81,17 +74,25 @@ pub fn route(m: &std::sync::Arc<Manager>, req: &Req, path: &[&str]) -> Result<Re
         }),
         ["types", id] => match *method {
             Method::GET => {
-                let t = m.volume_type(id)?;
+                let t = m.visible_volume_type(&req.caller(), id)?;
                 Ok(Reply::ok(json!({"volume_type": views::volume_type(&view_ctx(m, req)?.view(), &t)})))
             }
             Method::PUT => update_type(m, req, id),
             Method::DELETE => {
-                req.ctx.require_admin("volume_extension:types_manage")?;
                 m.delete_volume_type(id)?;
                 Ok(Reply::empty(StatusCode::ACCEPTED))
             }
             _ => Err(bad_method()),
         },
+        ["types", id, "action"] => only(method, Method::POST, || type_access_action(m, req, id)),
+        ["types", id, "os-volume-type-access"] => only(method, Method::GET, || {
+            let access: Vec<Value> = m
+                .type_access(id)?
+                .into_iter()
+                .map(|project| json!({"volume_type_id": id, "project_id": project}))
+                .collect();
+            Ok(Reply::ok(json!({"volume_type_access": access})))
+        }),
         ["types", id, "extra_specs"] => extra_specs(m, req, id, None),
         ["types", id, "extra_specs", key] => extra_specs(m, req, id, Some(key)),
         // Upstream serves these from 3.8 only; ember serves them at every version,
@@ -112,12 +113,32 @@ pub fn route(m: &std::sync::Arc<Manager>, req: &Req, path: &[&str]) -> Result<Re
             _ => Err(bad_method()),
         },
         ["scheduler-stats", "get_pools"] => only(method, Method::GET, || {
-            req.ctx.require_admin("scheduler_extension:scheduler_stats:get_pools")?;
             let detail = req.flag("detail")?;
             Ok(Reply::ok(json!({"pools": [views::pool(m.settings(), &m.pool_stats()?, detail)]})))
         }),
         _ => Err(ApiError::resource_not_found()),
     }
+}
+
+/// The project a route's rule is checked against; what the caller may not see is
+/// "not found", before any policy is asked.
+fn owner_project(m: &Manager, req: &Req, owner: policy::Owner, path: &[&str]) -> Result<String> {
+    use policy::Owner as O;
+    let caller = req.caller();
+    Ok(match owner {
+        O::Caller => caller.project_id,
+        O::Volume(i) => m.volume(&caller, path[i])?.project_id,
+        O::Snapshot(i) => m.snapshot(&caller, path[i])?.project_id,
+        O::Message(i) => m.message(&caller, path[i])?.project_id,
+        O::Attachment(i) => {
+            let view = m.attachment(&caller, path[i])?;
+            m.volume(&caller, &view.attachment.volume_id)?.project_id
+        }
+        O::VolumeType(i) => {
+            m.visible_volume_type(&caller, path[i])?;
+            caller.project_id
+        }
+    })
 }
 
 fn only(method: &Method, allowed: Method, f: impl FnOnce() -> Result<Reply>) -> Result<Reply> {
@@ -151,7 +172,6 @@ impl ViewContextOwned<'_> {
 
 fn show_volume(m: &Manager, req: &Req, id: &str) -> Result<Reply> {
     let v = m.volume(&req.caller(), id)?;
-    req.ctx.require_reader("volume:get", &v.project_id)?;
     let ctx = view_ctx(m, req)?;
     Ok(Reply::ok(json!({"volume": views::volume_detail(&ctx.view(), &v)})))
 }
@@ -422,8 +442,6 @@ fn update_volume(m: &Manager, req: &Req, id: &str) -> Result<Reply> {
         }
     }
     change.metadata = v.get("metadata").map(|x| metadata("metadata", x, meta_key, 255)).transpose()?;
-    let current = m.volume(&req.caller(), id)?;
-    req.ctx.require_member("volume:update", &current.project_id)?;
     let updated = m.update_volume(&req.caller(), id, change)?;
     let ctx = view_ctx(m, req)?;
     Ok(Reply::ok(json!({"volume": views::volume_detail(&ctx.view(), &updated)})))
@@ -432,8 +450,6 @@ fn update_volume(m: &Manager, req: &Req, id: &str) -> Result<Reply> {
 fn delete_volume(m: &std::sync::Arc<Manager>, req: &Req, id: &str) -> Result<Reply> {
     let cascade = req.flag("cascade")?;
     let force = req.version.at_least(3, 23) && req.flag("force")?;
-    let v = m.volume(&req.caller(), id)?;
-    req.ctx.require_member("volume:delete", &v.project_id)?;
     if force {
         req.ctx.require_admin("volume:force_delete")?;
     }
@@ -444,11 +460,8 @@ fn delete_volume(m: &std::sync::Arc<Manager>, req: &Req, id: &str) -> Result<Rep
 fn volume_metadata(m: &Manager, req: &Req, id: &str, key: Option<&str>) -> Result<Reply> {
     let caller = req.caller();
     let v = m.volume(&caller, id)?;
-    let read = |rule| req.ctx.require_reader(rule, &v.project_id);
-    let write = |rule| req.ctx.require_member(rule, &v.project_id);
     match (&req.method, key) {
         (&Method::GET, None) => {
-            read("volume:get_volume_metadata")?;
             let mut reply = Reply::ok(json!({"metadata": v.metadata}));
             if req.version.at_least(3, 15) {
                 reply.etag = Some(metadata_etag(&v.metadata));
@@ -456,7 +469,6 @@ fn volume_metadata(m: &Manager, req: &Req, id: &str, key: Option<&str>) -> Resul
             Ok(reply)
         }
         (&Method::GET, Some(key)) => {
-            read("volume:get_volume_metadata")?;
             let value = v
                 .metadata
                 .get(key)
@@ -466,7 +478,6 @@ fn volume_metadata(m: &Manager, req: &Req, id: &str, key: Option<&str>) -> Resul
         (&Method::POST | &Method::PUT, None) => {
             let body = req.json()?;
             let map = metadata("metadata", required_meta(&body, "metadata")?, meta_key, 255)?;
-            write("volume:update_volume_metadata")?;
             let change =
                 if req.method == Method::PUT { MetadataChange::Replace(map) } else { MetadataChange::Merge(map) };
             let replace = req.method == Method::PUT;
@@ -490,14 +501,12 @@ fn volume_metadata(m: &Manager, req: &Req, id: &str, key: Option<&str>) -> Resul
             if !map.contains_key(key) {
                 return Err(ApiError::bad_request("Request body and URI mismatch"));
             }
-            write("volume:update_volume_metadata")?;
             m.update_volume_metadata(&caller, id, MetadataChange::Merge(map.clone()), |current| {
                 check_etag(req, current)
             })?;
             Ok(Reply::ok(json!({"meta": map})))
         }
         (&Method::DELETE, Some(key)) => {
-            write("volume:delete_volume_metadata")?;
             m.update_volume_metadata(&caller, id, MetadataChange::Delete(key.to_string()), |_| Ok(()))?;
             Ok(Reply::empty(StatusCode::OK))
         }
@@ -539,16 +548,12 @@ fn required_meta<'a>(body: &'a Value, key: &str) -> Result<&'a Value> {
     required("body", top, key)
 }
 
-fn volume_action(m: &std::sync::Arc<Manager>, req: &Req, id: &str) -> Result<Reply> {
+/// `project` owns the volume; each action has its own rule.
+fn volume_action(m: &std::sync::Arc<Manager>, req: &Req, id: &str, project: &str) -> Result<Reply> {
     let body = req.json()?;
     let Parsed { action, policy, code } = actions::parse(&body, req.version)?;
     let caller = req.caller();
-    let v = m.volume(&caller, id)?;
-    match policy {
-        Policy::Admin(rule) => req.ctx.require_admin(rule)?,
-        Policy::Member(rule) => req.ctx.require_member(rule, &v.project_id)?,
-        Policy::Reader(rule) => req.ctx.require_reader(rule, &v.project_id)?,
-    }
+    policy::authorize(&req.ctx, policy.rule(), project)?;
     let version = (req.version.0, req.version.1);
     match m.volume_action(&caller, id, action, version)? {
         ActionOutcome::Metadata(map) => Ok(Reply { status: code, body: Some(json!({"metadata": map})), etag: None }),
@@ -560,7 +565,6 @@ fn volume_action(m: &std::sync::Arc<Manager>, req: &Req, id: &str) -> Result<Rep
 }
 
 fn list_manageable(m: &Manager, req: &Req, detail: bool) -> Result<Reply> {
-    req.ctx.require_admin("volume_extension:list_manageable")?;
     let all = m.manageable_volumes()?;
     let (page, _, _) = paginate(
         req,
@@ -596,7 +600,6 @@ fn manage_volume(m: &std::sync::Arc<Manager>, req: &Req) -> Result<Reply> {
     let opt = |key: &str| -> Result<Option<String>> {
         v.get(key).map(|x| schema::nullable_string(key, x, 0, 255)).transpose().map(Option::flatten)
     };
-    req.ctx.require_admin("volume_extension:volume_manage")?;
     let volume = m.manage_volume(
         &req.caller(),
         ManageVolume {
@@ -688,8 +691,6 @@ fn create_snapshot(m: &std::sync::Arc<Manager>, req: &Req) -> Result<Reply> {
         metadata: optional_metadata(s, "metadata")?,
     };
     let caller = req.caller();
-    let v = m.volume(&caller, &volume_id)?;
-    req.ctx.require_member("volume:create_snapshot", &v.project_id)?;
     let snap = m.create_snapshot(&caller, req_body, req.version.at_least(3, 66))?;
     let ctx = view_ctx(m, req)?;
     Ok(Reply::accepted(Some(json!({"snapshot": views::snapshot_detail(&ctx.view(), &snap)}))))
@@ -711,8 +712,6 @@ fn update_snapshot(m: &Manager, req: &Req, id: &str) -> Result<Reply> {
         Ok(None)
     };
     let (new_name, new_description) = (pick(["name", "display_name"])?, pick(["description", "display_description"])?);
-    let current = m.snapshot(&req.caller(), id)?;
-    req.ctx.require_member("volume:update_snapshot", &current.project_id)?;
     let snap = m.update_snapshot(&req.caller(), id, new_name, new_description)?;
     let ctx = view_ctx(m, req)?;
     Ok(Reply::ok(json!({"snapshot": views::snapshot_detail(&ctx.view(), &snap)})))
@@ -734,13 +733,11 @@ fn snapshot_action(m: &std::sync::Arc<Manager>, req: &Req, id: &str) -> Result<R
             let status: SnapshotStatus = status
                 .parse()
                 .map_err(|_| ApiError::bad_request(format!("Invalid input received: Invalid status '{status}'")))?;
-            m.snapshot(&caller, id)?;
             req.ctx.require_admin("volume_extension:snapshot_admin_actions:reset_status")?;
             m.reset_snapshot_status(&caller, id, status)?;
             Ok(Reply::empty(StatusCode::ACCEPTED))
         }
         "os-force_delete" => {
-            m.snapshot(&caller, id)?;
             req.ctx.require_admin("volume_extension:snapshot_admin_actions:force_delete")?;
             m.delete_snapshot(&caller, id, true)?;
             Ok(Reply::empty(StatusCode::ACCEPTED))
@@ -771,10 +768,51 @@ fn create_type(m: &Manager, req: &Req) -> Result<Reply> {
         None | Some(Value::Null) => BTreeMap::new(),
         Some(s) => metadata("extra_specs", s, spec_key, 255)?,
     };
-    req.ctx.require_admin("volume_extension:types_manage")?;
     let created = m.create_volume_type(type_name, description, is_public, specs)?;
     let ctx = view_ctx(m, req)?;
     Ok(Reply::ok(json!({"volume_type": views::volume_type(&ctx.view(), &created)})))
+}
+
+/// Admins choose with `is_public` (absent: public and shared with their project;
+/// `none`: all); everyone else sees public types and those shared with them.
+fn list_types(m: &Manager, req: &Req) -> Result<Reply> {
+    use crate::manager::types::TypeFilter;
+    let filter = match req.param("is_public") {
+        None => TypeFilter::PublicOrShared,
+        Some(v) if v.eq_ignore_ascii_case("none") => TypeFilter::All,
+        Some(v) if boolean("is_public", &json!(v))? => TypeFilter::PublicOrShared,
+        Some(_) => TypeFilter::Private,
+    };
+    let ctx = view_ctx(m, req)?;
+    let types: Vec<Value> =
+        m.list_volume_types(&req.caller(), filter)?.iter().map(|t| views::volume_type(&ctx.view(), t)).collect();
+    Ok(Reply::ok(json!({"volume_types": types})))
+}
+
+/// `addProjectAccess` / `removeProjectAccess` on a private type.
+fn type_access_action(m: &Manager, req: &Req, id: &str) -> Result<Reply> {
+    let body = req.json()?;
+    let top = body.as_object().ok_or_else(ApiError::malformed_body)?;
+    let (action, value) = match top.iter().next() {
+        Some(pair) if top.len() == 1 => pair,
+        _ => return Err(ApiError::malformed_body()),
+    };
+    let add = match action.as_str() {
+        "addProjectAccess" => true,
+        "removeProjectAccess" => false,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "There is no such action: {other}. Verify the request body and Content-Type header and try again."
+            )));
+        }
+    };
+    let rule = if add { "addProjectAccess" } else { "removeProjectAccess" };
+    req.ctx.require_admin(&format!("volume_extension:volume_type_access:{rule}"))?;
+    let o = schema::as_object(action, value)?;
+    closed(action, o, &["project"])?;
+    let project = string("project", required(action, o, "project")?, 1, 255)?;
+    m.set_type_access(id, &project, add)?;
+    Ok(Reply::empty(StatusCode::ACCEPTED))
 }
 
 fn update_type(m: &Manager, req: &Req, id: &str) -> Result<Reply> {
@@ -787,22 +825,21 @@ fn update_type(m: &Manager, req: &Req, id: &str) -> Result<Reply> {
     let new_name = t.get("name").map(|n| schema::nullable_string("name", n, 1, 255)).transpose()?.flatten();
     let description = t.get("description").map(|d| schema::nullable_string("description", d, 0, 255)).transpose()?;
     let is_public = t.get("is_public").map(|p| boolean("is_public", p)).transpose()?;
-    req.ctx.require_admin("volume_extension:types_manage")?;
     let updated = m.update_volume_type(id, new_name, description, is_public)?;
     let ctx = view_ctx(m, req)?;
     Ok(Reply::ok(json!({"volume_type": views::volume_type(&ctx.view(), &updated)})))
 }
 
 fn extra_specs(m: &Manager, req: &Req, id: &str, key: Option<&str>) -> Result<Reply> {
-    let t = m.volume_type(id)?;
+    let t = m.visible_volume_type(&req.caller(), id)?;
     if t.id != id {
         return Err(crate::manager::type_not_found(id).into());
     }
+    let readable = views::visible_extra_specs(req.ctx.is_admin, &t.extra_specs);
     match (&req.method, key) {
-        (&Method::GET, None) => Ok(Reply::ok(json!({"extra_specs": t.extra_specs}))),
+        (&Method::GET, None) => Ok(Reply::ok(json!({"extra_specs": readable}))),
         (&Method::GET, Some(key)) => {
-            let value = t
-                .extra_specs
+            let value = readable
                 .get(key)
                 .ok_or_else(|| ApiError::not_found(format!("Volume Type {id} has no extra specs with key {key}.")))?;
             Ok(Reply::ok(json!({key: value})))
@@ -810,7 +847,6 @@ fn extra_specs(m: &Manager, req: &Req, id: &str, key: Option<&str>) -> Result<Re
         (&Method::POST, None) => {
             let body = req.json()?;
             let specs = metadata("extra_specs", required_meta(&body, "extra_specs")?, spec_key, 255)?;
-            req.ctx.require_admin("volume_extension:types_extra_specs:create")?;
             Ok(Reply::ok(json!({"extra_specs": m.set_extra_specs(id, specs)?})))
         }
         (&Method::PUT, Some(key)) => {
@@ -822,11 +858,9 @@ fn extra_specs(m: &Manager, req: &Req, id: &str, key: Option<&str>) -> Result<Re
             if !specs.contains_key(key) {
                 return Err(ApiError::bad_request("Request body and URI mismatch"));
             }
-            req.ctx.require_admin("volume_extension:types_extra_specs:update")?;
             Ok(Reply::ok(json!(m.set_extra_specs(id, specs)?)))
         }
         (&Method::DELETE, Some(key)) => {
-            req.ctx.require_admin("volume_extension:types_extra_specs:delete")?;
             m.delete_extra_spec(id, key)?;
             Ok(Reply::empty(StatusCode::ACCEPTED))
         }

@@ -146,6 +146,19 @@ pub fn snapshot_summary(ctx: &ViewContext, s: &Snapshot) -> Value {
     snapshot_detail(ctx, s)
 }
 
+/// The extra specs Cinder shows callers who may not read them all
+/// (`volume_extension:types_extra_specs:read_sensitive`, admin by default).
+pub const USER_VISIBLE_EXTRA_SPECS: &[&str] = &["RESKEY:availability_zones", "multiattach", "replication_enabled"];
+
+/// What of `specs` the caller may read.
+pub fn visible_extra_specs(is_admin: bool, specs: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    specs
+        .iter()
+        .filter(|(k, _)| is_admin || USER_VISIBLE_EXTRA_SPECS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 pub fn volume_type(ctx: &ViewContext, t: &VolumeType) -> Value {
     let mut out = json!({
         "id": t.id,
@@ -153,7 +166,7 @@ pub fn volume_type(ctx: &ViewContext, t: &VolumeType) -> Value {
         "description": t.description,
         "is_public": t.is_public,
         "os-volume-type-access:is_public": t.is_public,
-        "extra_specs": t.extra_specs,
+        "extra_specs": visible_extra_specs(ctx.is_admin, &t.extra_specs),
     });
     if ctx.is_admin {
         out["qos_specs_id"] = Value::Null;

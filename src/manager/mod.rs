@@ -19,9 +19,10 @@ mod jobs;
 mod locks;
 mod messages;
 mod snapshots;
-mod types;
+pub mod types;
 mod volumes;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -140,8 +141,7 @@ impl Manager {
     /// take the last free GiB. `capacity` is read before that transaction: asking
     /// the pool may run lvm commands, which must not hold the store.
     fn check_capacity(&self, tx: &Tx, capacity: &Capacity, extra_gib: i64) -> Result<()> {
-        let provisioned: i64 = tx.volumes(None)?.iter().map(|v| v.size).sum::<i64>()
-            + tx.snapshots(None, None)?.iter().map(|s| s.volume_size).sum::<i64>();
+        let provisioned = tx.provisioned_gib()?;
         let gib = |bytes: u64| bytes as f64 / GIB as f64;
         let limit = gib(capacity.total_bytes) * self.settings.max_over_subscription_ratio;
         let wanted = (provisioned + extra_gib) as f64;
@@ -184,12 +184,7 @@ pub struct PoolStats {
 impl Manager {
     pub fn pool_stats(&self) -> Result<PoolStats> {
         let capacity = self.pool.capacity()?;
-        let provisioned_gib = self.store.read(|tx| {
-            Ok::<_, StoreError>(
-                tx.volumes(None)?.iter().map(|v| v.size).sum::<i64>()
-                    + tx.snapshots(None, None)?.iter().map(|s| s.volume_size).sum::<i64>(),
-            )
-        })?;
+        let provisioned_gib = self.store.read(|tx| tx.provisioned_gib())?;
         let gib = |bytes: u64| (bytes as f64 / GIB as f64 * 100.0).round() / 100.0;
         Ok(PoolStats {
             total_gib: gib(capacity.total_bytes),
@@ -201,6 +196,28 @@ impl Manager {
             max_over_subscription_ratio: self.settings.max_over_subscription_ratio,
         })
     }
+}
+
+/// How many metadata items (of each kind) a volume may hold, and how many bytes
+/// of keys and values in all. Cinder bounds each key (255) and value (255 for
+/// metadata, 65,535 for image metadata) but not their number, so one volume's
+/// show can be made megabytes long; ember refuses that with 413.
+pub const MAX_METADATA_ITEMS: usize = 128;
+pub const MAX_METADATA_BYTES: usize = 256 * 1024;
+
+/// Refuses `map` (what a volume's metadata would be after a change) beyond the
+/// limits above.
+/// `whose` names it in the message ("Metadata of volume …").
+pub fn check_metadata_limits(whose: &str, map: &BTreeMap<String, String>) -> Result<()> {
+    let bytes: usize = map.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if map.len() > MAX_METADATA_ITEMS || bytes > MAX_METADATA_BYTES {
+        return Err(ManagerError::OverLimit(format!(
+            "{whose} would hold {} items in {bytes} bytes; at most {MAX_METADATA_ITEMS} items \
+             and {MAX_METADATA_BYTES} bytes are allowed.",
+            map.len()
+        )));
+    }
+    Ok(())
 }
 
 /// A size in GiB as the pool takes it (sizes are validated positive).

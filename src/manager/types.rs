@@ -2,9 +2,27 @@
 
 use std::collections::BTreeMap;
 
-use super::{Manager, ManagerError, Result, type_not_found};
+use super::{Caller, Manager, ManagerError, Result, type_not_found};
 use crate::model::{DEFAULT_TYPE_NAME, VolumeType};
-use crate::store::StoreError;
+use crate::store::{StoreError, Tx};
+
+/// Which types a listing shows (Cinder's `is_public` filter; admins only, others
+/// always get `PublicOrShared`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TypeFilter {
+    /// Public types and the private ones shared with the caller's project.
+    PublicOrShared,
+    /// Private types only.
+    Private,
+    All,
+}
+
+/// A type the caller's project may see and use: public, shared with it, or any
+/// for an admin. Another project's private type is "not found", as in Cinder.
+pub(super) fn visible_type(tx: &Tx, caller: &Caller, id_or_name: &str) -> Result<Option<VolumeType>> {
+    let Some(t) = tx.volume_type(id_or_name)? else { return Ok(None) };
+    Ok((t.is_public || caller.is_admin || tx.has_type_access(&t.id, &caller.project_id)?).then_some(t))
+}
 
 impl Manager {
     /// Creates `__DEFAULT__` on first start.
@@ -26,6 +44,63 @@ impl Manager {
 
     pub fn volume_types(&self) -> Result<Vec<VolumeType>> {
         Ok(self.store.read(|tx| tx.volume_types())?)
+    }
+
+    /// The types a listing shows the caller.
+    pub fn list_volume_types(&self, caller: &Caller, filter: TypeFilter) -> Result<Vec<VolumeType>> {
+        let filter = if caller.is_admin { filter } else { TypeFilter::PublicOrShared };
+        self.store.read(|tx| {
+            let mut shown = Vec::new();
+            for t in tx.volume_types()? {
+                let keep = match filter {
+                    TypeFilter::All => true,
+                    TypeFilter::Private => !t.is_public,
+                    TypeFilter::PublicOrShared => t.is_public || tx.has_type_access(&t.id, &caller.project_id)?,
+                };
+                if keep {
+                    shown.push(t);
+                }
+            }
+            Ok(shown)
+        })
+    }
+
+    pub fn visible_volume_type(&self, caller: &Caller, id_or_name: &str) -> Result<VolumeType> {
+        self.store.read(|tx| visible_type(tx, caller, id_or_name))?.ok_or_else(|| type_not_found(id_or_name))
+    }
+
+    /// The projects a private type is shared with; a public type has no list.
+    pub fn type_access(&self, id: &str) -> Result<Vec<String>> {
+        self.store.read(|tx| {
+            let t = tx.volume_type(id)?.filter(|t| t.id == id).ok_or_else(|| type_not_found(id))?;
+            if t.is_public {
+                return Err(ManagerError::NotFound("Access list not available for public volume types.".into()));
+            }
+            Ok(tx.type_access(&t.id)?)
+        })
+    }
+
+    /// Shares a private type with `project` (`add`) or stops sharing it.
+    pub fn set_type_access(&self, id: &str, project: &str, add: bool) -> Result<()> {
+        self.store.write(|tx| {
+            let t = tx.volume_type(id)?.filter(|t| t.id == id).ok_or_else(|| type_not_found(id))?;
+            if t.is_public {
+                return Err(ManagerError::Invalid(
+                    "Invalid volume type: Type access modification is not applicable to public volume type.".into(),
+                ));
+            }
+            if add && !tx.add_type_access(&t.id, project)? {
+                return Err(ManagerError::Conflict(format!(
+                    "Volume type access for {id} / {project} combination already exists."
+                )));
+            }
+            if !add && !tx.remove_type_access(&t.id, project)? {
+                return Err(ManagerError::NotFound(format!(
+                    "Volume type access not found for {id} / {project} combination."
+                )));
+            }
+            Ok(())
+        })
     }
 
     pub fn volume_type(&self, id_or_name: &str) -> Result<VolumeType> {

@@ -86,8 +86,14 @@ impl Manager {
                      original {what} size."
                 )));
             }
+            // A type asked for must be one the project may use; a source's type
+            // is inherited as it is.
             let type_ref = req.volume_type.clone().or(source_type).unwrap_or_else(|| DEFAULT_TYPE_NAME.to_string());
-            let vtype = tx.volume_type(&type_ref)?.ok_or_else(|| {
+            let vtype = match &req.volume_type {
+                Some(_) => super::types::visible_type(tx, caller, &type_ref)?,
+                None => tx.volume_type(&type_ref)?,
+            };
+            let vtype = vtype.ok_or_else(|| {
                 ManagerError::NotFound(format!("Volume type with name {type_ref} could not be found."))
             })?;
             let volume = Volume {
@@ -101,7 +107,7 @@ impl Manager {
                     &req.name,
                     &req.description,
                     &req.metadata,
-                )
+                )?
             };
             self.check_capacity(tx, &capacity, size)?;
             tx.insert_volume(&volume)?;
@@ -125,6 +131,7 @@ impl Manager {
             }
             tx.update_volume(old.status, &new)?;
             if let Some(metadata) = &req.metadata {
+                super::check_metadata_limits(&format!("Metadata of volume {id}"), metadata)?;
                 tx.set_volume_meta(id, MetaKind::User, metadata, true)?;
             }
             Ok::<_, ManagerError>(tx.volume(id)?.unwrap_or(new))
@@ -151,6 +158,16 @@ impl Manager {
                     v.status
                 )));
             }
+            let after = match &change {
+                MetadataChange::Merge(map) => {
+                    let mut merged = v.metadata.clone();
+                    merged.extend(map.iter().map(|(k, val)| (k.clone(), val.clone())));
+                    merged
+                }
+                MetadataChange::Replace(map) => map.clone(),
+                MetadataChange::Delete(_) => BTreeMap::new(),
+            };
+            super::check_metadata_limits(&format!("Metadata of volume {id}"), &after)?;
             match &change {
                 MetadataChange::Merge(map) => tx.set_volume_meta(id, MetaKind::User, map, false)?,
                 MetadataChange::Replace(map) => tx.set_volume_meta(id, MetaKind::User, map, true)?,
@@ -314,7 +331,7 @@ impl Manager {
         self.check_zone(req.availability_zone.as_deref())?;
         let (volume, job) = self.store.write(|tx| {
             let type_ref = req.volume_type.clone().unwrap_or_else(|| DEFAULT_TYPE_NAME.to_string());
-            let vtype = tx.volume_type(&type_ref)?.ok_or_else(|| type_not_found(&type_ref))?;
+            let vtype = super::types::visible_type(tx, caller, &type_ref)?.ok_or_else(|| type_not_found(&type_ref))?;
             let size =
                 i64::try_from(candidate.size_gib).map_err(|_| ManagerError::Invalid("volume too large".to_string()))?;
             let volume = Volume {
@@ -327,7 +344,7 @@ impl Manager {
                     &req.name,
                     &req.description,
                     &req.metadata,
-                )
+                )?
             };
             tx.insert_volume(&volume)?;
             let spec = JobSpec::ManageVolume { volume: volume.id.clone(), source_name: req.source_name.clone() };
@@ -349,8 +366,9 @@ impl Manager {
         name: &Option<String>,
         description: &Option<String>,
         metadata: &BTreeMap<String, String>,
-    ) -> Volume {
-        Volume {
+    ) -> Result<Volume> {
+        super::check_metadata_limits("Metadata of the new volume", metadata)?;
+        Ok(Volume {
             id: uuid::Uuid::new_v4().to_string(),
             project_id: caller.project_id.clone(),
             user_id: caller.user_id.clone(),
@@ -374,7 +392,7 @@ impl Manager {
             admin_metadata: BTreeMap::new(),
             image_metadata: BTreeMap::new(),
             attachments: Vec::new(),
-        }
+        })
     }
 
     /// The one availability zone this agent serves.

@@ -21,7 +21,16 @@ pub struct FilePool {
     snapshots_dir: PathBuf,
     volume_clear: VolumeClear,
     direct_io: bool,
+    /// Bytes allocated to volume and snapshot files, and when that was counted:
+    /// counting stats every file, which a create should not pay for each time.
+    /// Whatever the pool does that can free space forgets it; what guests write
+    /// only makes it an underestimate, which is the safe side (capacity checks
+    /// then see more promised-but-unwritten space, not less).
+    allocated: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
 }
+
+/// How long a count of allocated bytes is reused.
+const ALLOCATED_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 const PARTIAL: &str = ".partial";
 
@@ -33,6 +42,7 @@ impl FilePool {
             snapshots_dir: data_dir.join("snapshots"),
             volume_clear: config.volume_clear,
             direct_io: config.direct_io,
+            allocated: std::sync::Mutex::new(None),
         };
         for dir in [&pool.volumes_dir, &pool.snapshots_dir] {
             fs::create_dir_all(dir).map_err(|e| PoolError::io("create", dir, e))?;
@@ -54,6 +64,30 @@ impl FilePool {
         self.snapshots_dir.join(format!("snapshot-{snapshot_id}"))
     }
 
+    fn allocated_bytes(&self) -> Result<u64, PoolError> {
+        let mut cached = self.allocated.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, bytes)) = *cached {
+            if at.elapsed() < ALLOCATED_TTL {
+                return Ok(bytes);
+            }
+        }
+        let mut bytes = 0;
+        for dir in [&self.volumes_dir, &self.snapshots_dir] {
+            for entry in fs::read_dir(dir).map_err(|e| PoolError::io("list", dir, e))?.flatten() {
+                if let Ok(meta) = entry.metadata() {
+                    bytes += meta.blocks() * 512;
+                }
+            }
+        }
+        *cached = Some((std::time::Instant::now(), bytes));
+        Ok(bytes)
+    }
+
+    /// Called after anything the pool does that may change allocation.
+    fn forget_allocated(&self) {
+        *self.allocated.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     /// Builds `path` through a `.partial` file and an atomic rename.
     fn build(&self, path: &Path, fill: impl FnOnce(&Path) -> Result<(), PoolError>) -> Result<Created, PoolError> {
         if path.exists() {
@@ -68,6 +102,10 @@ impl FilePool {
             return Err(e);
         }
         fs::rename(&partial, path).map_err(|e| PoolError::io("rename into place", path, e))?;
+        // A blank (sparse) file allocates nothing; a copy does.
+        if fs::metadata(path).map_or(true, |m| m.blocks() > 0) {
+            self.forget_allocated();
+        }
         sync_dir(path)?;
         Ok(Created::Created)
     }
@@ -88,6 +126,7 @@ impl FilePool {
             VolumeClear::None => {}
         }
         fs::remove_file(path).map_err(|e| PoolError::io("remove", path, e))?;
+        self.forget_allocated();
         sync_dir(path)?;
         Ok(Removed::Removed)
     }
@@ -132,14 +171,7 @@ impl Pool for FilePool {
         let st = nix::sys::statvfs::statvfs(&self.volumes_dir)
             .map_err(|e| PoolError::io("statvfs", &self.volumes_dir, e.into()))?;
         let frsize = st.fragment_size() as u64;
-        let mut allocated_bytes = 0;
-        for dir in [&self.volumes_dir, &self.snapshots_dir] {
-            for entry in fs::read_dir(dir).map_err(|e| PoolError::io("list", dir, e))?.flatten() {
-                if let Ok(meta) = entry.metadata() {
-                    allocated_bytes += meta.blocks() * 512;
-                }
-            }
-        }
+        let allocated_bytes = self.allocated_bytes()?;
         Ok(Capacity {
             total_bytes: st.blocks() as u64 * frsize,
             free_bytes: st.blocks_available() as u64 * frsize,
@@ -211,6 +243,7 @@ impl Pool for FilePool {
             )));
         }
         copy::copy_contents(&snapshot, &volume)?;
+        self.forget_allocated();
         Ok(())
     }
 

@@ -208,6 +208,35 @@ ALTER TABLE attachments ADD COLUMN detach_time TEXT;
 ALTER TABLE attachments ADD COLUMN connector TEXT;
 ALTER TABLE attachments ADD COLUMN initiator TEXT;
 "#,
+    // 4: the projects a private volume type is shared with; the provisioned GiB
+    // (volumes plus snapshots) kept by triggers, so a create's capacity check reads
+    // one row instead of summing every volume.
+    r#"
+CREATE TABLE volume_type_access (
+    type_id TEXT NOT NULL REFERENCES volume_types(id) ON DELETE CASCADE,
+    project_id TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (type_id, project_id)
+);
+CREATE TABLE provisioned (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    gib INTEGER NOT NULL
+);
+INSERT INTO provisioned (id, gib) VALUES (1,
+    (SELECT COALESCE(SUM(size), 0) FROM volumes) + (SELECT COALESCE(SUM(volume_size), 0) FROM snapshots));
+CREATE TRIGGER provisioned_volume_insert AFTER INSERT ON volumes
+    BEGIN UPDATE provisioned SET gib = gib + NEW.size WHERE id = 1; END;
+CREATE TRIGGER provisioned_volume_delete AFTER DELETE ON volumes
+    BEGIN UPDATE provisioned SET gib = gib - OLD.size WHERE id = 1; END;
+CREATE TRIGGER provisioned_volume_resize AFTER UPDATE OF size ON volumes
+    BEGIN UPDATE provisioned SET gib = gib - OLD.size + NEW.size WHERE id = 1; END;
+CREATE TRIGGER provisioned_snapshot_insert AFTER INSERT ON snapshots
+    BEGIN UPDATE provisioned SET gib = gib + NEW.volume_size WHERE id = 1; END;
+CREATE TRIGGER provisioned_snapshot_delete AFTER DELETE ON snapshots
+    BEGIN UPDATE provisioned SET gib = gib - OLD.volume_size WHERE id = 1; END;
+CREATE TRIGGER provisioned_snapshot_resize AFTER UPDATE OF volume_size ON snapshots
+    BEGIN UPDATE provisioned SET gib = gib - OLD.volume_size + NEW.volume_size WHERE id = 1; END;
+"#,
 ];
 
 /// The schema version this ember writes.
@@ -215,11 +244,23 @@ fn schema_version() -> i64 {
     i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX)
 }
 
+/// One writer connection, and read connections beside it: in WAL mode a read
+/// transaction sees the last commit and neither waits for a writer (nor its
+/// fsync) nor makes one wait.
 pub struct Store {
-    conn: Mutex<Connection>,
+    path: std::path::PathBuf,
+    writer: Mutex<Connection>,
+    /// Idle read connections; more are opened when all are in use.
+    readers: Mutex<Vec<Connection>>,
     /// Dropping it stops the checkpoint thread.
     _checkpointer: std::sync::mpsc::Sender<()>,
 }
+
+/// How many idle read connections are kept open (each holds its page cache).
+const IDLE_READERS: usize = 8;
+
+/// A read connection's page cache, KiB (SQLite's default is 2 MiB).
+const READER_CACHE_KIB: i64 = 1024;
 
 /// WAL checkpoints run on their own connection and thread, so no request pays for
 /// copying the log into the database file (SQLite's automatic checkpoint would run
@@ -252,13 +293,18 @@ impl Store {
              PRAGMA wal_autocheckpoint=0;",
         )
         .map_err(open_err)?;
-        let store = Store { conn: Mutex::new(conn), _checkpointer: spawn_checkpointer(path)? };
+        let store = Store {
+            path: path.to_path_buf(),
+            writer: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
+            _checkpointer: spawn_checkpointer(path)?,
+        };
         store.migrate()?;
         Ok(store)
     }
 
     fn migrate(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         let known = schema_version();
         if found > known {
@@ -273,16 +319,41 @@ impl Store {
         Ok(())
     }
 
-    /// Runs `f` in a read transaction.
+    /// A read connection: `query_only`, so a write slipped into `read` fails
+    /// instead of racing the writer.
+    fn open_reader(&self) -> Result<Connection, StoreError> {
+        let open_err = |source| StoreError::Open { path: self.path.display().to_string(), source };
+        let conn = Connection::open(&self.path).map_err(open_err)?;
+        conn.execute_batch(&format!(
+            "PRAGMA query_only=ON; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000; \
+             PRAGMA cache_size=-{READER_CACHE_KIB};"
+        ))
+        .map_err(open_err)?;
+        Ok(conn)
+    }
+
+    /// Runs `f` in a read transaction on a read connection: a snapshot of the
+    /// last commit, taken without waiting for the writer.
     pub fn read<T, E: From<StoreError>>(&self, f: impl FnOnce(&Tx) -> Result<T, E>) -> Result<T, E> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred).map_err(StoreError::from)?;
-        f(&Tx(tx))
+        let idle = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut conn = match idle {
+            Some(conn) => conn,
+            None => self.open_reader()?,
+        };
+        let value = {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred).map_err(StoreError::from)?;
+            f(&Tx(tx))
+        };
+        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if readers.len() < IDLE_READERS {
+            readers.push(conn);
+        }
+        value
     }
 
     /// Runs `f` in an immediate write transaction, committed only if `f` succeeds.
     pub fn write<T, E: From<StoreError>>(&self, f: impl FnOnce(&Tx) -> Result<T, E>) -> Result<T, E> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(StoreError::from)?;
         let tx = Tx(tx);
         let value = f(&tx)?;
@@ -423,26 +494,34 @@ impl Tx<'_> {
             "SELECT {VOLUME_COLUMNS} FROM volumes WHERE (?1 IS NULL OR project_id = ?1) ORDER BY created_at, rowid"
         );
         let mut stmt = self.0.prepare_cached(&sql)?;
-        let rows = stmt.query_map([project_id], volume_from_row)?;
-        let mut out = Vec::new();
+        let mut out: Vec<Volume> = stmt.query_map([project_id], volume_from_row)?.collect::<Result<_, _>>()?;
+        // Metadata and attachments in one query each, not two per volume.
+        let index: std::collections::HashMap<String, usize> =
+            out.iter().enumerate().map(|(i, v)| (v.id.clone(), i)).collect();
+        let mut stmt = self.0.prepare_cached(
+            "SELECT m.volume_id, m.kind, m.key, m.value FROM volume_metadata m JOIN volumes v ON v.id = m.volume_id \
+             WHERE (?1 IS NULL OR v.project_id = ?1)",
+        )?;
+        let rows = stmt.query_map([project_id], |r| Ok((r.get::<_, String>(0)?, (r.get(1)?, r.get(2)?, r.get(3)?))))?;
         for row in rows {
-            out.push(self.fill_volume(row?)?);
+            let (volume_id, entry) = row?;
+            if let Some(&i) = index.get(&volume_id) {
+                put_meta(&mut out[i], entry)?;
+            }
+        }
+        for a in self.all_attachments(project_id)? {
+            if let Some(&i) = index.get(&a.volume_id) {
+                out[i].attachments.push(a);
+            }
         }
         Ok(out)
     }
 
     fn fill_volume(&self, mut v: Volume) -> Result<Volume, StoreError> {
         let mut stmt = self.0.prepare_cached("SELECT kind, key, value FROM volume_metadata WHERE volume_id = ?1")?;
-        let rows =
-            stmt.query_map([&v.id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?;
+        let rows = stmt.query_map([&v.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         for row in rows {
-            let (kind, key, value) = row?;
-            match kind.as_str() {
-                "user" => v.metadata.insert(key, value),
-                "admin" => v.admin_metadata.insert(key, value),
-                "image" => v.image_metadata.insert(key, value),
-                other => return Err(StoreError::Corrupt(format!("metadata kind {other}"))),
-            };
+            put_meta(&mut v, row?)?;
         }
         v.attachments = self.attachments(&v.id)?;
         Ok(v)
@@ -774,6 +853,46 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// The projects a private type is shared with.
+    pub fn type_access(&self, type_id: &str) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT project_id FROM volume_type_access WHERE type_id = ?1 ORDER BY created_at, rowid",
+        )?;
+        let rows = stmt.query_map([type_id], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn has_type_access(&self, type_id: &str, project_id: &str) -> Result<bool, StoreError> {
+        Ok(self.0.query_row(
+            "SELECT EXISTS (SELECT 1 FROM volume_type_access WHERE type_id = ?1 AND project_id = ?2)",
+            [type_id, project_id],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// False when the project already had access.
+    pub fn add_type_access(&self, type_id: &str, project_id: &str) -> Result<bool, StoreError> {
+        let n = self.0.execute(
+            "INSERT INTO volume_type_access (type_id, project_id, created_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT DO NOTHING",
+            params![type_id, project_id, now()],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// False when the project had no access.
+    pub fn remove_type_access(&self, type_id: &str, project_id: &str) -> Result<bool, StoreError> {
+        let n = self
+            .0
+            .execute("DELETE FROM volume_type_access WHERE type_id = ?1 AND project_id = ?2", [type_id, project_id])?;
+        Ok(n > 0)
+    }
+
+    /// GiB promised to volumes and snapshots (migration 4's triggers keep it).
+    pub fn provisioned_gib(&self) -> Result<i64, StoreError> {
+        Ok(self.0.query_row("SELECT gib FROM provisioned WHERE id = 1", [], |r| r.get(0))?)
+    }
+
     pub fn volume_type_in_use(&self, id: &str) -> Result<bool, StoreError> {
         Ok(self.0.query_row("SELECT EXISTS (SELECT 1 FROM volumes WHERE volume_type_id = ?1)", [id], |r| r.get(0))?)
     }
@@ -986,6 +1105,18 @@ impl Tx<'_> {
     }
 }
 
+/// One `(kind, key, value)` row of `volume_metadata` into its volume.
+fn put_meta(v: &mut Volume, (kind, key, value): (String, String, String)) -> Result<(), StoreError> {
+    let map = match kind.as_str() {
+        "user" => &mut v.metadata,
+        "admin" => &mut v.admin_metadata,
+        "image" => &mut v.image_metadata,
+        other => return Err(StoreError::Corrupt(format!("metadata kind {other}"))),
+    };
+    map.insert(key, value);
+    Ok(())
+}
+
 fn message_from_row(r: &Row) -> rusqlite::Result<Message> {
     Ok(Message {
         id: r.get(0)?,
@@ -1045,6 +1176,73 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// The provisioned counter follows every insert, resize and delete of volumes
+    /// and snapshots.
+    #[test]
+    fn provisioned_gib_is_kept_by_the_triggers() {
+        let (store, dir) = temp_store();
+        let exec = |sql: &str| store.write(|tx| tx.execute_raw(sql)).unwrap();
+        let provisioned = || store.read(|tx| tx.provisioned_gib()).unwrap();
+        exec(
+            "INSERT INTO volume_types (id, name, created_at) VALUES ('t', 'T', 'x'); \
+             INSERT INTO volumes (id, project_id, user_id, size, status, attach_status, volume_type_id, \
+               availability_zone, host, created_at) VALUES ('v1', 'p', 'u', 3, 'available', 'detached', 't', \
+               'nova', 'h', 'x'), ('v2', 'p', 'u', 5, 'available', 'detached', 't', 'nova', 'h', 'x');",
+        );
+        assert_eq!(provisioned(), 8);
+        exec(
+            "INSERT INTO snapshots (id, volume_id, project_id, user_id, status, volume_size, progress, \
+               volume_type_id, created_at) VALUES ('s', 'v1', 'p', 'u', 'available', 3, '100%', 't', 'x');",
+        );
+        assert_eq!(provisioned(), 11);
+        exec("UPDATE volumes SET size = 7, status = 'available' WHERE id = 'v2'");
+        assert_eq!(provisioned(), 13);
+        exec("DELETE FROM snapshots; DELETE FROM volumes WHERE id = 'v1'");
+        assert_eq!(provisioned(), 7);
+        drop(store);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A read neither waits for a writer that holds its transaction (and its
+    /// fsync) nor sees what it has not committed; it sees the commit right after.
+    #[test]
+    fn reads_run_beside_an_open_write() {
+        let (store, dir) = temp_store();
+        let store = std::sync::Arc::new(store);
+        let (entered, wait_entered) = std::sync::mpsc::channel();
+        let (release, wait_release) = std::sync::mpsc::channel::<()>();
+        let writer = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                store
+                    .write(|tx| {
+                        tx.execute_raw("INSERT INTO volume_types (id, name, created_at) VALUES ('t', 'T', 'x')")?;
+                        entered.send(()).unwrap();
+                        wait_release.recv().unwrap();
+                        Ok::<_, StoreError>(())
+                    })
+                    .unwrap()
+            })
+        };
+        wait_entered.recv().unwrap();
+        let (read_done, read_result) = std::sync::mpsc::channel();
+        let reader = {
+            let store = store.clone();
+            std::thread::spawn(move || read_done.send(store.read(|tx| tx.volume_type("T")).unwrap()).unwrap())
+        };
+        let seen = read_result.recv_timeout(std::time::Duration::from_secs(5));
+        release.send(()).unwrap();
+        reader.join().unwrap();
+        let seen = seen.expect("the read waited for the writer to commit");
+        assert!(seen.is_none(), "an uncommitted write is seen");
+        let refused = store.read(|tx| tx.execute_raw("DELETE FROM volume_types"));
+        assert!(refused.is_err(), "a read connection refuses writes");
+        writer.join().unwrap();
+        assert!(store.read(|tx| tx.volume_type("T")).unwrap().is_some(), "the commit is seen at once");
+        drop(store);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     /// A journal written by the first schema is translated into typed specs; a row
     /// that does not fit stays undecodable (and fails loudly at start).
     #[test]
@@ -1088,6 +1286,7 @@ mod tests {
         assert!(decoded[3].is_err(), "an extend without its size must not decode: {:?}", decoded[3]);
         assert!(decoded[4].is_err(), "an unknown kind must not decode");
         assert!(rows.iter().all(|r| r.project_id == "p"));
+        assert_eq!(store.read(|tx| tx.provisioned_gib()).unwrap(), 1, "migration 4 counts existing volumes");
         drop(store);
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -27,6 +27,18 @@ pub enum Policy {
     Reader(&'static str),
 }
 
+impl Policy {
+    /// The rule as the policy table states rules (api/policy.rs).
+    pub fn rule(self) -> super::policy::Rule {
+        use super::policy::{Level, Rule};
+        match self {
+            Policy::Admin(name) => Rule { name, level: Level::Admin },
+            Policy::Member(name) => Rule { name, level: Level::Member },
+            Policy::Reader(name) => Rule { name, level: Level::Reader },
+        }
+    }
+}
+
 /// An action as parsed: what to do, who may, and what a success answers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Parsed {

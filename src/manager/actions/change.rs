@@ -106,7 +106,8 @@ impl Manager {
     ) -> Result<ActionOutcome> {
         let job = self.store.write(|tx| {
             let v = self.visible(tx, caller, id)?;
-            let target = tx.volume_type(new_type)?.ok_or_else(|| type_not_found(new_type))?;
+            let target = crate::manager::types::visible_type(tx, caller, new_type)?
+                .ok_or_else(|| type_not_found(new_type))?;
             if !matches!(v.status, VolumeStatus::Available | VolumeStatus::InUse)
                 || !not_migrating(v.migration_status.as_ref())
             {

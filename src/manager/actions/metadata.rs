@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::{ActionOutcome, invalid, refuse_maintenance};
-use crate::manager::{Caller, Manager, ManagerError, Result};
+use crate::manager::{Caller, Manager, ManagerError, Result, check_metadata_limits};
 use crate::model::{Volume, VolumeStatus};
 use crate::store::MetaKind;
 
@@ -27,6 +27,9 @@ impl Manager {
     ) -> Result<ActionOutcome> {
         self.change(caller, id, |tx, v| {
             refuse_maintenance_or_uploading(v)?;
+            let mut merged = v.image_metadata.clone();
+            merged.extend(map.iter().map(|(k, val)| (k.clone(), val.clone())));
+            check_metadata_limits(&format!("Image metadata of volume {id}"), &merged)?;
             tx.set_volume_meta(id, MetaKind::Image, &map, false)?;
             Ok(ActionOutcome::Metadata(tx.volume(id)?.map(|v| v.image_metadata).unwrap_or_default()))
         })
