@@ -329,6 +329,17 @@ mod tests {
         let pool = FilePool::open(&dir, &config).unwrap();
         pool.create_volume("v1", 1, &Source::Blank).unwrap();
         let dev = pool.attach_device("v1").unwrap();
+        // A failed assertion must not leak the device to the next run.
+        struct Release(PathBuf, PathBuf);
+        impl Drop for Release {
+            fn drop(&mut self) {
+                for device in loopback::devices_backed_by(&self.0) {
+                    let _ = loopback::detach(&device);
+                }
+                let _ = fs::remove_dir_all(&self.1);
+            }
+        }
+        let _release = Release(pool.volume_path("v1"), dir.clone());
         assert_eq!(pool.attach_device("v1").unwrap(), dev, "a second attach reuses the device");
         pool.extend_volume("v1", 2).unwrap();
         let size = crate::blockdev::block_device_size(&File::open(&dev).unwrap()).unwrap();
@@ -345,7 +356,6 @@ mod tests {
         assert!(loopback::devices_backed_by(&pool.volume_path("v1")).is_empty());
         assert_eq!(pool.detach_device("v1").unwrap(), Removed::Absent);
         assert_eq!(pool.delete_volume("v1").unwrap(), Removed::Absent);
-        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
