@@ -113,7 +113,7 @@ fn list(m: &Manager, req: &Req, with_detail: bool) -> Result<Reply> {
         }
         views.retain(|v| field(v, key).as_deref() == Some(value.as_str()));
     }
-    let (page, _, next) = paginate(req, views, |v| v.attachment.id.clone(), field, ("created_at", true))?;
+    let (page, _, next) = paginate(req, views, |v| v.attachment.id.clone(), field, SORT_KEYS, ("created_at", true))?;
     let items: Vec<Value> = page.iter().map(|v| if with_detail { detail(v) } else { summary(v) }).collect();
     let mut out = json!({"attachments": items});
     if let Some(marker) = next {
@@ -122,6 +122,10 @@ fn list(m: &Manager, req: &Req, with_detail: bool) -> Result<Reply> {
     }
     Ok(Reply::ok(out))
 }
+
+/// The keys `field` knows, by which attachments sort.
+const SORT_KEYS: &[&str] =
+    &["id", "volume_id", "instance_id", "instance_uuid", "status", "attach_status", "created_at", "attached_at"];
 
 fn field(v: &AttachmentView, key: &str) -> Option<String> {
     let a = &v.attachment;

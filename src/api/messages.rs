@@ -19,6 +19,19 @@ const FILTERS: &[&str] = &["resource_uuid", "resource_type", "event_id", "reques
 /// Query keys that are not filters.
 const PAGING: &[&str] = &["marker", "limit", "offset", "sort", "sort_key", "sort_dir"];
 
+/// The keys `field` knows, by which messages sort.
+const SORT_KEYS: &[&str] = &[
+    "id",
+    "created_at",
+    "expires_at",
+    "guaranteed_until",
+    "event_id",
+    "request_id",
+    "resource_type",
+    "resource_uuid",
+    "message_level",
+];
+
 fn field(m: &Message, key: &str) -> Option<String> {
     Some(match key {
         "id" => m.id.clone(),
@@ -51,7 +64,7 @@ pub(super) fn list(m: &Manager, req: &Req) -> Result<Reply> {
         messages.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
         return Ok(Reply::ok(json!({"messages": messages.iter().map(view).collect::<Vec<_>>()})));
     }
-    let (page, _, next) = paginate(req, messages, |msg| msg.id.clone(), field, ("created_at", true))?;
+    let (page, _, next) = paginate(req, messages, |msg| msg.id.clone(), field, SORT_KEYS, ("created_at", true))?;
     let mut out = json!({"messages": page.iter().map(view).collect::<Vec<_>>()});
     if let Some(marker) = next {
         out["messages_links"] = json!([{"rel": "next", "href": next_link(req, "messages", &marker)}]);

@@ -253,6 +253,9 @@ async fn pipeline(
                 Reply { status: StatusCode::MULTIPLE_CHOICES, body: Some(views::versions(&base)), etag: None }.encode()
             );
         }
+        // A resource path with a trailing slash names nothing, as in Cinder's
+        // router (only the version document, `/v3/`, takes one).
+        ["v3", _, ..] if uri.path().ends_with('/') => return Err(ApiError::resource_not_found().into()),
         ["v3", ..] => {}
         _ => return Err(ApiError::resource_not_found().into()),
     }

@@ -45,11 +45,11 @@ pub fn route(m: &std::sync::Arc<Manager>, req: &Req, path: &[&str]) -> Result<Re
         ["volumes", id, "metadata"] => volume_metadata(m, req, id, None),
         ["volumes", id, "metadata", key] => volume_metadata(m, req, id, Some(key)),
         ["snapshots"] => match *method {
-            Method::GET => list_snapshots(m, req),
+            Method::GET => list_snapshots(m, req, false),
             Method::POST => create_snapshot(m, req),
             _ => Err(bad_method()),
         },
-        ["snapshots", "detail"] => only(method, Method::GET, || list_snapshots(m, req)),
+        ["snapshots", "detail"] => only(method, Method::GET, || list_snapshots(m, req, true)),
         ["snapshots", id] => match *method {
             Method::GET => {
                 let s = m.snapshot(&req.caller(), id)?;
@@ -197,7 +197,8 @@ fn list_volumes(m: &Manager, req: &Req, detail: bool) -> Result<Reply> {
         volumes.retain(|v| v.bootable == want);
     }
     let ctx = view_ctx(m, req)?;
-    let (page, count, next) = paginate(req, volumes, |v| v.id.clone(), volume_sort_key, ("created_at", true))?;
+    let (page, count, next) =
+        paginate(req, volumes, |v| v.id.clone(), volume_sort_key, VOLUME_SORT_KEYS, ("created_at", true))?;
     let view = ctx.view();
     let items: Vec<Value> = page
         .iter()
@@ -229,6 +230,10 @@ pub(super) fn next_link(req: &Req, path: &str, marker: &str) -> String {
     format!("{}/v3/{project}{path}?{}", req.base_url, query.join("&"))
 }
 
+/// The keys `volume_sort_key` knows.
+const VOLUME_SORT_KEYS: &[&str] =
+    &["created_at", "updated_at", "id", "name", "display_name", "size", "status", "bootable", "availability_zone"];
+
 fn volume_sort_key(v: &Volume, key: &str) -> Option<String> {
     Some(match key {
         "created_at" => v.created_at.clone(),
@@ -251,6 +256,7 @@ pub(super) fn paginate<T>(
     mut items: Vec<T>,
     id_of: impl Fn(&T) -> String,
     sort_key: fn(&T, &str) -> Option<String>,
+    sort_keys: &[&str],
     default_sort: (&str, bool),
 ) -> Result<(Vec<T>, usize, Option<String>)> {
     let mut keys: Vec<(String, bool)> = Vec::new();
@@ -265,12 +271,9 @@ pub(super) fn paginate<T>(
         let desc = req.param("sort_dir").map(sort_dir).transpose()?.unwrap_or(default_sort.1);
         keys.push((default_sort.0.to_string(), desc));
     }
-    if let Some(sample) = items.first() {
-        for (k, _) in &keys {
-            if sort_key(sample, k).is_none() {
-                return Err(ApiError::bad_request(format!("Invalid input received: Invalid sort key {k}")));
-            }
-        }
+    // Refused whether or not there is anything to sort, as Cinder does.
+    if let Some((k, _)) = keys.iter().find(|(k, _)| !sort_keys.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(format!("Invalid input received: Invalid sort key {k}")));
     }
     items.sort_by(|a, b| {
         for (k, desc) in &keys {
@@ -287,7 +290,7 @@ pub(super) fn paginate<T>(
         let at = items
             .iter()
             .position(|i| id_of(i) == marker)
-            .ok_or_else(|| ApiError::bad_request(format!("Invalid input received: marker [{marker}] not found")))?;
+            .ok_or_else(|| ApiError::not_found(format!("Marker {marker} could not be found.")))?;
         items.drain(..=at);
     }
     if let Some(offset) = req.param("offset") {
@@ -424,7 +427,7 @@ fn create_volume(m: &std::sync::Arc<Manager>, req: &Req) -> Result<Reply> {
         },
     )?;
     let ctx = view_ctx(m, req)?;
-    Ok(Reply::accepted(Some(json!({"volume": views::volume_detail(&ctx.view(), &created)}))))
+    Ok(Reply::accepted(Some(json!({"volume": views::volume_created(&ctx.view(), &created)}))))
 }
 
 fn update_volume(m: &Manager, req: &Req, id: &str) -> Result<Reply> {
@@ -444,7 +447,7 @@ fn update_volume(m: &Manager, req: &Req, id: &str) -> Result<Reply> {
     change.metadata = v.get("metadata").map(|x| metadata("metadata", x, meta_key, 255)).transpose()?;
     let updated = m.update_volume(&req.caller(), id, change)?;
     let ctx = view_ctx(m, req)?;
-    Ok(Reply::ok(json!({"volume": views::volume_detail(&ctx.view(), &updated)})))
+    Ok(Reply::ok(json!({"volume": views::volume_created(&ctx.view(), &updated)})))
 }
 
 fn delete_volume(m: &std::sync::Arc<Manager>, req: &Req, id: &str) -> Result<Reply> {
@@ -577,6 +580,7 @@ fn list_manageable(m: &Manager, req: &Req, detail: bool) -> Result<Reply> {
                 _ => return None,
             })
         },
+        &["size", "reference"],
         ("reference", false),
     )?;
     let items: Vec<Value> = page.iter().map(|x| views::manageable(x, detail)).collect();
@@ -617,12 +621,12 @@ fn manage_volume(m: &std::sync::Arc<Manager>, req: &Req) -> Result<Reply> {
         },
     )?;
     let ctx = view_ctx(m, req)?;
-    Ok(Reply::accepted(Some(json!({"volume": views::volume_detail(&ctx.view(), &volume)}))))
+    Ok(Reply::accepted(Some(json!({"volume": views::volume_created(&ctx.view(), &volume)}))))
 }
 
 // ---- snapshots -----------------------------------------------------------------
 
-fn list_snapshots(m: &Manager, req: &Req) -> Result<Reply> {
+fn list_snapshots(m: &Manager, req: &Req, detail: bool) -> Result<Reply> {
     let all = req.flag("all_tenants")?;
     let mut snaps = m.snapshots(&req.caller(), all)?;
     if let Some(name) = req.param("name") {
@@ -634,26 +638,37 @@ fn list_snapshots(m: &Manager, req: &Req) -> Result<Reply> {
     if let Some(volume_id) = req.param("volume_id") {
         snaps.retain(|s| s.volume_id == volume_id);
     }
-    let (page, _, _) = paginate(
+    let (page, _, next) = paginate(
         req,
         snaps,
         |s| s.id.clone(),
         |s, k| {
             Some(match k {
                 "created_at" => s.created_at.clone(),
+                "updated_at" => s.updated_at.clone().unwrap_or_default(),
                 "id" => s.id.clone(),
-                "name" => s.name.clone().unwrap_or_default(),
+                "name" | "display_name" => s.name.clone().unwrap_or_default(),
                 "status" => s.status.to_string(),
-                "size" => format!("{:020}", s.volume_size),
+                "size" | "volume_size" => format!("{:020}", s.volume_size),
+                "volume_id" => s.volume_id.clone(),
                 _ => return None,
             })
         },
+        &["created_at", "updated_at", "id", "name", "display_name", "status", "size", "volume_size", "volume_id"],
         ("created_at", true),
     )?;
     let ctx = view_ctx(m, req)?;
     let view = ctx.view();
-    let items: Vec<Value> = page.iter().map(|s| views::snapshot_summary(&view, s)).collect();
-    Ok(Reply::ok(json!({"snapshots": items})))
+    let items: Vec<Value> = page
+        .iter()
+        .map(|s| if detail { views::snapshot_detail(&view, s) } else { views::snapshot_summary(s) })
+        .collect();
+    let mut out = json!({"snapshots": items});
+    if let Some(marker) = next {
+        let path = if detail { "snapshots/detail" } else { "snapshots" };
+        out["snapshots_links"] = json!([{"rel": "next", "href": next_link(req, path, &marker)}]);
+    }
+    Ok(Reply::ok(out))
 }
 
 fn create_snapshot(m: &std::sync::Arc<Manager>, req: &Req) -> Result<Reply> {
@@ -664,7 +679,11 @@ fn create_snapshot(m: &std::sync::Arc<Manager>, req: &Req) -> Result<Reply> {
         s,
         &["volume_id", "name", "description", "display_name", "display_description", "force", "metadata"],
     )?;
-    let volume_id = uuid_like("volume_id", required("snapshot", s, "volume_id")?)?;
+    // Cinder's schema allows null here, and the lookup of no volume is then 404.
+    let volume_id = match required("snapshot", s, "volume_id")? {
+        Value::Null => return Err(crate::manager::volume_not_found("None").into()),
+        id => uuid_like("volume_id", id)?,
+    };
     let force = match s.get("force") {
         None => None,
         Some(f) => Some(boolean("force", f)?),
@@ -693,7 +712,7 @@ fn create_snapshot(m: &std::sync::Arc<Manager>, req: &Req) -> Result<Reply> {
     let caller = req.caller();
     let snap = m.create_snapshot(&caller, req_body, req.version.at_least(3, 66))?;
     let ctx = view_ctx(m, req)?;
-    Ok(Reply::accepted(Some(json!({"snapshot": views::snapshot_detail(&ctx.view(), &snap)}))))
+    Ok(Reply::accepted(Some(json!({"snapshot": views::snapshot_created(&ctx.view(), &snap)}))))
 }
 
 fn update_snapshot(m: &Manager, req: &Req, id: &str) -> Result<Reply> {
@@ -714,7 +733,7 @@ fn update_snapshot(m: &Manager, req: &Req, id: &str) -> Result<Reply> {
     let (new_name, new_description) = (pick(["name", "display_name"])?, pick(["description", "display_description"])?);
     let snap = m.update_snapshot(&req.caller(), id, new_name, new_description)?;
     let ctx = view_ctx(m, req)?;
-    Ok(Reply::ok(json!({"snapshot": views::snapshot_detail(&ctx.view(), &snap)})))
+    Ok(Reply::ok(json!({"snapshot": views::snapshot_created(&ctx.view(), &snap)})))
 }
 
 fn snapshot_action(m: &std::sync::Arc<Manager>, req: &Req, id: &str) -> Result<Reply> {
@@ -770,7 +789,7 @@ fn create_type(m: &Manager, req: &Req) -> Result<Reply> {
     };
     let created = m.create_volume_type(type_name, description, is_public, specs)?;
     let ctx = view_ctx(m, req)?;
-    Ok(Reply::ok(json!({"volume_type": views::volume_type(&ctx.view(), &created)})))
+    Ok(Reply::ok(json!({"volume_type": views::volume_type_created(&ctx.view(), &created)})))
 }
 
 /// Admins choose with `is_public` (absent: public and shared with their project;
@@ -827,7 +846,7 @@ fn update_type(m: &Manager, req: &Req, id: &str) -> Result<Reply> {
     let is_public = t.get("is_public").map(|p| boolean("is_public", p)).transpose()?;
     let updated = m.update_volume_type(id, new_name, description, is_public)?;
     let ctx = view_ctx(m, req)?;
-    Ok(Reply::ok(json!({"volume_type": views::volume_type(&ctx.view(), &updated)})))
+    Ok(Reply::ok(json!({"volume_type": views::volume_type_updated(&ctx.view(), &updated)})))
 }
 
 fn extra_specs(m: &Manager, req: &Req, id: &str, key: Option<&str>) -> Result<Reply> {

@@ -34,7 +34,27 @@ pub fn volume_summary(ctx: &ViewContext, v: &Volume) -> Value {
     json!({"id": v.id, "name": v.name, "links": volume_links(ctx, &v.id)})
 }
 
+/// `GET /volumes/{id}` and `/volumes/detail`: the volume with what Cinder's API
+/// extensions add to show and detail only (tenant, host, migration name ids,
+/// image metadata).
 pub fn volume_detail(ctx: &ViewContext, v: &Volume) -> Value {
+    let mut out = volume_created(ctx, v);
+    let o = out.as_object_mut().expect("a JSON object");
+    o.insert("os-vol-tenant-attr:tenant_id".into(), json!(v.project_id));
+    if !v.image_metadata.is_empty() {
+        o.insert("volume_image_metadata".into(), json!(v.image_metadata));
+    }
+    if ctx.is_admin {
+        let migration = v.migration_status.as_ref().map(ToString::to_string);
+        o.insert("os-vol-host-attr:host".into(), json!(v.host));
+        o.insert("os-vol-mig-status-attr:migstat".into(), json!(migration));
+        o.insert("os-vol-mig-status-attr:name_id".into(), Value::Null);
+    }
+    out
+}
+
+/// What create, update and manage answer: Cinder's volume view builder alone.
+pub fn volume_created(ctx: &ViewContext, v: &Volume) -> Value {
     let mut metadata = v.metadata.clone();
     for key in ["readonly", "attached_mode"] {
         if let Some(value) = v.admin_metadata.get(key) {
@@ -78,18 +98,10 @@ pub fn volume_detail(ctx: &ViewContext, v: &Volume) -> Value {
         "consistencygroup_id": Value::Null,
         "multiattach": v.multiattach,
         "attachments": attachments,
-        "os-vol-tenant-attr:tenant_id": v.project_id,
     });
     let o = out.as_object_mut().expect("a JSON object");
-    if !v.image_metadata.is_empty() {
-        o.insert("volume_image_metadata".into(), json!(v.image_metadata));
-    }
     if ctx.is_admin {
-        let migration = v.migration_status.as_ref().map(ToString::to_string);
-        o.insert("migration_status".into(), json!(migration));
-        o.insert("os-vol-host-attr:host".into(), json!(v.host));
-        o.insert("os-vol-mig-status-attr:migstat".into(), json!(migration));
-        o.insert("os-vol-mig-status-attr:name_id".into(), Value::Null);
+        o.insert("migration_status".into(), json!(v.migration_status.as_ref().map(ToString::to_string)));
     }
     let at = |minor| ctx.version.at_least(3, minor);
     if at(13) {
@@ -115,20 +127,19 @@ pub fn volume_detail(ctx: &ViewContext, v: &Volume) -> Value {
     out
 }
 
+/// `GET /snapshots/{id}` and `/snapshots/detail`: with the extended snapshot
+/// attributes Cinder adds to show and detail only.
 pub fn snapshot_detail(ctx: &ViewContext, s: &Snapshot) -> Value {
-    let mut out = json!({
-        "id": s.id,
-        "created_at": s.created_at,
-        "updated_at": s.updated_at,
-        "name": s.name,
-        "description": s.description,
-        "volume_id": s.volume_id,
-        "status": s.status.as_str(),
-        "size": s.volume_size,
-        "metadata": s.metadata,
-        "os-extended-snapshot-attributes:progress": s.progress,
-        "os-extended-snapshot-attributes:project_id": s.project_id,
-    });
+    let mut out = snapshot_created(ctx, s);
+    out["os-extended-snapshot-attributes:progress"] = json!(s.progress);
+    out["os-extended-snapshot-attributes:project_id"] = json!(s.project_id);
+    out
+}
+
+/// What create and update answer: the summary and the fields of later
+/// microversions.
+pub fn snapshot_created(ctx: &ViewContext, s: &Snapshot) -> Value {
+    let mut out = snapshot_summary(s);
     let o = out.as_object_mut().expect("a JSON object");
     if ctx.version.at_least(3, 14) {
         o.insert("group_snapshot_id".into(), Value::Null);
@@ -142,8 +153,19 @@ pub fn snapshot_detail(ctx: &ViewContext, s: &Snapshot) -> Value {
     out
 }
 
-pub fn snapshot_summary(ctx: &ViewContext, s: &Snapshot) -> Value {
-    snapshot_detail(ctx, s)
+/// `GET /snapshots`: Cinder's summary, the same at every microversion.
+pub fn snapshot_summary(s: &Snapshot) -> Value {
+    json!({
+        "id": s.id,
+        "created_at": s.created_at,
+        "updated_at": s.updated_at,
+        "name": s.name,
+        "description": s.description,
+        "volume_id": s.volume_id,
+        "status": s.status.as_str(),
+        "size": s.volume_size,
+        "metadata": s.metadata,
+    })
 }
 
 /// The extra specs Cinder shows callers who may not read them all
@@ -159,19 +181,32 @@ pub fn visible_extra_specs(is_admin: bool, specs: &BTreeMap<String, String>) -> 
         .collect()
 }
 
+/// `GET /types`, `/types/{id}`, `/types/default`: with `qos_specs_id` for admins
+/// and the type-access extension's `is_public`.
 pub fn volume_type(ctx: &ViewContext, t: &VolumeType) -> Value {
-    let mut out = json!({
-        "id": t.id,
-        "name": t.name,
-        "description": t.description,
-        "is_public": t.is_public,
-        "os-volume-type-access:is_public": t.is_public,
-        "extra_specs": visible_extra_specs(ctx.is_admin, &t.extra_specs),
-    });
+    let mut out = volume_type_created(ctx, t);
     if ctx.is_admin {
         out["qos_specs_id"] = Value::Null;
     }
     out
+}
+
+/// What `POST /types` answers: the type-access extension extends create too.
+pub fn volume_type_created(ctx: &ViewContext, t: &VolumeType) -> Value {
+    let mut out = volume_type_updated(ctx, t);
+    out["os-volume-type-access:is_public"] = json!(t.is_public);
+    out
+}
+
+/// What `PUT /types/{id}` answers: the types-manage view alone.
+pub fn volume_type_updated(ctx: &ViewContext, t: &VolumeType) -> Value {
+    json!({
+        "id": t.id,
+        "name": t.name,
+        "description": t.description,
+        "is_public": t.is_public,
+        "extra_specs": visible_extra_specs(ctx.is_admin, &t.extra_specs),
+    })
 }
 
 pub fn manageable(m: &ManageableVolume, detail: bool) -> Value {
@@ -192,24 +227,7 @@ pub fn manageable(m: &ManageableVolume, detail: bool) -> Value {
 pub fn pool(settings: &Settings, stats: &PoolStats, detail: bool) -> Value {
     let mut out = json!({"name": settings.host});
     if detail {
-        out["capabilities"] = json!({
-            "volume_backend_name": settings.backend_name,
-            "vendor_name": "ember",
-            "driver_version": env!("CARGO_PKG_VERSION"),
-            "storage_protocol": "iSCSI",
-            "total_capacity_gb": stats.total_gib,
-            "free_capacity_gb": stats.free_gib,
-            "provisioned_capacity_gb": stats.provisioned_gib,
-            "allocated_capacity_gb": stats.allocated_gib,
-            "max_over_subscription_ratio": stats.max_over_subscription_ratio,
-            "reserved_percentage": 0,
-            "thin_provisioning_support": true,
-            "thin_pool_data_percent": stats.thin_data_percent,
-            "thin_pool_metadata_percent": stats.thin_metadata_percent,
-            "thick_provisioning_support": false,
-            "multiattach": true,
-            "timestamp": crate::model::now(),
-        });
+        out["capabilities"] = Value::Object(crate::manager::scheduler::capabilities(settings, stats));
     }
     out
 }

@@ -337,7 +337,7 @@ fn leave_message(tx: &Tx, job: &Job, settings: &super::Settings, reason: &str) -
 }
 
 #[allow(clippy::too_many_arguments)]
-fn insert_message(
+pub(super) fn insert_message(
     tx: &Tx,
     settings: &super::Settings,
     project_id: &str,

@@ -18,6 +18,7 @@ mod exports;
 mod jobs;
 mod locks;
 mod messages;
+pub mod scheduler;
 mod snapshots;
 pub mod types;
 mod volumes;
@@ -185,8 +186,12 @@ impl Manager {
     pub fn pool_stats(&self) -> Result<PoolStats> {
         let capacity = self.pool.capacity()?;
         let provisioned_gib = self.store.read(|tx| tx.provisioned_gib())?;
+        Ok(self.stats_of(&capacity, provisioned_gib))
+    }
+
+    fn stats_of(&self, capacity: &Capacity, provisioned_gib: i64) -> PoolStats {
         let gib = |bytes: u64| (bytes as f64 / GIB as f64 * 100.0).round() / 100.0;
-        Ok(PoolStats {
+        PoolStats {
             total_gib: gib(capacity.total_bytes),
             free_gib: gib(capacity.free_bytes),
             provisioned_gib,
@@ -194,7 +199,7 @@ impl Manager {
             thin_data_percent: capacity.thin_data_hundredths.map(|h| h as f64 / 100.0),
             thin_metadata_percent: capacity.thin_metadata_hundredths.map(|h| h as f64 / 100.0),
             max_over_subscription_ratio: self.settings.max_over_subscription_ratio,
-        })
+        }
     }
 }
 

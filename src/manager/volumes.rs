@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use super::{ActionOutcome, Caller, Manager, ManagerError, Result, gib, type_not_found, volume_not_found};
 use crate::model::{
-    AttachStatus, DEFAULT_TYPE_NAME, JobSpec, SnapshotStatus, Volume, VolumeSource, VolumeStatus, VolumeType,
-    not_migrating, now,
+    AttachStatus, DEFAULT_TYPE_NAME, JobSpec, MessageAction, MessageResource, SnapshotStatus, Volume, VolumeSource,
+    VolumeStatus, VolumeType, not_migrating, now,
 };
 use crate::store::{MetaKind, Tx};
 
@@ -109,13 +109,38 @@ impl Manager {
                     &req.metadata,
                 )?
             };
+            // Cinder's scheduler: a type asking for what the pool does not offer
+            // leaves the volume in error, with a message saying why.
+            let caps = super::scheduler::capabilities(&self.settings, &self.stats_of(&capacity, tx.provisioned_gib()?));
+            if let Some(unmet) = super::scheduler::unmet_spec(&vtype.extra_specs, &caps) {
+                let volume = Volume { status: VolumeStatus::Error, ..volume };
+                tx.insert_volume(&volume)?;
+                let reason = format!(
+                    "No valid backend was found. No pool offers what volume type {} asks for: {unmet}.",
+                    vtype.name
+                );
+                super::jobs::insert_message(
+                    tx,
+                    &self.settings,
+                    &volume.project_id,
+                    &caller.request_id,
+                    MessageResource::Volume,
+                    Some(&volume.id),
+                    MessageAction::SCHEDULE_ALLOCATE_VOLUME,
+                    &reason,
+                )?;
+                tracing::warn!(volume = %volume.id, volume_type = %vtype.name, %unmet, "no pool satisfies the volume type");
+                return Ok::<_, ManagerError>((volume, None));
+            }
             self.check_capacity(tx, &capacity, size)?;
             tx.insert_volume(&volume)?;
             let spec = JobSpec::CreateVolume { volume: volume.id.clone(), size_gib: gib(size), source };
             let job = self.enqueue(tx, caller, &volume.project_id, spec)?;
-            Ok::<_, ManagerError>((volume, job))
+            Ok::<_, ManagerError>((volume, Some(job)))
         })?;
-        self.start(job);
+        if let Some(job) = job {
+            self.start(job);
+        }
         Ok(volume)
     }
 

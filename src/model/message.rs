@@ -29,6 +29,8 @@ pub struct MessageDetail {
 
 impl MessageDetail {
     pub const UNKNOWN_ERROR: MessageDetail = MessageDetail { id: "001", text: "An unknown error occurred." };
+    pub const NO_BACKEND_AVAILABLE: MessageDetail =
+        MessageDetail { id: "003", text: "Could not find any available weighted backend." };
     pub const DRIVER_FAILED_EXTEND: MessageDetail =
         MessageDetail { id: "010", text: "Volume Driver failed to extend volume." };
     pub const DRIVER_FAILED_CREATE: MessageDetail =
@@ -41,6 +43,8 @@ impl MessageDetail {
 }
 
 impl MessageAction {
+    pub const SCHEDULE_ALLOCATE_VOLUME: MessageAction =
+        MessageAction { id: "001", text: "schedule allocate volume", detail: MessageDetail::NO_BACKEND_AVAILABLE };
     pub const ATTACH_VOLUME: MessageAction =
         MessageAction { id: "002", text: "attach volume", detail: MessageDetail::ATTACH_ERROR };
     pub const UNMANAGE_VOLUME: MessageAction =

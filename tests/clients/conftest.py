@@ -19,6 +19,21 @@ from pathlib import Path
 import pytest
 import requests
 
+import schemas
+
+schemas.install()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """A test fails when any response it (or its fixtures) received breaks the
+    published response schema of its operation and microversion (schemas.py)."""
+    result = yield
+    found, schemas.VIOLATIONS[:] = list(schemas.VIOLATIONS), []
+    if found:
+        raise AssertionError("responses outside the published schemas:\n" + "\n".join(found[:20]))
+    return result
+
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "0123456789abcdef0123456789abcdef"
 USER = "admin"

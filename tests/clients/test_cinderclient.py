@@ -420,10 +420,12 @@ def test_volume_types(cinder):
     assert name in [x.name for x in cinder.volume_types.list()]
     assert cinder.volume_types.get(t.id).name == name
 
-    t.set_keys({"k1": "v1", "k2": "v2"})
-    assert t.get_keys() == {"k1": "v1", "k2": "v2"}
-    t.unset_keys(["k1"])
-    assert cinder.volume_types.get(t.id).get_keys() == {"k2": "v2"}
+    # Scoped keys: Cinder's capabilities filter ignores them, so the type's
+    # volumes still find the pool (an unscoped key the pool lacks would not).
+    t.set_keys({"note:k1": "v1", "note:k2": "v2"})
+    assert t.get_keys() == {"note:k1": "v1", "note:k2": "v2"}
+    t.unset_keys(["note:k1"])
+    assert cinder.volume_types.get(t.id).get_keys() == {"note:k2": "v2"}
 
     cinder.volume_types.update(t, description="changed")
     assert cinder.volume_types.get(t.id).description == "changed"
