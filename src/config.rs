@@ -25,6 +25,37 @@ pub struct Config {
     pub pool: PoolConfig,
     pub target: TargetConfig,
     pub http: HttpConfig,
+    pub quota: QuotaConfig,
+}
+
+/// `[quota]`: the default quota class (what a project may hold until an admin
+/// sets its own limits); -1 is unlimited. Cinder's defaults are 10 volumes, 10
+/// snapshots and 1,000 GB; ember's are unlimited, since the pool's capacity check
+/// already bounds what one host can promise (README, "Differences").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaConfig {
+    pub volumes: i64,
+    pub snapshots: i64,
+    pub gigabytes: i64,
+    pub per_volume_gigabytes: i64,
+    pub backups: i64,
+    pub backup_gigabytes: i64,
+    pub groups: i64,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        QuotaConfig {
+            volumes: -1,
+            snapshots: -1,
+            gigabytes: -1,
+            per_volume_gigabytes: -1,
+            backups: -1,
+            backup_gigabytes: -1,
+            groups: -1,
+        }
+    }
 }
 
 /// `[http]`: what the API's clients may hold.
@@ -235,6 +266,7 @@ impl Default for Config {
             pool: PoolConfig::default(),
             target: TargetConfig::default(),
             http: HttpConfig::default(),
+            quota: QuotaConfig::default(),
         }
     }
 }
@@ -376,6 +408,20 @@ impl Config {
         let ratio = self.pool.max_over_subscription_ratio();
         if ratio.is_nan() || ratio < 1.0 {
             return Err(ConfigError::Invalid("[pool] max_over_subscription_ratio must be at least 1.0".to_string()));
+        }
+        let q = &self.quota;
+        for (what, value) in [
+            ("volumes", q.volumes),
+            ("snapshots", q.snapshots),
+            ("gigabytes", q.gigabytes),
+            ("per_volume_gigabytes", q.per_volume_gigabytes),
+            ("backups", q.backups),
+            ("backup_gigabytes", q.backup_gigabytes),
+            ("groups", q.groups),
+        ] {
+            if value < -1 {
+                return Err(ConfigError::Invalid(format!("[quota] {what} must be -1 (unlimited) or more")));
+            }
         }
         let t = &self.target;
         if t.portal_ips.is_empty() {

@@ -30,6 +30,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
         availability_zone: config.availability_zone.clone(),
         max_over_subscription_ratio: config.pool.max_over_subscription_ratio(),
         message_ttl: std::time::Duration::from_secs(config.message_ttl),
+        quota: config.quota.clone(),
     };
     let exporter = Exporter::open(&config.target)?;
     let manager = Manager::new(store, pool, exporter, settings);

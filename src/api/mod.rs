@@ -10,6 +10,7 @@ mod fault;
 mod messages;
 mod microversion;
 mod policy;
+mod quotas;
 mod resources;
 mod schema;
 mod views;
@@ -141,6 +142,9 @@ const COLLECTIONS: &[&str] = &[
     "scheduler-stats",
     "messages",
     "attachments",
+    "os-quota-sets",
+    "os-quota-class-sets",
+    "limits",
 ];
 
 async fn handle(State(state): State<Arc<ApiState>>, request: Request) -> Response {

@@ -46,6 +46,9 @@ pub enum Owner {
     /// A volume type: its project is the caller's, but a private type the
     /// caller's project may not use is "not found".
     VolumeType(usize),
+    /// The project named by the path segment itself (quota sets): another
+    /// project's is "forbidden", as Cinder's target check answers.
+    Project(usize),
 }
 
 pub struct Route {
@@ -74,7 +77,7 @@ macro_rules! routes {
     };
 }
 
-use Owner::{Attachment as A, Caller as C, Message as M, Snapshot as S, Volume as V, VolumeType as T};
+use Owner::{Attachment as A, Caller as C, Message as M, Project as P, Snapshot as S, Volume as V, VolumeType as T};
 
 const V3: (u16, u16) = (3, 0);
 
@@ -131,6 +134,13 @@ pub const ROUTES: &[Route] = routes![
     PUT ["attachments", "*"] "volume:attachment_update" Member A(1), (3, 27);
     DELETE ["attachments", "*"] "volume:attachment_delete" Member A(1), (3, 27);
     POST ["attachments", "*", "action"] "volume:attachment_complete" Member A(1), (3, 44);
+    GET ["os-quota-sets", "*"] "volume_extension:quotas:show" Reader P(1), V3;
+    PUT ["os-quota-sets", "*"] "volume_extension:quotas:update" Admin P(1), V3;
+    DELETE ["os-quota-sets", "*"] "volume_extension:quotas:delete" Admin P(1), V3;
+    GET ["os-quota-sets", "*", "defaults"] "volume_extension:quotas:show" Reader P(1), V3;
+    GET ["os-quota-class-sets", "*"] "volume_extension:quota_classes:get" Admin C, V3;
+    PUT ["os-quota-class-sets", "*"] "volume_extension:quota_classes:update" Admin C, V3;
+    GET ["limits"] "limits_extension:used_limits" Reader C, V3;
 ];
 
 fn matches(pattern: &[&str], path: &[&str]) -> bool {

@@ -112,6 +112,19 @@ pub fn route(m: &std::sync::Arc<Manager>, req: &Req, path: &[&str]) -> Result<Re
             Method::DELETE => super::messages::delete(m, req, id),
             _ => Err(bad_method()),
         },
+        ["os-quota-sets", project] => match *method {
+            Method::GET => super::quotas::show(m, req, project),
+            Method::PUT => super::quotas::update(m, req, project),
+            Method::DELETE => super::quotas::delete(m, project),
+            _ => Err(bad_method()),
+        },
+        ["os-quota-sets", project, "defaults"] => super::quotas::defaults(m, project),
+        ["os-quota-class-sets", class] => match *method {
+            Method::GET => super::quotas::show_class(m, class),
+            Method::PUT => super::quotas::update_class(m, req, class),
+            _ => Err(bad_method()),
+        },
+        ["limits"] => super::quotas::limits(m, req),
         ["scheduler-stats", "get_pools"] => only(method, Method::GET, || {
             let detail = req.flag("detail")?;
             Ok(Reply::ok(json!({"pools": [views::pool(m.settings(), &m.pool_stats()?, detail)]})))
@@ -138,6 +151,7 @@ fn owner_project(m: &Manager, req: &Req, owner: policy::Owner, path: &[&str]) ->
             m.visible_volume_type(&caller, path[i])?;
             caller.project_id
         }
+        O::Project(i) => path[i].to_string(),
     })
 }
 

@@ -18,6 +18,7 @@ mod exports;
 mod jobs;
 mod locks;
 mod messages;
+mod quotas;
 pub mod scheduler;
 mod snapshots;
 pub mod types;
@@ -30,6 +31,7 @@ use std::time::Duration;
 pub use actions::*;
 pub use attachments::AttachmentView;
 pub use exports::{ExportSettings, Exporter, connector_initiator, portal};
+pub use quotas::{QuotaUsage, check_quota_keys};
 pub use snapshots::*;
 pub use volumes::*;
 
@@ -96,6 +98,8 @@ pub struct Settings {
     pub max_over_subscription_ratio: f64,
     /// How long a user message is kept at least (Cinder's `message_ttl`).
     pub message_ttl: Duration,
+    /// The default quota class, before any `os-quota-class-sets` update.
+    pub quota: crate::config::QuotaConfig,
 }
 
 pub struct Manager {

@@ -54,6 +54,14 @@ impl Manager {
             if !not_migrating(v.migration_status.as_ref()) {
                 return Err(ManagerError::Invalid(format!("Invalid volume: Volume {} is migrating.", v.id)));
             }
+            let type_name = super::quotas::type_name(tx, &v.volume_type_id)?;
+            let delta = super::quotas::QuotaDelta {
+                type_name: &type_name,
+                snapshots: 1,
+                gigabytes: v.size,
+                ..Default::default()
+            };
+            self.check_quota(tx, &v.project_id, &delta)?;
             self.check_capacity(tx, &capacity, v.size)?;
             let snapshot = Snapshot {
                 id: uuid::Uuid::new_v4().to_string(),

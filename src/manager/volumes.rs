@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use super::quotas::QuotaDelta;
 use super::{ActionOutcome, Caller, Manager, ManagerError, Result, gib, type_not_found, volume_not_found};
 use crate::model::{
     AttachStatus, DEFAULT_TYPE_NAME, JobSpec, MessageAction, MessageResource, SnapshotStatus, Volume, VolumeSource,
@@ -109,6 +110,14 @@ impl Manager {
                     &req.metadata,
                 )?
             };
+            let delta = QuotaDelta {
+                type_name: &vtype.name,
+                volumes: 1,
+                gigabytes: size,
+                volume_size: Some(size),
+                ..QuotaDelta::default()
+            };
+            self.check_quota(tx, &caller.project_id, &delta)?;
             // Cinder's scheduler: a type asking for what the pool does not offer
             // leaves the volume in error, with a message saying why.
             let caps = super::scheduler::capabilities(&self.settings, &self.stats_of(&capacity, tx.provisioned_gib()?));
@@ -371,6 +380,14 @@ impl Manager {
                     &req.metadata,
                 )?
             };
+            let delta = QuotaDelta {
+                type_name: &vtype.name,
+                volumes: 1,
+                gigabytes: size,
+                volume_size: Some(size),
+                ..QuotaDelta::default()
+            };
+            self.check_quota(tx, &volume.project_id, &delta)?;
             tx.insert_volume(&volume)?;
             let spec = JobSpec::ManageVolume { volume: volume.id.clone(), source_name: req.source_name.clone() };
             let job = self.enqueue(tx, caller, &volume.project_id, spec)?;

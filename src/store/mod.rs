@@ -237,6 +237,23 @@ CREATE TRIGGER provisioned_snapshot_delete AFTER DELETE ON snapshots
 CREATE TRIGGER provisioned_snapshot_resize AFTER UPDATE OF volume_size ON snapshots
     BEGIN UPDATE provisioned SET gib = gib - OLD.volume_size + NEW.volume_size WHERE id = 1; END;
 "#,
+    // 5: quotas: a project's own limits, and the quota classes ('default') over
+    // the configured defaults. What is in use is counted from the resources.
+    r#"
+CREATE TABLE quotas (
+    project_id TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    hard_limit INTEGER NOT NULL,
+    PRIMARY KEY (project_id, resource)
+);
+CREATE TABLE quota_classes (
+    class_name TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    hard_limit INTEGER NOT NULL,
+    PRIMARY KEY (class_name, resource)
+);
+CREATE INDEX snapshots_project ON snapshots(project_id);
+"#,
 ];
 
 /// The schema version this ember writes.
@@ -888,6 +905,52 @@ impl Tx<'_> {
         Ok(n > 0)
     }
 
+    // ---- quotas -------------------------------------------------------------------
+
+    /// The limits set for `project` (`quotas`) or a class (`quota_classes`).
+    pub fn quota_limits(&self, table: QuotaTable, owner: &str) -> Result<BTreeMap<String, i64>, StoreError> {
+        let (sql, _) = table.sql();
+        let mut stmt = self.0.prepare_cached(&format!("SELECT resource, hard_limit FROM {sql} = ?1"))?;
+        let rows = stmt.query_map([owner], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn set_quota_limit(
+        &self,
+        table: QuotaTable,
+        owner: &str,
+        resource: &str,
+        limit: i64,
+    ) -> Result<(), StoreError> {
+        let (_, insert) = table.sql();
+        self.0.execute(insert, params![owner, resource, limit])?;
+        Ok(())
+    }
+
+    /// Forgets a project's own limits (it falls back to the default class).
+    pub fn delete_project_quotas(&self, project_id: &str) -> Result<(), StoreError> {
+        self.0.execute("DELETE FROM quotas WHERE project_id = ?1", [project_id])?;
+        Ok(())
+    }
+
+    /// (volume type id, count, GiB) of a project's volumes, or of its snapshots.
+    pub fn quota_usage(&self, project_id: &str, of: QuotaCounted) -> Result<Vec<TypeUsage>, StoreError> {
+        let sql = match of {
+            QuotaCounted::Volumes => {
+                "SELECT volume_type_id, COUNT(*), COALESCE(SUM(size), 0) FROM volumes WHERE project_id = ?1 \
+                 GROUP BY volume_type_id"
+            }
+            QuotaCounted::Snapshots => {
+                "SELECT volume_type_id, COUNT(*), COALESCE(SUM(volume_size), 0) FROM snapshots \
+                 WHERE project_id = ?1 GROUP BY volume_type_id"
+            }
+        };
+        let mut stmt = self.0.prepare_cached(sql)?;
+        let rows =
+            stmt.query_map([project_id], |r| Ok(TypeUsage { type_id: r.get(0)?, count: r.get(1)?, gib: r.get(2)? }))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// GiB promised to volumes and snapshots (migration 4's triggers keep it).
     pub fn provisioned_gib(&self) -> Result<i64, StoreError> {
         Ok(self.0.query_row("SELECT gib FROM provisioned WHERE id = 1", [], |r| r.get(0))?)
@@ -1102,6 +1165,46 @@ impl Tx<'_> {
     /// Removes messages whose guarantee ended before `now` (an ISO timestamp).
     pub fn reap_messages(&self, now: &str) -> Result<usize, StoreError> {
         Ok(self.0.execute("DELETE FROM messages WHERE expires_at < ?1", [now])?)
+    }
+}
+
+/// What `quota_usage` counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaCounted {
+    Volumes,
+    Snapshots,
+}
+
+/// How many of a project's volumes (or snapshots) have one type, and their GiB.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypeUsage {
+    pub type_id: String,
+    pub count: i64,
+    pub gib: i64,
+}
+
+/// Where quota limits live: a project's own, or a quota class's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaTable {
+    Project,
+    Class,
+}
+
+impl QuotaTable {
+    /// (`FROM … WHERE owner` clause, upsert statement).
+    fn sql(self) -> (&'static str, &'static str) {
+        match self {
+            QuotaTable::Project => (
+                "quotas WHERE project_id",
+                "INSERT INTO quotas (project_id, resource, hard_limit) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (project_id, resource) DO UPDATE SET hard_limit = excluded.hard_limit",
+            ),
+            QuotaTable::Class => (
+                "quota_classes WHERE class_name",
+                "INSERT INTO quota_classes (class_name, resource, hard_limit) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (class_name, resource) DO UPDATE SET hard_limit = excluded.hard_limit",
+            ),
+        }
     }
 }
 

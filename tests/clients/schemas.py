@@ -20,7 +20,8 @@ from urllib.parse import parse_qs, urlsplit
 import jsonschema
 import requests
 from tempest.lib.api_schema.response.volume import (
-    manage_volume, messages, scheduler_stats, snapshots, versions, volume_types, volumes)
+    limits, manage_volume, messages, quota_classes, quotas, scheduler_stats, snapshots, versions, volume_types,
+    volumes)
 from tempest.lib.api_schema.response.volume.v3_61 import volumes as volumes_361
 from tempest.lib.api_schema.response.volume.v3_63 import volumes as volumes_363
 from tempest.lib.api_schema.response.volume.v3_64 import volumes as volumes_364
@@ -148,6 +149,15 @@ ROUTES = [
      lambda body, q: scheduler_stats.get_pools_with_detail
      if q.get("detail", ["false"])[0].lower() in ("true", "1", "yes", "on", "y", "t")
      else scheduler_stats.get_pools_no_detail),
+    ("GET", rf"os-quota-sets/{ID}",
+     lambda body, q: quotas.show_quota_set_usage
+     if q.get("usage", ["false"])[0].lower() in ("true", "1", "yes", "on", "y", "t") else quotas.show_quota_set),
+    ("GET", rf"os-quota-sets/{ID}/defaults", quotas.show_quota_set),
+    ("PUT", rf"os-quota-sets/{ID}", quotas.update_quota_set),
+    ("DELETE", rf"os-quota-sets/{ID}", quotas.delete_quota_set),
+    ("GET", rf"os-quota-class-sets/{ID}", quota_classes.show_quota_classes),
+    ("PUT", rf"os-quota-class-sets/{ID}", quota_classes.update_quota_classes),
+    ("GET", r"limits", limits.show_limits),
     ("POST", r"os-volume-manage", "manage_volume"),
     ("POST", r"manageable_volumes", "manage_volume"),
 ]

@@ -654,6 +654,9 @@ WRONG_METHODS = [
     ("PATCH", "/types/{vtype}"), ("DELETE", "/types/{vtype}/extra_specs"),
     ("PUT", "/types/{vtype}/extra_specs"), ("POST", "/types/default"),
     ("DELETE", "/manageable_volumes"), ("PUT", "/manageable_volumes"),
+    ("POST", "/os-quota-sets/" + PROJECT), ("PATCH", "/os-quota-sets/" + PROJECT),
+    ("PUT", "/os-quota-sets/" + PROJECT + "/defaults"), ("DELETE", "/os-quota-class-sets/default"),
+    ("POST", "/os-quota-class-sets/default"), ("POST", "/limits"), ("DELETE", "/limits"),
 ]
 
 
@@ -679,6 +682,8 @@ MEDIA_ROUTES = [
     ("POST", "/types", {"volume_type": {"name": "media-type"}}),
     ("PUT", "/types/{vtype}", {"volume_type": {"description": "d"}}),
     ("POST", "/types/{vtype}/extra_specs", {"extra_specs": {"k": "v"}}),
+    ("PUT", "/os-quota-sets/" + PROJECT, {"quota_set": {"volumes": 500}}),
+    ("PUT", "/os-quota-class-sets/default", {"quota_class_set": {"volumes": 500}}),
 ]
 
 
@@ -703,6 +708,7 @@ def padded(body, size):
     ("PUT", "/volumes/{avail}", {"volume": {"name": "renamed"}}),
     ("POST", "/snapshots", {"snapshot": {"volume_id": "{avail}"}}),
     ("POST", "/types", {"volume_type": {"name": "too-big-type"}}),
+    ("PUT", "/os-quota-sets/" + PROJECT, {"quota_set": {"volumes": 500}}),
 ], ids=lambda x: str(x)[:40])
 def test_body_over_limit_is_413(agent, world, method, path, body):
     # a valid body padded with insignificant whitespace to one byte over the limit

@@ -39,9 +39,13 @@ CONNECTOR = {"initiator": "iqn.1993-08.org.debian:01:policy", "host": "hv1", "ip
 
 def expected(level, who, owned):
     """What Cinder's default policy answers `who` for a rule of `level` on a
-    resource of P1 (`owned`) or on the caller's own collection."""
+    resource of P1 (`owned`), on P1 itself (`owned == "project"`: quota sets,
+    where another project is forbidden, not hidden) or on the caller's own
+    collection."""
     if who == "admin":
         return "allowed"
+    if who == "other" and owned == "project":
+        return "forbidden"
     if who == "other" and owned:
         return "hidden"
     if level == ADMIN or who == "norole" or (level == MEMBER and who == "reader"):
@@ -115,7 +119,8 @@ def shared(api):
     """Resources of P1 the non-destructive cases share."""
     vid = api.volume(metadata={"k": "v"})
     ids = {"vol": vid, "snap": api.snapshot(vid), "type": api.volume_type(extra_specs={"a": "b"}),
-           "att": api.attachment(), "msg": api.message(), "err": api.volume(status="error")}
+           "att": api.attachment(), "msg": api.message(), "err": api.volume(status="error"),
+           "proj": P1, "cls": "default"}
     return ids
 
 
@@ -173,6 +178,13 @@ ROUTES = [
     ("PUT", "/attachments/{att}", MEMBER, True, PROBE, "3.27", None),
     ("DELETE", "/attachments/{att}", MEMBER, True, None, "3.27", "att"),
     ("POST", "/attachments/{att}/action", MEMBER, True, PROBE, "3.44", None),
+    ("GET", "/os-quota-sets/{proj}", READER, "project", None, "3.0", None),
+    ("PUT", "/os-quota-sets/{proj}", ADMIN, "project", PROBE, "3.0", None),
+    ("DELETE", "/os-quota-sets/{proj}", ADMIN, "project", None, "3.0", None),
+    ("GET", "/os-quota-sets/{proj}/defaults", READER, "project", None, "3.0", None),
+    ("GET", "/os-quota-class-sets/{cls}", ADMIN, False, None, "3.0", None),
+    ("PUT", "/os-quota-class-sets/{cls}", ADMIN, False, PROBE, "3.0", None),
+    ("GET", "/limits", READER, False, None, "3.0", None),
 ]
 
 # Volume actions, on a volume in `error` (so what the policy lets through is then

@@ -32,6 +32,14 @@ impl Manager {
                     v.status
                 )));
             }
+            let type_name = crate::manager::quotas::type_name(tx, &v.volume_type_id)?;
+            let delta = crate::manager::quotas::QuotaDelta {
+                type_name: &type_name,
+                gigabytes: new_size - v.size,
+                volume_size: Some(new_size),
+                ..Default::default()
+            };
+            self.check_quota(tx, &v.project_id, &delta)?;
             self.check_capacity(tx, &capacity, new_size - v.size)?;
             let mut new = v.clone();
             new.status = VolumeStatus::Extending;
@@ -143,6 +151,15 @@ impl Manager {
                     });
                 }
             }
+            // The totals do not change; the new type's own quotas must hold it.
+            let delta = crate::manager::quotas::QuotaDelta {
+                type_name: &target.name,
+                volumes: 1,
+                gigabytes: v.size,
+                per_type_only: true,
+                ..Default::default()
+            };
+            self.check_quota(tx, &v.project_id, &delta)?;
             let mut new = v.clone();
             new.status = VolumeStatus::Retyping;
             new.previous_status = Some(v.status);

@@ -51,6 +51,7 @@ fn settings(max_over_subscription_ratio: f64) -> Settings {
         availability_zone: "nova".into(),
         max_over_subscription_ratio,
         message_ttl: Duration::from_secs(3600),
+        quota: crate::config::QuotaConfig::default(),
     }
 }
 
