@@ -145,6 +145,8 @@ const COLLECTIONS: &[&str] = &[
     "os-quota-sets",
     "os-quota-class-sets",
     "limits",
+    "os-availability-zone",
+    "backups",
 ];
 
 async fn handle(State(state): State<Arc<ApiState>>, request: Request) -> Response {

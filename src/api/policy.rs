@@ -24,6 +24,8 @@ pub enum Level {
     Reader,
     /// The rule depends on the body: each action carries its own.
     PerAction,
+    /// Any authenticated caller (Cinder checks no rule there).
+    Anyone,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +88,7 @@ pub const ROUTES: &[Route] = routes![
     GET ["volumes"] "volume:get_all" Reader C, V3;
     POST ["volumes"] "volume:create" Member C, V3;
     GET ["volumes", "detail"] "volume:get_all" Reader C, V3;
+    GET ["volumes", "summary"] "volume:get_all" Reader C, (3, 12);
     GET ["volumes", "*"] "volume:get" Reader V(1), V3;
     PUT ["volumes", "*"] "volume:update" Member V(1), V3;
     DELETE ["volumes", "*"] "volume:delete" Member V(1), V3;
@@ -103,6 +106,12 @@ pub const ROUTES: &[Route] = routes![
     PUT ["snapshots", "*"] "volume:update_snapshot" Member S(1), V3;
     DELETE ["snapshots", "*"] "volume:delete_snapshot" Member S(1), V3;
     POST ["snapshots", "*", "action"] "snapshot actions" PerAction S(1), V3;
+    GET ["snapshots", "*", "metadata"] "volume:get_snapshot_metadata" Reader S(1), V3;
+    POST ["snapshots", "*", "metadata"] "volume:update_snapshot_metadata" Member S(1), V3;
+    PUT ["snapshots", "*", "metadata"] "volume:update_snapshot_metadata" Member S(1), V3;
+    GET ["snapshots", "*", "metadata", "*"] "volume:get_snapshot_metadata" Reader S(1), V3;
+    PUT ["snapshots", "*", "metadata", "*"] "volume:update_snapshot_metadata" Member S(1), V3;
+    DELETE ["snapshots", "*", "metadata", "*"] "volume:delete_snapshot_metadata" Member S(1), V3;
     GET ["types"] "volume_extension:type_get_all" Reader C, V3;
     POST ["types"] "volume_extension:type_create" Admin C, V3;
     GET ["types", "default"] "volume_extension:type_get" Reader C, V3;
@@ -141,6 +150,15 @@ pub const ROUTES: &[Route] = routes![
     GET ["os-quota-class-sets", "*"] "volume_extension:quota_classes:get" Admin C, V3;
     PUT ["os-quota-class-sets", "*"] "volume_extension:quota_classes:update" Admin C, V3;
     GET ["limits"] "limits_extension:used_limits" Reader C, V3;
+    GET ["os-availability-zone"] "(none)" Anyone C, V3;
+    // Backups answer 501 until they exist, after their rules.
+    GET ["backups"] "backup:get_all" Reader C, V3;
+    POST ["backups"] "backup:create" Member C, V3;
+    GET ["backups", "detail"] "backup:get_all" Reader C, V3;
+    GET ["backups", "*"] "backup:get" Reader C, V3;
+    DELETE ["backups", "*"] "backup:delete" Member C, V3;
+    POST ["backups", "*", "restore"] "backup:restore" Member C, V3;
+    POST ["backups", "*", "action"] "volume_extension:backup_admin_actions" Admin C, V3;
 ];
 
 fn matches(pattern: &[&str], path: &[&str]) -> bool {
@@ -167,7 +185,7 @@ pub fn authorize(ctx: &Context, rule: Rule, project: &str) -> Result<(), ApiErro
         Level::Admin => ctx.require_admin(rule.name),
         Level::Member => ctx.require_member(rule.name, project),
         Level::Reader => ctx.require_reader(rule.name, project),
-        Level::PerAction => Ok(()),
+        Level::PerAction | Level::Anyone => Ok(()),
     }
 }
 

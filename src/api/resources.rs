@@ -35,6 +35,7 @@ pub fn route(m: &std::sync::Arc<Manager>, req: &Req, path: &[&str]) -> Result<Re
             _ => Err(bad_method()),
         },
         ["volumes", "detail"] => only(method, Method::GET, || list_volumes(m, req, true)),
+        ["volumes", "summary"] => only(method, Method::GET, || volume_summary(m, req)),
         ["volumes", id] => match *method {
             Method::GET => show_volume(m, req, id),
             Method::PUT => update_volume(m, req, id),
@@ -62,6 +63,8 @@ pub fn route(m: &std::sync::Arc<Manager>, req: &Req, path: &[&str]) -> Result<Re
             }
             _ => Err(bad_method()),
         },
+        ["snapshots", id, "metadata"] => snapshot_metadata(m, req, id, None),
+        ["snapshots", id, "metadata", key] => snapshot_metadata(m, req, id, Some(key)),
         ["snapshots", id, "action"] => only(method, Method::POST, || snapshot_action(m, req, id)),
         ["types"] => match *method {
             Method::GET => list_types(m, req),
@@ -125,6 +128,13 @@ pub fn route(m: &std::sync::Arc<Manager>, req: &Req, path: &[&str]) -> Result<Re
             _ => Err(bad_method()),
         },
         ["limits"] => super::quotas::limits(m, req),
+        ["os-availability-zone"] => Ok(Reply::ok(json!({"availabilityZoneInfo": [
+            {"zoneName": m.settings().availability_zone, "zoneState": {"available": true}}
+        ]}))),
+        ["backups", ..] => Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "Volume backups are not supported yet: they arrive with the backup issue.",
+        )),
         ["scheduler-stats", "get_pools"] => only(method, Method::GET, || {
             let detail = req.flag("detail")?;
             Ok(Reply::ok(json!({"pools": [views::pool(m.settings(), &m.pool_stats()?, detail)]})))
@@ -188,6 +198,27 @@ fn show_volume(m: &Manager, req: &Req, id: &str) -> Result<Reply> {
     let v = m.volume(&req.caller(), id)?;
     let ctx = view_ctx(m, req)?;
     Ok(Reply::ok(json!({"volume": views::volume_detail(&ctx.view(), &v)})))
+}
+
+/// `GET /volumes/summary` (3.12; distinct metadata from 3.36): the caller's
+/// volumes (all projects' with `all_tenants` for admins).
+fn volume_summary(m: &Manager, req: &Req) -> Result<Reply> {
+    let volumes = m.volumes(&req.caller(), req.flag("all_tenants")?)?;
+    let mut summary = json!({
+        "total_count": volumes.len(),
+        "total_size": volumes.iter().map(|v| v.size).sum::<i64>(),
+    });
+    if req.version.at_least(3, 36) {
+        let mut distinct: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (k, v) in volumes.iter().flat_map(|v| &v.metadata) {
+            let values = distinct.entry(k.clone()).or_default();
+            if !values.contains(v) {
+                values.push(v.clone());
+            }
+        }
+        summary["metadata"] = json!(distinct);
+    }
+    Ok(Reply::ok(json!({"volume-summary": summary})))
 }
 
 fn list_volumes(m: &Manager, req: &Req, detail: bool) -> Result<Reply> {
@@ -493,8 +524,7 @@ fn volume_metadata(m: &Manager, req: &Req, id: &str, key: Option<&str>) -> Resul
             Ok(Reply::ok(json!({"meta": {key: value}})))
         }
         (&Method::POST | &Method::PUT, None) => {
-            let body = req.json()?;
-            let map = metadata("metadata", required_meta(&body, "metadata")?, meta_key, 255)?;
+            let map = all_meta(req)?;
             let change =
                 if req.method == Method::PUT { MetadataChange::Replace(map) } else { MetadataChange::Merge(map) };
             let replace = req.method == Method::PUT;
@@ -510,14 +540,7 @@ fn volume_metadata(m: &Manager, req: &Req, id: &str, key: Option<&str>) -> Resul
             Ok(Reply::ok(json!({"metadata": all})))
         }
         (&Method::PUT, Some(key)) => {
-            let body = req.json()?;
-            let map = metadata("meta", required_meta(&body, "meta")?, meta_key, 255)?;
-            if map.len() != 1 {
-                return Err(ApiError::bad_request("Request body contains too many items."));
-            }
-            if !map.contains_key(key) {
-                return Err(ApiError::bad_request("Request body and URI mismatch"));
-            }
+            let map = one_meta(req, key)?;
             m.update_volume_metadata(&caller, id, MetadataChange::Merge(map.clone()), |current| {
                 check_etag(req, current)
             })?;
@@ -529,6 +552,51 @@ fn volume_metadata(m: &Manager, req: &Req, id: &str, key: Option<&str>) -> Resul
         }
         _ => Err(bad_method()),
     }
+}
+
+/// The `{"metadata": {...}}` body of a metadata POST or PUT.
+fn all_meta(req: &Req) -> Result<BTreeMap<String, String>> {
+    let body = req.json()?;
+    metadata("metadata", required_meta(&body, "metadata")?, meta_key, 255)
+}
+
+/// The `{"meta": {key: value}}` body of a PUT on one key, which it must name.
+fn one_meta(req: &Req, key: &str) -> Result<BTreeMap<String, String>> {
+    let body = req.json()?;
+    let map = metadata("meta", required_meta(&body, "meta")?, meta_key, 255)?;
+    if map.len() != 1 {
+        return Err(ApiError::bad_request("Request body contains too many items."));
+    }
+    if !map.contains_key(key) {
+        return Err(ApiError::bad_request("Request body and URI mismatch"));
+    }
+    Ok(map)
+}
+
+/// `/snapshots/{id}/metadata[/{key}]`.
+fn snapshot_metadata(m: &Manager, req: &Req, id: &str, key: Option<&str>) -> Result<Reply> {
+    let caller = req.caller();
+    let change = match (&req.method, key) {
+        (&Method::GET, None) => return Ok(Reply::ok(json!({"metadata": m.snapshot(&caller, id)?.metadata}))),
+        (&Method::GET, Some(key)) => {
+            let all = m.snapshot(&caller, id)?.metadata;
+            let value = all.get(key).ok_or_else(|| ApiError::not_found("Metadata item was not found"))?;
+            return Ok(Reply::ok(json!({"meta": {key: value}})));
+        }
+        (&Method::POST, None) => MetadataChange::Merge(all_meta(req)?),
+        (&Method::PUT, None) => MetadataChange::Replace(all_meta(req)?),
+        (&Method::PUT, Some(key)) => {
+            let map = one_meta(req, key)?;
+            m.update_snapshot_metadata(&caller, id, MetadataChange::Merge(map.clone()))?;
+            return Ok(Reply::ok(json!({"meta": map})));
+        }
+        (&Method::DELETE, Some(key)) => {
+            m.update_snapshot_metadata(&caller, id, MetadataChange::Delete(key.to_string()))?;
+            return Ok(Reply::empty(StatusCode::OK));
+        }
+        _ => return Err(bad_method()),
+    };
+    Ok(Reply::ok(json!({"metadata": m.update_snapshot_metadata(&caller, id, change)?})))
 }
 
 /// The entity tag of a volume's metadata: a hash of its canonical JSON. Clients

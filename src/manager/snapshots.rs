@@ -108,6 +108,39 @@ impl Manager {
         })
     }
 
+    /// Sets (merge, or replace all) or deletes a snapshot's metadata, bounded as a
+    /// volume's is.
+    pub fn update_snapshot_metadata(
+        &self,
+        caller: &Caller,
+        id: &str,
+        change: super::MetadataChange,
+    ) -> Result<BTreeMap<String, String>> {
+        use super::MetadataChange as C;
+        self.store.write(|tx| {
+            let s = self.visible_snapshot(tx, caller, id)?;
+            let after = match &change {
+                C::Merge(map) => s.metadata.clone().into_iter().chain(map.clone()).collect(),
+                C::Replace(map) => map.clone(),
+                C::Delete(_) => BTreeMap::new(),
+            };
+            super::check_metadata_limits(&format!("Metadata of snapshot {id}"), &after)?;
+            match &change {
+                C::Merge(map) => tx.set_snapshot_meta(id, map)?,
+                C::Replace(map) => {
+                    tx.clear_snapshot_meta(id)?;
+                    tx.set_snapshot_meta(id, map)?;
+                }
+                C::Delete(key) => {
+                    if !tx.delete_snapshot_meta(id, key)? {
+                        return Err(ManagerError::NotFound(format!("Snapshot {id} has no metadata with key {key}.")));
+                    }
+                }
+            }
+            Ok(tx.snapshot(id)?.map(|s| s.metadata).unwrap_or_default())
+        })
+    }
+
     /// DELETE (status available or error) and os-force_delete (any status).
     pub fn delete_snapshot(self: &std::sync::Arc<Self>, caller: &Caller, id: &str, force: bool) -> Result<()> {
         let job = self.store.write(|tx| {

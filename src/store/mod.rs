@@ -791,6 +791,19 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// False when the snapshot had no such key.
+    pub fn delete_snapshot_meta(&self, snapshot_id: &str, key: &str) -> Result<bool, StoreError> {
+        let n = self
+            .0
+            .execute("DELETE FROM snapshot_metadata WHERE snapshot_id = ?1 AND key = ?2", params![snapshot_id, key])?;
+        Ok(n > 0)
+    }
+
+    pub fn clear_snapshot_meta(&self, snapshot_id: &str) -> Result<(), StoreError> {
+        self.0.execute("DELETE FROM snapshot_metadata WHERE snapshot_id = ?1", [snapshot_id])?;
+        Ok(())
+    }
+
     pub fn delete_snapshot(&self, id: &str) -> Result<(), StoreError> {
         self.0.execute("DELETE FROM snapshots WHERE id = ?1", [id])?;
         Ok(())

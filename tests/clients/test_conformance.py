@@ -113,3 +113,52 @@ def test_a_type_the_pool_satisfies_is_placed(agent):
     agent.request("POST", "/types", {"volume_type": {"name": name, "extra_specs": spec}})
     vol = agent.request("POST", "/volumes", {"volume": {"size": 1, "volume_type": name}}).json()["volume"]
     agent.wait_volume(vol["id"], "available")
+
+
+def test_snapshot_metadata_through_both_clients(agent, cinder, sdk):
+    vol = agent.create_volume(1)
+    snap = agent.wait_snapshot(agent.create_snapshot(vol["id"], metadata={"a": "1"})["id"], "available")
+    s = cinder.volume_snapshots.get(snap["id"])
+    cinder.volume_snapshots.set_metadata(s, {"b": "2"})
+    assert cinder.volume_snapshots.get(snap["id"]).metadata == {"a": "1", "b": "2"}
+    cinder.volume_snapshots.delete_metadata(s, ["a"])
+    assert cinder.volume_snapshots.get(snap["id"]).metadata == {"b": "2"}
+    cinder.volume_snapshots.update_all_metadata(s, {"c": "3"})
+    assert agent.request("GET", f"/snapshots/{snap['id']}/metadata").json() == {"metadata": {"c": "3"}}
+    assert agent.request("GET", f"/snapshots/{snap['id']}/metadata/c").json() == {"meta": {"c": "3"}}
+    r = agent.request("PUT", f"/snapshots/{snap['id']}/metadata/c", {"meta": {"c": "4"}})
+    assert r.status_code == 200 and r.json() == {"meta": {"c": "4"}}, r.text
+    sdk.block_storage.set_snapshot_metadata(snap["id"], d="5")
+    assert sdk.block_storage.get_snapshot(snap["id"]).metadata == {"c": "4", "d": "5"}
+    sdk.block_storage.delete_snapshot_metadata(snap["id"], keys=["d"])
+    assert agent.request("GET", f"/snapshots/{snap['id']}/metadata").json() == {"metadata": {"c": "4"}}
+    # Bad input changes nothing.
+    before = agent.db_dump()
+    for method, path, body, code in [
+        ("GET", "/metadata/absent", None, 404), ("DELETE", "/metadata/absent", None, 404),
+        ("PUT", "/metadata/c", {"meta": {"x": "1"}}, 400), ("PUT", "/metadata/c", {"meta": {"c": "1", "x": "2"}}, 400),
+        ("POST", "/metadata", {"metadata": {"k": 5}}, 400), ("POST", "/metadata", {"meta": {"k": "v"}}, 400),
+        ("PUT", "/metadata", {"metadata": {"": "v"}}, 400), ("POST", "/metadata", {"metadata": {"k": "v" * 256}}, 400),
+        ("POST", "/metadata", {"metadata": {f"m{i}": "v" for i in range(129)}}, 413),
+        ("DELETE", "/metadata", None, 405),
+    ]:
+        r = agent.request(method, f"/snapshots/{snap['id']}{path}", body)
+        assert r.status_code == code, (method, path, r.text)
+    r = agent.request("GET", f"/snapshots/{uuid.uuid4()}/metadata")
+    assert r.status_code == 404, r.text
+    assert agent.db_dump() == before
+
+
+def test_volume_summary_availability_zones_and_backups(agent, cinder):
+    agent.create_volume(2, metadata={"tier": "gold"})
+    r = agent.request("GET", "/volumes/summary", version="3.36")
+    summary = r.json()["volume-summary"]
+    assert summary["total_count"] >= 1 and summary["total_size"] >= 2 and "gold" in summary["metadata"]["tier"]
+    assert "metadata" not in agent.request("GET", "/volumes/summary", version="3.12").json()["volume-summary"]
+    assert agent.request("GET", "/volumes/summary", version="3.11").status_code == 404
+    assert cinder.volumes.summary(all_tenants=False)["volume-summary"]["total_count"] >= 1
+    zones = cinder.availability_zones.list()
+    assert [(z.zoneName, z.zoneState) for z in zones] == [("nova", {"available": True})]
+    for method, path in [("GET", "/backups"), ("GET", "/backups/detail"), ("POST", "/backups")]:
+        r = agent.request(method, path, {"backup": {"volume_id": str(uuid.uuid4())}} if method == "POST" else None)
+        assert r.status_code == 501 and "backups are not supported yet" in r.text, r.text

@@ -32,7 +32,7 @@ TOKENS = {
     "norole": ("policy-norole-token-001", "nob", P1, []),
     "other": ("policy-other-token-0001", "oto", P2, ["member"]),
 }
-ADMIN, MEMBER, READER = "admin", "member", "reader"
+ADMIN, MEMBER, READER, ANYONE = "admin", "member", "reader", "anyone"
 PROBE = {"x-policy-probe": 1}
 CONNECTOR = {"initiator": "iqn.1993-08.org.debian:01:policy", "host": "hv1", "ip": "127.0.0.1"}
 
@@ -42,7 +42,7 @@ def expected(level, who, owned):
     resource of P1 (`owned`), on P1 itself (`owned == "project"`: quota sets,
     where another project is forbidden, not hidden) or on the caller's own
     collection."""
-    if who == "admin":
+    if who == "admin" or level == ANYONE:
         return "allowed"
     if who == "other" and owned == "project":
         return "forbidden"
@@ -120,7 +120,7 @@ def shared(api):
     vid = api.volume(metadata={"k": "v"})
     ids = {"vol": vid, "snap": api.snapshot(vid), "type": api.volume_type(extra_specs={"a": "b"}),
            "att": api.attachment(), "msg": api.message(), "err": api.volume(status="error"),
-           "proj": P1, "cls": "default"}
+           "proj": P1, "cls": "default", "new": str(uuid.uuid4())}
     return ids
 
 
@@ -185,6 +185,21 @@ ROUTES = [
     ("GET", "/os-quota-class-sets/{cls}", ADMIN, False, None, "3.0", None),
     ("PUT", "/os-quota-class-sets/{cls}", ADMIN, False, PROBE, "3.0", None),
     ("GET", "/limits", READER, False, None, "3.0", None),
+    ("GET", "/volumes/summary", READER, False, None, "3.12", None),
+    ("GET", "/snapshots/{snap}/metadata", READER, True, None, "3.0", None),
+    ("POST", "/snapshots/{snap}/metadata", MEMBER, True, PROBE, "3.0", None),
+    ("PUT", "/snapshots/{snap}/metadata", MEMBER, True, PROBE, "3.0", None),
+    ("GET", "/snapshots/{snap}/metadata/k", READER, True, None, "3.0", None),
+    ("PUT", "/snapshots/{snap}/metadata/k", MEMBER, True, PROBE, "3.0", None),
+    ("DELETE", "/snapshots/{snap}/metadata/absent", MEMBER, True, None, "3.0", None),
+    ("GET", "/os-availability-zone", ANYONE, False, None, "3.0", None),
+    ("GET", "/backups", READER, False, None, "3.0", None),
+    ("POST", "/backups", MEMBER, False, PROBE, "3.0", None),
+    ("GET", "/backups/detail", READER, False, None, "3.0", None),
+    ("GET", "/backups/{new}", READER, False, None, "3.0", None),
+    ("DELETE", "/backups/{new}", MEMBER, False, None, "3.0", None),
+    ("POST", "/backups/{new}/restore", MEMBER, False, PROBE, "3.0", None),
+    ("POST", "/backups/{new}/action", ADMIN, False, {"os-reset_status": {"status": "error"}}, "3.0", None),
 ]
 
 # Volume actions, on a volume in `error` (so what the policy lets through is then
