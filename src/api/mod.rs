@@ -13,6 +13,7 @@ mod policy;
 mod quotas;
 mod resources;
 mod schema;
+mod transfers;
 mod views;
 
 use std::collections::HashMap;
@@ -147,6 +148,8 @@ const COLLECTIONS: &[&str] = &[
     "limits",
     "os-availability-zone",
     "backups",
+    "os-volume-transfer",
+    "volume-transfers",
 ];
 
 async fn handle(State(state): State<Arc<ApiState>>, request: Request) -> Response {

@@ -48,6 +48,8 @@ pub enum Owner {
     /// A volume type: its project is the caller's, but a private type the
     /// caller's project may not use is "not found".
     VolumeType(usize),
+    /// A volume transfer (another project's is "not found").
+    Transfer(usize),
     /// The project named by the path segment itself (quota sets): another
     /// project's is "forbidden", as Cinder's target check answers.
     Project(usize),
@@ -79,7 +81,10 @@ macro_rules! routes {
     };
 }
 
-use Owner::{Attachment as A, Caller as C, Message as M, Project as P, Snapshot as S, Volume as V, VolumeType as T};
+use Owner::{
+    Attachment as A, Caller as C, Message as M, Project as P, Snapshot as S, Transfer as X, Volume as V,
+    VolumeType as T,
+};
 
 const V3: (u16, u16) = (3, 0);
 
@@ -151,6 +156,18 @@ pub const ROUTES: &[Route] = routes![
     PUT ["os-quota-class-sets", "*"] "volume_extension:quota_classes:update" Admin C, V3;
     GET ["limits"] "limits_extension:used_limits" Reader C, V3;
     GET ["os-availability-zone"] "(none)" Anyone C, V3;
+    GET ["os-volume-transfer"] "volume:get_all_transfers" Reader C, V3;
+    POST ["os-volume-transfer"] "volume:create_transfer" Member C, V3;
+    GET ["os-volume-transfer", "detail"] "volume:get_all_transfers" Reader C, V3;
+    GET ["os-volume-transfer", "*"] "volume:get_transfer" Reader X(1), V3;
+    DELETE ["os-volume-transfer", "*"] "volume:delete_transfer" Member X(1), V3;
+    POST ["os-volume-transfer", "*", "accept"] "volume:accept_transfer" Member C, V3;
+    GET ["volume-transfers"] "volume:get_all_transfers" Reader C, (3, 55);
+    POST ["volume-transfers"] "volume:create_transfer" Member C, (3, 55);
+    GET ["volume-transfers", "detail"] "volume:get_all_transfers" Reader C, (3, 55);
+    GET ["volume-transfers", "*"] "volume:get_transfer" Reader X(1), (3, 55);
+    DELETE ["volume-transfers", "*"] "volume:delete_transfer" Member X(1), (3, 55);
+    POST ["volume-transfers", "*", "accept"] "volume:accept_transfer" Member C, (3, 55);
     // Backups answer 501 until they exist, after their rules.
     GET ["backups"] "backup:get_all" Reader C, V3;
     POST ["backups"] "backup:create" Member C, V3;

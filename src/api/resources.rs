@@ -109,6 +109,9 @@ pub fn route(m: &std::sync::Arc<Manager>, req: &Req, path: &[&str]) -> Result<Re
         ["os-volume-manage"] => only(method, Method::POST, || manage_volume(m, req)),
         ["os-volume-manage", "detail"] => only(method, Method::GET, || list_manageable(m, req, true)),
         ["attachments", rest @ ..] => super::attachments::route(m, req, rest),
+        [collection @ ("os-volume-transfer" | "volume-transfers"), rest @ ..] => {
+            super::transfers::route(m, req, collection, rest)
+        }
         ["messages"] => only(method, Method::GET, || super::messages::list(m, req)),
         ["messages", id] => match *method {
             Method::GET => super::messages::show(m, req, id),
@@ -162,6 +165,7 @@ fn owner_project(m: &Manager, req: &Req, owner: policy::Owner, path: &[&str]) ->
             caller.project_id
         }
         O::Project(i) => path[i].to_string(),
+        O::Transfer(i) => m.transfer(&caller, path[i])?.project_id,
     })
 }
 

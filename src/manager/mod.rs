@@ -21,6 +21,7 @@ mod messages;
 mod quotas;
 pub mod scheduler;
 mod snapshots;
+mod transfers;
 pub mod types;
 mod volumes;
 

@@ -6,12 +6,14 @@ mod export;
 mod job;
 mod message;
 mod snapshot;
+mod transfer;
 mod volume;
 
 pub use export::*;
 pub use job::*;
 pub use message::*;
 pub use snapshot::*;
+pub use transfer::*;
 pub use volume::*;
 
 /// An enum whose variants are the strings Cinder stores and shows: `as_str`,

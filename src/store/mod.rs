@@ -13,8 +13,8 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use crate::model::{
-    Attachment, Chap, Export, Job, JobSpec, JobState, Message, MessageResource, Snapshot, SnapshotStatus, Volume,
-    VolumeStatus, VolumeType, now,
+    Attachment, Chap, Export, Job, JobSpec, JobState, Message, MessageResource, Snapshot, SnapshotStatus, Transfer,
+    Volume, VolumeStatus, VolumeType, now,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -253,6 +253,19 @@ CREATE TABLE quota_classes (
     PRIMARY KEY (class_name, resource)
 );
 CREATE INDEX snapshots_project ON snapshots(project_id);
+"#,
+    // 6: volume transfers offered and not yet accepted.
+    r#"
+CREATE TABLE transfers (
+    id TEXT PRIMARY KEY,
+    volume_id TEXT NOT NULL UNIQUE REFERENCES volumes(id) ON DELETE CASCADE,
+    project_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    name TEXT,
+    auth_key TEXT NOT NULL,
+    no_snapshots INTEGER NOT NULL,
+    created_at TEXT NOT NULL
+);
 "#,
 ];
 
@@ -918,6 +931,45 @@ impl Tx<'_> {
         Ok(n > 0)
     }
 
+    // ---- transfers ------------------------------------------------------------------
+
+    pub fn insert_transfer(&self, t: &Transfer) -> Result<(), StoreError> {
+        self.0.execute(
+            &format!("INSERT INTO transfers ({TRANSFER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+            params![t.id, t.volume_id, t.project_id, t.user_id, t.name, t.auth_key, t.no_snapshots, t.created_at],
+        )?;
+        Ok(())
+    }
+
+    pub fn transfer(&self, id: &str) -> Result<Option<Transfer>, StoreError> {
+        let sql = format!("SELECT {TRANSFER_COLUMNS} FROM transfers WHERE id = ?1");
+        Ok(self.0.prepare_cached(&sql)?.query_row([id], transfer_from_row).optional()?)
+    }
+
+    /// Every open transfer (a project's with Some), oldest first.
+    pub fn transfers(&self, project_id: Option<&str>) -> Result<Vec<Transfer>, StoreError> {
+        let sql = format!(
+            "SELECT {TRANSFER_COLUMNS} FROM transfers WHERE (?1 IS NULL OR project_id = ?1) ORDER BY created_at, rowid"
+        );
+        let mut stmt = self.0.prepare_cached(&sql)?;
+        let rows = stmt.query_map([project_id], transfer_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn delete_transfer(&self, id: &str) -> Result<(), StoreError> {
+        self.0.execute("DELETE FROM transfers WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// Gives a snapshot to another project (a transfer's accept).
+    pub fn move_snapshot(&self, id: &str, project_id: &str, user_id: &str) -> Result<(), StoreError> {
+        self.0.execute(
+            "UPDATE snapshots SET project_id = ?2, user_id = ?3, updated_at = ?4 WHERE id = ?1",
+            params![id, project_id, user_id, now()],
+        )?;
+        Ok(())
+    }
+
     // ---- quotas -------------------------------------------------------------------
 
     /// The limits set for `project` (`quotas`) or a class (`quota_classes`).
@@ -1179,6 +1231,21 @@ impl Tx<'_> {
     pub fn reap_messages(&self, now: &str) -> Result<usize, StoreError> {
         Ok(self.0.execute("DELETE FROM messages WHERE expires_at < ?1", [now])?)
     }
+}
+
+const TRANSFER_COLUMNS: &str = "id, volume_id, project_id, user_id, name, auth_key, no_snapshots, created_at";
+
+fn transfer_from_row(r: &Row) -> rusqlite::Result<Transfer> {
+    Ok(Transfer {
+        id: r.get(0)?,
+        volume_id: r.get(1)?,
+        project_id: r.get(2)?,
+        user_id: r.get(3)?,
+        name: r.get(4)?,
+        auth_key: r.get(5)?,
+        no_snapshots: r.get(6)?,
+        created_at: r.get(7)?,
+    })
 }
 
 /// What `quota_usage` counts.

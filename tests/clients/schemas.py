@@ -22,6 +22,9 @@ import requests
 from tempest.lib.api_schema.response.volume import (
     limits, manage_volume, messages, quota_classes, quotas, scheduler_stats, snapshots, versions, volume_types,
     volumes)
+from tempest.lib.api_schema.response.volume import transfers
+from tempest.lib.api_schema.response.volume.v3_55 import transfers as transfers_355
+from tempest.lib.api_schema.response.volume.v3_57 import transfers as transfers_357
 from tempest.lib.api_schema.response.volume.v3_61 import volumes as volumes_361
 from tempest.lib.api_schema.response.volume.v3_63 import volumes as volumes_363
 from tempest.lib.api_schema.response.volume.v3_64 import volumes as volumes_364
@@ -165,6 +168,18 @@ ROUTES = [
     ("GET", rf"os-quota-class-sets/{ID}", quota_classes.show_quota_classes),
     ("PUT", rf"os-quota-class-sets/{ID}", quota_classes.update_quota_classes),
     ("GET", r"limits", limits.show_limits),
+    ("POST", r"os-volume-transfer", transfers.create_volume_transfer),
+    ("GET", r"os-volume-transfer", transfers.list_volume_transfers_no_detail),
+    ("GET", r"os-volume-transfer/detail", transfers.list_volume_transfers_with_detail),
+    ("GET", rf"os-volume-transfer/{ID}", transfers.show_volume_transfer),
+    ("DELETE", rf"os-volume-transfer/{ID}", transfers.delete_volume_transfer),
+    ("POST", rf"os-volume-transfer/{ID}/accept", transfers.accept_volume_transfer),
+    ("POST", r"volume-transfers", "create_volume_transfer"),
+    ("GET", r"volume-transfers", "list_volume_transfers_no_detail"),
+    ("GET", r"volume-transfers/detail", "list_volume_transfers_with_detail"),
+    ("GET", rf"volume-transfers/{ID}", "show_volume_transfer"),
+    ("DELETE", rf"volume-transfers/{ID}", "delete_volume_transfer"),
+    ("POST", rf"volume-transfers/{ID}/accept", "accept_volume_transfer"),
     ("POST", r"os-volume-manage", "manage_volume"),
     ("POST", r"manageable_volumes", "manage_volume"),
 ]
@@ -191,6 +206,9 @@ def schema_for(method, url, body, version):
                 schema = schema(body if isinstance(body, dict) else {}, query)
             if schema == "manage_volume":
                 return manage_schema(version[1])
+            if pattern.startswith("volume-transfers"):
+                # tempest's transfers clients: 3.55 for the v3 route, 3.57 from then.
+                return getattr(transfers_357 if version[1] >= 57 else transfers_355, schema)
             if isinstance(schema, str):
                 return volume_schema(schema, version[1])
             if pattern.startswith("snapshots") and schema:

@@ -657,6 +657,9 @@ WRONG_METHODS = [
     ("POST", "/os-quota-sets/" + PROJECT), ("PATCH", "/os-quota-sets/" + PROJECT),
     ("PUT", "/os-quota-sets/" + PROJECT + "/defaults"), ("DELETE", "/os-quota-class-sets/default"),
     ("POST", "/os-quota-class-sets/default"), ("POST", "/limits"), ("DELETE", "/limits"),
+    ("PUT", "/os-volume-transfer"), ("DELETE", "/os-volume-transfer"), ("POST", "/os-volume-transfer/detail"),
+    ("GET", "/os-volume-transfer/{unknown}/accept"), ("POST", "/snapshots/{snapped_snap}/metadata/k"),
+    ("DELETE", "/snapshots/{snapped_snap}/metadata"), ("POST", "/os-availability-zone"),
 ]
 
 
@@ -684,6 +687,8 @@ MEDIA_ROUTES = [
     ("POST", "/types/{vtype}/extra_specs", {"extra_specs": {"k": "v"}}),
     ("PUT", "/os-quota-sets/" + PROJECT, {"quota_set": {"volumes": 500}}),
     ("PUT", "/os-quota-class-sets/default", {"quota_class_set": {"volumes": 500}}),
+    ("POST", "/os-volume-transfer", {"transfer": {"volume_id": "{avail}"}}),
+    ("POST", "/snapshots/{snapped_snap}/metadata", {"metadata": {"k": "v"}}),
 ]
 
 

@@ -90,6 +90,10 @@ class Api:
         body = {"attachment": {"volume_uuid": vid, "instance_uuid": str(uuid.uuid4())}}
         return self.ok("POST", "/attachments", body, version="3.27")["attachment"]["id"]
 
+    def transfer(self):
+        vid = self.volume()
+        return self.ok("POST", "/os-volume-transfer", {"transfer": {"volume_id": vid}})["transfer"]["id"]
+
     def message(self):
         """A real user message: a clone whose source file vanished fails."""
         src = self.volume()
@@ -120,7 +124,7 @@ def shared(api):
     vid = api.volume(metadata={"k": "v"})
     ids = {"vol": vid, "snap": api.snapshot(vid), "type": api.volume_type(extra_specs={"a": "b"}),
            "att": api.attachment(), "msg": api.message(), "err": api.volume(status="error"),
-           "proj": P1, "cls": "default", "new": str(uuid.uuid4())}
+           "proj": P1, "cls": "default", "new": str(uuid.uuid4()), "xfer": api.transfer()}
     return ids
 
 
@@ -193,6 +197,18 @@ ROUTES = [
     ("PUT", "/snapshots/{snap}/metadata/k", MEMBER, True, PROBE, "3.0", None),
     ("DELETE", "/snapshots/{snap}/metadata/absent", MEMBER, True, None, "3.0", None),
     ("GET", "/os-availability-zone", ANYONE, False, None, "3.0", None),
+    ("GET", "/os-volume-transfer", READER, False, None, "3.0", None),
+    ("POST", "/os-volume-transfer", MEMBER, False, PROBE, "3.0", None),
+    ("GET", "/os-volume-transfer/detail", READER, False, None, "3.0", None),
+    ("GET", "/os-volume-transfer/{xfer}", READER, True, None, "3.0", None),
+    ("DELETE", "/os-volume-transfer/{xfer}", MEMBER, True, None, "3.0", "xfer"),
+    ("POST", "/os-volume-transfer/{xfer}/accept", MEMBER, False, PROBE, "3.0", None),
+    ("GET", "/volume-transfers", READER, False, None, "3.55", None),
+    ("POST", "/volume-transfers", MEMBER, False, PROBE, "3.55", None),
+    ("GET", "/volume-transfers/detail", READER, False, None, "3.55", None),
+    ("GET", "/volume-transfers/{xfer}", READER, True, None, "3.55", None),
+    ("DELETE", "/volume-transfers/{xfer}", MEMBER, True, None, "3.55", "xfer"),
+    ("POST", "/volume-transfers/{xfer}/accept", MEMBER, False, PROBE, "3.55", None),
     ("GET", "/backups", READER, False, None, "3.0", None),
     ("POST", "/backups", MEMBER, False, PROBE, "3.0", None),
     ("GET", "/backups/detail", READER, False, None, "3.0", None),
@@ -252,7 +268,7 @@ def outcome(r, owned_ids):
 
 def fresh(api, kind, shared):
     return {"vol": api.volume, "snap": lambda: api.snapshot(shared["vol"]), "type": api.volume_type,
-            "att": api.attachment, "msg": api.message}[kind]()
+            "att": api.attachment, "msg": api.message, "xfer": api.transfer}[kind]()
 
 
 def table_routes():
@@ -277,7 +293,7 @@ def test_every_route_of_the_table_is_walked():
 @pytest.mark.parametrize("method,path,level,owned,body,version,kind", ROUTES,
                          ids=[f"{r[0]} {r[1]} {next(iter(r[4] or {'': 0}))}" for r in ROUTES])
 def test_route_policy_matches_cinder_defaults(api, shared, method, path, level, owned, body, version, kind):
-    owned_ids = [shared[k] for k in ("vol", "snap", "att", "msg")]
+    owned_ids = [shared[k] for k in ("vol", "snap", "att", "msg", "xfer")]
     got = {}
     for who in TOKENS:
         ids = dict(shared)
