@@ -13,6 +13,7 @@ mod policy;
 mod quotas;
 mod resources;
 mod schema;
+mod services;
 mod transfers;
 mod views;
 
@@ -150,6 +151,7 @@ const COLLECTIONS: &[&str] = &[
     "backups",
     "os-volume-transfer",
     "volume-transfers",
+    "os-services",
 ];
 
 async fn handle(State(state): State<Arc<ApiState>>, request: Request) -> Response {

@@ -156,6 +156,10 @@ pub const ROUTES: &[Route] = routes![
     PUT ["os-quota-class-sets", "*"] "volume_extension:quota_classes:update" Admin C, V3;
     GET ["limits"] "limits_extension:used_limits" Reader C, V3;
     GET ["os-availability-zone"] "(none)" Anyone C, V3;
+    GET ["os-services"] "volume_extension:services:index" Admin C, V3;
+    PUT ["os-services", "enable"] "volume_extension:services:update" Admin C, V3;
+    PUT ["os-services", "disable"] "volume_extension:services:update" Admin C, V3;
+    PUT ["os-services", "disable-log-reason"] "volume_extension:services:update" Admin C, V3;
     GET ["os-volume-transfer"] "volume:get_all_transfers" Reader C, V3;
     POST ["os-volume-transfer"] "volume:create_transfer" Member C, V3;
     GET ["os-volume-transfer", "detail"] "volume:get_all_transfers" Reader C, V3;

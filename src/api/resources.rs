@@ -131,6 +131,8 @@ pub fn route(m: &std::sync::Arc<Manager>, req: &Req, path: &[&str]) -> Result<Re
             _ => Err(bad_method()),
         },
         ["limits"] => super::quotas::limits(m, req),
+        ["os-services"] => super::services::list(m, req),
+        ["os-services", what] => super::services::update(m, req, what),
         ["os-availability-zone"] => Ok(Reply::ok(json!({"availabilityZoneInfo": [
             {"zoneName": m.settings().availability_zone, "zoneState": {"available": true}}
         ]}))),

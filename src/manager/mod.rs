@@ -20,6 +20,7 @@ mod locks;
 mod messages;
 mod quotas;
 pub mod scheduler;
+mod services;
 mod snapshots;
 mod transfers;
 pub mod types;
@@ -33,6 +34,7 @@ pub use actions::*;
 pub use attachments::AttachmentView;
 pub use exports::{ExportSettings, Exporter, connector_initiator, portal};
 pub use quotas::{QuotaUsage, check_quota_keys};
+pub use services::Service;
 pub use snapshots::*;
 pub use volumes::*;
 

@@ -121,13 +121,15 @@ impl Manager {
             // Cinder's scheduler: a type asking for what the pool does not offer
             // leaves the volume in error, with a message saying why.
             let caps = super::scheduler::capabilities(&self.settings, &self.stats_of(&capacity, tx.provisioned_gib()?));
-            if let Some(unmet) = super::scheduler::unmet_spec(&vtype.extra_specs, &caps) {
+            let unplaceable = match self.service_disabled(tx)? {
+                Some(why) => Some(why),
+                None => super::scheduler::unmet_spec(&vtype.extra_specs, &caps)
+                    .map(|unmet| format!("No pool offers what volume type {} asks for: {unmet}", vtype.name)),
+            };
+            if let Some(unmet) = unplaceable {
                 let volume = Volume { status: VolumeStatus::Error, ..volume };
                 tx.insert_volume(&volume)?;
-                let reason = format!(
-                    "No valid backend was found. No pool offers what volume type {} asks for: {unmet}.",
-                    vtype.name
-                );
+                let reason = format!("No valid backend was found. {unmet}.");
                 super::jobs::insert_message(
                     tx,
                     &self.settings,

@@ -267,6 +267,15 @@ CREATE TABLE transfers (
     created_at TEXT NOT NULL
 );
 "#,
+    // 7: whether an admin disabled the volume service (os-services), and why.
+    r#"
+CREATE TABLE service_state (
+    binary TEXT PRIMARY KEY,
+    disabled INTEGER NOT NULL,
+    disabled_reason TEXT,
+    updated_at TEXT NOT NULL
+);
+"#,
 ];
 
 /// The schema version this ember writes.
@@ -929,6 +938,30 @@ impl Tx<'_> {
             .0
             .execute("DELETE FROM volume_type_access WHERE type_id = ?1 AND project_id = ?2", [type_id, project_id])?;
         Ok(n > 0)
+    }
+
+    // ---- services -------------------------------------------------------------------
+
+    /// (disabled, reason, updated_at) of a service; None if never changed.
+    pub fn service_state(&self, binary: &str) -> Result<Option<(bool, Option<String>, String)>, StoreError> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT disabled, disabled_reason, updated_at FROM service_state WHERE binary = ?1",
+                [binary],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?)
+    }
+
+    pub fn set_service_state(&self, binary: &str, disabled: bool, reason: Option<&str>) -> Result<(), StoreError> {
+        self.0.execute(
+            "INSERT INTO service_state (binary, disabled, disabled_reason, updated_at) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (binary) DO UPDATE SET disabled = excluded.disabled, \
+             disabled_reason = excluded.disabled_reason, updated_at = excluded.updated_at",
+            params![binary, disabled, reason, now()],
+        )?;
+        Ok(())
     }
 
     // ---- transfers ------------------------------------------------------------------

@@ -22,7 +22,8 @@ import requests
 from tempest.lib.api_schema.response.volume import (
     limits, manage_volume, messages, quota_classes, quotas, scheduler_stats, snapshots, versions, volume_types,
     volumes)
-from tempest.lib.api_schema.response.volume import transfers
+from tempest.lib.api_schema.response.volume import services, transfers
+from tempest.lib.api_schema.response.volume.v3_7 import services as services_37
 from tempest.lib.api_schema.response.volume.v3_55 import transfers as transfers_355
 from tempest.lib.api_schema.response.volume.v3_57 import transfers as transfers_357
 from tempest.lib.api_schema.response.volume.v3_61 import volumes as volumes_361
@@ -168,6 +169,10 @@ ROUTES = [
     ("GET", rf"os-quota-class-sets/{ID}", quota_classes.show_quota_classes),
     ("PUT", rf"os-quota-class-sets/{ID}", quota_classes.update_quota_classes),
     ("GET", r"limits", limits.show_limits),
+    ("GET", r"os-services", lambda body, q: "list_services"),
+    ("PUT", r"os-services/enable", lambda body, q: "enable_service"),
+    ("PUT", r"os-services/disable", lambda body, q: "disable_service"),
+    ("PUT", r"os-services/disable-log-reason", lambda body, q: "disable_log_reason"),
     ("POST", r"os-volume-transfer", transfers.create_volume_transfer),
     ("GET", r"os-volume-transfer", transfers.list_volume_transfers_no_detail),
     ("GET", r"os-volume-transfer/detail", transfers.list_volume_transfers_with_detail),
@@ -206,6 +211,9 @@ def schema_for(method, url, body, version):
                 schema = schema(body if isinstance(body, dict) else {}, query)
             if schema == "manage_volume":
                 return manage_schema(version[1])
+            if pattern.startswith("os-services"):
+                # tempest's services client: the 3.7 schema from 3.7 on.
+                return getattr(services_37 if version[1] >= 7 else services, schema)
             if pattern.startswith("volume-transfers"):
                 # tempest's transfers clients: 3.55 for the v3 route, 3.57 from then.
                 return getattr(transfers_357 if version[1] >= 57 else transfers_355, schema)

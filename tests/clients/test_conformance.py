@@ -162,3 +162,34 @@ def test_volume_summary_availability_zones_and_backups(agent, cinder):
     for method, path in [("GET", "/backups"), ("GET", "/backups/detail"), ("POST", "/backups")]:
         r = agent.request(method, path, {"backup": {"volume_id": str(uuid.uuid4())}} if method == "POST" else None)
         assert r.status_code == 501 and "backups are not supported yet" in r.text, r.text
+
+
+@pytest.mark.parametrize("version", ["3.0", "3.71"])
+def test_os_services_list_and_a_disabled_service_takes_no_new_volumes(agent, version):
+    from conftest import make_cinder
+    cinder = make_cinder(agent, version)
+    (svc,) = cinder.services.list()
+    assert svc.binary == "cinder-volume" and svc.status == "enabled" and svc.state == "up" and "@" in svc.host
+    assert cinder.services.list(binary="cinder-scheduler") == []
+    try:
+        r = cinder.services.disable_log_reason(svc.host, "cinder-volume", "disk swap")
+        assert r.status == "disabled" and r.disabled_reason == "disk swap"
+        assert cinder.services.list()[0].disabled_reason == "disk swap"
+        r = agent.request("POST", "/volumes", {"volume": {"size": 1}})
+        vid = r.json()["volume"]["id"]
+        agent.wait_volume(vid, "error")
+        messages = agent.request("GET", "/messages", version="3.3").json()["messages"]
+        assert any(m.get("resource_uuid") == vid and "disabled (disk swap)" in m["user_message"] for m in messages)
+        agent.request("DELETE", f"/volumes/{vid}")
+    finally:
+        assert cinder.services.enable(svc.host, "cinder-volume").status == "enabled"
+    agent.create_volume(1)
+    for what, body, code in [("enable", {"host": "elsewhere@x", "binary": "cinder-volume"}, 404),
+                             ("disable", {"host": svc.host, "binary": "cinder-backup"}, 404),
+                             ("disable", {"host": svc.host}, 400),
+                             ("disable", {"host": svc.host, "binary": "cinder-volume", "x": 1}, 400),
+                             ("disable-log-reason", {"host": svc.host, "binary": "cinder-volume"}, 400),
+                             ("bogus", {"host": svc.host, "binary": "cinder-volume"}, 404)]:
+        r = agent.request("PUT", f"/os-services/{what}", body)
+        assert r.status_code == code, (what, body, r.text)
+    assert cinder.services.list()[0].status == "enabled"
