@@ -44,6 +44,21 @@ pub struct QuotaConfig {
     pub groups: i64,
 }
 
+impl QuotaConfig {
+    /// Each resource with its default limit, as quota sets name them.
+    pub fn limits(&self) -> [(&'static str, i64); 7] {
+        [
+            ("volumes", self.volumes),
+            ("snapshots", self.snapshots),
+            ("gigabytes", self.gigabytes),
+            ("per_volume_gigabytes", self.per_volume_gigabytes),
+            ("backups", self.backups),
+            ("backup_gigabytes", self.backup_gigabytes),
+            ("groups", self.groups),
+        ]
+    }
+}
+
 impl Default for QuotaConfig {
     fn default() -> Self {
         QuotaConfig {
@@ -409,16 +424,7 @@ impl Config {
         if ratio.is_nan() || ratio < 1.0 {
             return Err(ConfigError::Invalid("[pool] max_over_subscription_ratio must be at least 1.0".to_string()));
         }
-        let q = &self.quota;
-        for (what, value) in [
-            ("volumes", q.volumes),
-            ("snapshots", q.snapshots),
-            ("gigabytes", q.gigabytes),
-            ("per_volume_gigabytes", q.per_volume_gigabytes),
-            ("backups", q.backups),
-            ("backup_gigabytes", q.backup_gigabytes),
-            ("groups", q.groups),
-        ] {
+        for (what, value) in self.quota.limits() {
             if value < -1 {
                 return Err(ConfigError::Invalid(format!("[quota] {what} must be -1 (unlimited) or more")));
             }

@@ -41,6 +41,13 @@ pub(super) struct QuotaDelta<'a> {
     pub per_type_only: bool,
 }
 
+impl<'a> QuotaDelta<'a> {
+    /// One new volume of `size` GiB and type `type_name` (create, manage).
+    pub fn new_volume(type_name: &'a str, size: i64) -> Self {
+        QuotaDelta { type_name, volumes: 1, gigabytes: size, volume_size: Some(size), ..QuotaDelta::default() }
+    }
+}
+
 /// Refuses keys that are no quota (for the types that exist) and values that are
 /// not integers from -1 to 2^31-1, as Cinder's `quota_set` format checker does.
 pub fn check_quota_keys(
@@ -81,27 +88,24 @@ pub(super) fn type_name(tx: &Tx, type_id: &str) -> std::result::Result<String, S
     Ok(tx.volume_type(type_id)?.map_or_else(|| type_id.to_string(), |t| t.name))
 }
 
+/// Volume type id → name, for the per-type quota keys.
+type TypeNames = BTreeMap<String, String>;
+
 impl Manager {
-    fn type_names(tx: &Tx) -> std::result::Result<Vec<(String, String)>, StoreError> {
-        Ok(tx.volume_types()?.into_iter().map(|t| (t.id, t.name)).collect())
+    fn type_names(tx: &Tx) -> std::result::Result<TypeNames, StoreError> {
+        tx.volume_type_names()
     }
 
     /// The default class: `[quota]`, under what admins set for the class.
-    fn class_limits(&self, tx: &Tx, class: &str) -> std::result::Result<BTreeMap<String, i64>, StoreError> {
-        let q = &self.settings.quota;
-        let mut limits: BTreeMap<String, i64> = [
-            ("volumes", q.volumes),
-            ("snapshots", q.snapshots),
-            ("gigabytes", q.gigabytes),
-            ("per_volume_gigabytes", q.per_volume_gigabytes),
-            ("backups", q.backups),
-            ("backup_gigabytes", q.backup_gigabytes),
-            ("groups", q.groups),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        for (_, name) in Self::type_names(tx)? {
+    fn class_limits(
+        &self,
+        tx: &Tx,
+        names: &TypeNames,
+        class: &str,
+    ) -> std::result::Result<BTreeMap<String, i64>, StoreError> {
+        let mut limits: BTreeMap<String, i64> =
+            self.settings.quota.limits().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        for name in names.values() {
             for r in PER_TYPE {
                 limits.insert(format!("{r}_{name}"), -1);
             }
@@ -114,14 +118,23 @@ impl Manager {
         Ok(limits)
     }
 
-    fn project_limits(&self, tx: &Tx, project: &str) -> std::result::Result<BTreeMap<String, i64>, StoreError> {
-        let mut limits = self.class_limits(tx, DEFAULT_CLASS)?;
+    fn project_limits(
+        &self,
+        tx: &Tx,
+        names: &TypeNames,
+        project: &str,
+    ) -> std::result::Result<BTreeMap<String, i64>, StoreError> {
+        let mut limits = self.class_limits(tx, names, DEFAULT_CLASS)?;
         limits.extend(tx.quota_limits(QuotaTable::Project, project)?);
         Ok(limits)
     }
 
-    fn in_use(&self, tx: &Tx, project: &str) -> std::result::Result<BTreeMap<String, i64>, StoreError> {
-        let names: BTreeMap<String, String> = Self::type_names(tx)?.into_iter().collect();
+    fn in_use(
+        &self,
+        tx: &Tx,
+        names: &TypeNames,
+        project: &str,
+    ) -> std::result::Result<BTreeMap<String, i64>, StoreError> {
         let mut used: BTreeMap<String, i64> = RESOURCES.iter().map(|r| (r.to_string(), 0)).collect();
         for name in names.values() {
             for r in PER_TYPE {
@@ -146,7 +159,8 @@ impl Manager {
 
     /// Refuses what would take `project` past a limit, with Cinder's 413 texts.
     pub(super) fn check_quota(&self, tx: &Tx, project: &str, delta: &QuotaDelta) -> Result<()> {
-        let limits = self.project_limits(tx, project)?;
+        let names = Self::type_names(tx)?;
+        let limits = self.project_limits(tx, &names, project)?;
         let limit = |key: &str| limits.get(key).copied().unwrap_or(-1);
         if let Some(size) = delta.volume_size {
             let max = limit("per_volume_gigabytes");
@@ -156,7 +170,7 @@ impl Manager {
                 )));
             }
         }
-        let used = self.in_use(tx, project)?;
+        let used = self.in_use(tx, &names, project)?;
         let t = delta.type_name;
         for (key, add) in [
             ("volumes".to_string(), delta.volumes),
@@ -189,7 +203,8 @@ impl Manager {
     /// and what is in use.
     pub fn quota_set(&self, project: &str) -> Result<BTreeMap<String, QuotaUsage>> {
         Ok(self.store.read(|tx| {
-            let (limits, used) = (self.project_limits(tx, project)?, self.in_use(tx, project)?);
+            let names = Self::type_names(tx)?;
+            let (limits, used) = (self.project_limits(tx, &names, project)?, self.in_use(tx, &names, project)?);
             Ok::<_, StoreError>(
                 limits
                     .into_iter()
@@ -203,21 +218,22 @@ impl Manager {
     }
 
     pub fn quota_defaults(&self) -> Result<BTreeMap<String, i64>> {
-        Ok(self.store.read(|tx| self.class_limits(tx, DEFAULT_CLASS))?)
+        Ok(self.store.read(|tx| self.class_limits(tx, &Self::type_names(tx)?, DEFAULT_CLASS))?)
     }
 
     pub fn quota_class(&self, class: &str) -> Result<BTreeMap<String, i64>> {
-        Ok(self.store.read(|tx| self.class_limits(tx, class))?)
+        Ok(self.store.read(|tx| self.class_limits(tx, &Self::type_names(tx)?, class))?)
     }
 
     pub fn quota_type_names(&self) -> Result<Vec<String>> {
-        Ok(self.store.read(Self::type_names)?.into_iter().map(|(_, name)| name).collect())
+        Ok(self.store.read(Self::type_names)?.into_values().collect())
     }
 
     /// `PUT /os-quota-sets/{project}`: no limit below what is in use already.
     pub fn update_quota_set(&self, project: &str, new: &BTreeMap<String, i64>) -> Result<BTreeMap<String, i64>> {
         self.store.write(|tx| {
-            let used = self.in_use(tx, project)?;
+            let names = Self::type_names(tx)?;
+            let used = self.in_use(tx, &names, project)?;
             for (key, &limit) in new {
                 let now = used.get(key).copied().unwrap_or(0);
                 if key != "per_volume_gigabytes" && limit != -1 && limit < now {
@@ -230,7 +246,7 @@ impl Manager {
             for (key, &limit) in new {
                 tx.set_quota_limit(QuotaTable::Project, project, key, limit)?;
             }
-            Ok(self.project_limits(tx, project)?)
+            Ok(self.project_limits(tx, &names, project)?)
         })
     }
 
@@ -244,7 +260,7 @@ impl Manager {
             for (key, &limit) in new {
                 tx.set_quota_limit(QuotaTable::Class, class, key, limit)?;
             }
-            Ok(self.class_limits(tx, class)?)
+            Ok(self.class_limits(tx, &Self::type_names(tx)?, class)?)
         })
     }
 }

@@ -110,13 +110,7 @@ impl Manager {
                     &req.metadata,
                 )?
             };
-            let delta = QuotaDelta {
-                type_name: &vtype.name,
-                volumes: 1,
-                gigabytes: size,
-                volume_size: Some(size),
-                ..QuotaDelta::default()
-            };
+            let delta = QuotaDelta::new_volume(&vtype.name, size);
             self.check_quota(tx, &caller.project_id, &delta)?;
             // Cinder's scheduler: a type asking for what the pool does not offer
             // leaves the volume in error, with a message saying why.
@@ -382,13 +376,7 @@ impl Manager {
                     &req.metadata,
                 )?
             };
-            let delta = QuotaDelta {
-                type_name: &vtype.name,
-                volumes: 1,
-                gigabytes: size,
-                volume_size: Some(size),
-                ..QuotaDelta::default()
-            };
+            let delta = QuotaDelta::new_volume(&vtype.name, size);
             self.check_quota(tx, &volume.project_id, &delta)?;
             tx.insert_volume(&volume)?;
             let spec = JobSpec::ManageVolume { volume: volume.id.clone(), source_name: req.source_name.clone() };

@@ -871,6 +871,13 @@ impl Tx<'_> {
             .collect()
     }
 
+    /// Type id → name of every type (without their extra specs).
+    pub fn volume_type_names(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        let mut stmt = self.0.prepare_cached("SELECT id, name FROM volume_types")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Inserts or rewrites a type's row (extra specs are merged separately).
     pub fn save_volume_type(&self, t: &VolumeType) -> Result<(), StoreError> {
         self.0.execute(
