@@ -31,9 +31,7 @@ pub(super) fn route(m: &Manager, req: &Req, collection: &str, rest: &[&str]) -> 
             closed("accept", accept, &["auth_key"])?;
             let key = string("auth_key", required("accept", accept, "auth_key")?, 1, 255)?;
             let t = m.accept_transfer(&caller, id, key.trim())?;
-            let mut out = summary(req, collection, &t);
-            out.as_object_mut().map(|o| o.remove("created_at"));
-            Ok(Reply::accepted(Some(json!({"transfer": out}))))
+            Ok(Reply::accepted(Some(json!({"transfer": summary(req, collection, &t)}))))
         }
         _ => Err(bad_method()),
     }
@@ -65,12 +63,6 @@ fn list(m: &Manager, req: &Req, collection: &str, with_detail: bool) -> Result<R
         .transfers(&req.caller(), all)?
         .iter()
         .map(|t| if with_detail { detail(req, collection, t) } else { summary(req, collection, t) })
-        .map(|mut v| {
-            if !with_detail {
-                v.as_object_mut().map(|o| o.remove("created_at"));
-            }
-            v
-        })
         .collect();
     Ok(Reply::ok(json!({"transfers": items})))
 }
@@ -83,17 +75,18 @@ fn links(req: &Req, collection: &str, id: &str) -> Value {
     ])
 }
 
-/// The summary: id, name, volume and links (and, for the detail, when).
+/// The summary (list, accept): id, name, volume and links.
 fn summary(req: &Req, collection: &str, t: &Transfer) -> Value {
-    json!({"id": t.id, "name": t.name, "volume_id": t.volume_id, "created_at": t.created_at,
-           "links": links(req, collection, &t.id)})
+    json!({"id": t.id, "name": t.name, "volume_id": t.volume_id, "links": links(req, collection, &t.id)})
 }
 
-/// Show, detail and create: the summary and, on `volume-transfers` only (the
+/// Show, detail and create: the summary with its creation time and, on
+/// `volume-transfers` only (the
 /// contrib `os-volume-transfer` keeps the old view), `no_snapshots` and from 3.57
 /// the transfer record's projects and whether it was accepted.
 fn detail(req: &Req, collection: &str, t: &Transfer) -> Value {
     let mut out = summary(req, collection, t);
+    out["created_at"] = json!(t.created_at);
     if collection != "volume-transfers" {
         return out;
     }

@@ -227,7 +227,7 @@ pub fn manageable(m: &ManageableVolume, detail: bool) -> Value {
 pub fn pool(settings: &Settings, stats: &PoolStats, detail: bool) -> Value {
     let mut out = json!({"name": settings.host});
     if detail {
-        out["capabilities"] = Value::Object(crate::manager::scheduler::capabilities(settings, stats));
+        out["capabilities"] = crate::manager::scheduler::capabilities(settings, stats);
     }
     out
 }

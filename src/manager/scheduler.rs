@@ -6,13 +6,13 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::{PoolStats, Settings};
 
-/// The capabilities of the one pool this agent serves.
-pub fn capabilities(settings: &Settings, stats: &PoolStats) -> Map<String, Value> {
-    let Value::Object(caps) = json!({
+/// The capabilities of the one pool this agent serves (a JSON object).
+pub fn capabilities(settings: &Settings, stats: &PoolStats) -> Value {
+    json!({
         "volume_backend_name": settings.backend_name,
         "vendor_name": "ember",
         "driver_version": env!("CARGO_PKG_VERSION"),
@@ -29,15 +29,12 @@ pub fn capabilities(settings: &Settings, stats: &PoolStats) -> Map<String, Value
         "thick_provisioning_support": false,
         "multiattach": true,
         "timestamp": crate::model::now(),
-    }) else {
-        unreachable!("a JSON object literal")
-    };
-    caps
+    })
 }
 
 /// The first extra spec `caps` does not satisfy, as `key=value`. Scoped keys
 /// (`vendor:key`) other than `capabilities:` are not the filter's business.
-pub fn unmet_spec(specs: &BTreeMap<String, String>, caps: &Map<String, Value>) -> Option<String> {
+pub fn unmet_spec(specs: &BTreeMap<String, String>, caps: &Value) -> Option<String> {
     specs
         .iter()
         .find(|(key, wanted)| {
@@ -47,11 +44,10 @@ pub fn unmet_spec(specs: &BTreeMap<String, String>, caps: &Map<String, Value>) -
                 [_, _, ..] => return false,
                 all => all,
             };
-            let (first, deeper) = match path.split_first() {
-                Some(split) => split,
-                None => return true,
-            };
-            let found = deeper.iter().fold(caps.get(*first), |cap, part| cap.and_then(|c| c.get(*part)));
+            if path.is_empty() {
+                return true; // a bare `capabilities:` names no capability
+            }
+            let found = path.iter().try_fold(caps, |cap, part| cap.get(*part));
             match found {
                 None => true,
                 Some(Value::Array(values)) => !values.iter().any(|v| matches(v, wanted)),
@@ -106,15 +102,12 @@ fn truth(s: &str) -> Option<bool> {
 mod tests {
     use super::*;
 
-    fn caps() -> Map<String, Value> {
-        let Value::Object(m) = json!({
+    fn caps() -> Value {
+        json!({
             "volume_backend_name": "ember", "storage_protocol": "iSCSI", "multiattach": true,
             "free_capacity_gb": 40.5, "thick_provisioning_support": false,
             "nested": {"level": "deep"}, "protocols": ["iSCSI", "NVMe-oF"],
-        }) else {
-            unreachable!()
-        };
-        m
+        })
     }
 
     fn unmet(pairs: &[(&str, &str)]) -> Option<String> {
