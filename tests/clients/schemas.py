@@ -38,8 +38,18 @@ VOLUME_BANDS = [(0, volumes), (61, volumes_361), (63, volumes_363), (64, volumes
                 (69, volumes_369)]
 
 
+# Other families with microversion bands, by the path's first segment (tempest's
+# services client from 3.7, its v3 transfers client: 3.55, then 3.57).
+BANDS = {"os-services": [(0, services), (7, services_37)],
+         "volume-transfers": [(0, transfers_355), (57, transfers_357)]}
+
+
+def band_module(bands, minor):
+    return [m for first, m in bands if minor >= first][-1]
+
+
 def volume_schema(name, minor):
-    module = [m for first, m in VOLUME_BANDS if minor >= first][-1]
+    module = band_module(VOLUME_BANDS, minor)
     if name == "update_volume":
         # The base defines update as create answering 200; the band modules copy
         # the base's update instead of deriving it from their own create, which
@@ -169,10 +179,10 @@ ROUTES = [
     ("GET", rf"os-quota-class-sets/{ID}", quota_classes.show_quota_classes),
     ("PUT", rf"os-quota-class-sets/{ID}", quota_classes.update_quota_classes),
     ("GET", r"limits", limits.show_limits),
-    ("GET", r"os-services", lambda body, q: "list_services"),
-    ("PUT", r"os-services/enable", lambda body, q: "enable_service"),
-    ("PUT", r"os-services/disable", lambda body, q: "disable_service"),
-    ("PUT", r"os-services/disable-log-reason", lambda body, q: "disable_log_reason"),
+    ("GET", r"os-services", "list_services"),
+    ("PUT", r"os-services/enable", "enable_service"),
+    ("PUT", r"os-services/disable", "disable_service"),
+    ("PUT", r"os-services/disable-log-reason", "disable_log_reason"),
     ("POST", r"os-volume-transfer", transfers.create_volume_transfer),
     ("GET", r"os-volume-transfer", transfers.list_volume_transfers_no_detail),
     ("GET", r"os-volume-transfer/detail", transfers.list_volume_transfers_with_detail),
@@ -211,12 +221,9 @@ def schema_for(method, url, body, version):
                 schema = schema(body if isinstance(body, dict) else {}, query)
             if schema == "manage_volume":
                 return manage_schema(version[1])
-            if pattern.startswith("os-services"):
-                # tempest's services client: the 3.7 schema from 3.7 on.
-                return getattr(services_37 if version[1] >= 7 else services, schema)
-            if pattern.startswith("volume-transfers"):
-                # tempest's transfers clients: 3.55 for the v3 route, 3.57 from then.
-                return getattr(transfers_357 if version[1] >= 57 else transfers_355, schema)
+            family = pattern.split("/")[0]
+            if isinstance(schema, str) and family in BANDS:
+                return getattr(band_module(BANDS[family], version[1]), schema)
             if isinstance(schema, str):
                 return volume_schema(schema, version[1])
             if pattern.startswith("snapshots") and schema:
