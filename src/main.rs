@@ -52,11 +52,7 @@ fn load(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<Config, St
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("EMBER_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    ember::logging::init();
     let result = match Cli::parse().command {
         Command::Serve { config, data_dir, listen, allow_remote_noauth } => {
             load(config, data_dir).and_then(|mut cfg| {

@@ -152,6 +152,9 @@ const COLLECTIONS: &[&str] = &[
     "os-volume-transfer",
     "volume-transfers",
     "os-services",
+    "os-hosts",
+    "capabilities",
+    "extensions",
 ];
 
 async fn handle(State(state): State<Arc<ApiState>>, request: Request) -> Response {

@@ -160,6 +160,16 @@ pub const ROUTES: &[Route] = routes![
     PUT ["os-services", "enable"] "volume_extension:services:update" Admin C, V3;
     PUT ["os-services", "disable"] "volume_extension:services:update" Admin C, V3;
     PUT ["os-services", "disable-log-reason"] "volume_extension:services:update" Admin C, V3;
+    PUT ["os-services", "freeze"] "volume:freeze_host" Admin C, V3;
+    PUT ["os-services", "thaw"] "volume:thaw_host" Admin C, V3;
+    PUT ["os-services", "set-log"] "volume_extension:services:update" Admin C, (3, 32);
+    PUT ["os-services", "get-log"] "volume_extension:services:update" Admin C, (3, 32);
+    GET ["os-hosts"] "volume_extension:hosts" Admin C, V3;
+    GET ["os-hosts", "*"] "volume_extension:hosts" Admin C, V3;
+    PUT ["os-hosts", "*"] "volume_extension:hosts" Admin C, V3;
+    GET ["capabilities", "*"] "volume_extension:capabilities" Admin C, V3;
+    GET ["extensions"] "(none)" Anyone C, V3;
+    GET ["extensions", "*"] "(none)" Anyone C, V3;
     GET ["os-volume-transfer"] "volume:get_all_transfers" Reader C, V3;
     POST ["os-volume-transfer"] "volume:create_transfer" Member C, V3;
     GET ["os-volume-transfer", "detail"] "volume:get_all_transfers" Reader C, V3;

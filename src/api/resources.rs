@@ -133,6 +133,9 @@ pub fn route(m: &std::sync::Arc<Manager>, req: &Req, path: &[&str]) -> Result<Re
         ["limits"] => super::quotas::limits(m, req),
         ["os-services"] => super::services::list(m, req),
         ["os-services", what] => super::services::update(m, req, what),
+        ["os-hosts", rest @ ..] => super::services::hosts(m, req, rest),
+        ["capabilities", host] => super::services::capabilities(m, host),
+        ["extensions", rest @ ..] => super::services::extensions(rest),
         ["os-availability-zone"] => Ok(Reply::ok(json!({"availabilityZoneInfo": [
             {"zoneName": m.settings().availability_zone, "zoneState": {"available": true}}
         ]}))),

@@ -34,7 +34,8 @@ pub use actions::*;
 pub use attachments::AttachmentView;
 pub use exports::{ExportSettings, Exporter, connector_initiator, portal};
 pub use quotas::{QuotaUsage, check_quota_keys};
-pub use services::Service;
+pub use scheduler::capabilities;
+pub use services::{Service, VOLUME_BINARY};
 pub use snapshots::*;
 pub use volumes::*;
 

@@ -2,13 +2,18 @@
 //! `host@backend`, up while ember runs, enabled unless an admin disabled it. A
 //! disabled service takes no new volumes (they end in `error`, "No valid
 //! backend", as Cinder's scheduler skips disabled services); what exists keeps
-//! working.
+//! working. A frozen one (`os-services/freeze`, Cinder's replication freeze) is
+//! also disabled, and refuses deletes and snapshots until it thaws, as Cinder's
+//! `assert_not_frozen` does; attach, detach and reads go on.
 
 use super::{Manager, ManagerError, Result};
 use crate::model::now;
-use crate::store::Tx;
+use crate::store::{ProjectUsage, ServiceState, Tx};
 
 pub const VOLUME_BINARY: &str = "cinder-volume";
+
+/// Cinder's `disabled_reason` for a frozen backend.
+const FROZEN_REASON: &str = "frozen";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
@@ -18,6 +23,7 @@ pub struct Service {
     pub zone: String,
     pub disabled: bool,
     pub disabled_reason: Option<String>,
+    pub frozen: bool,
     pub updated_at: String,
 }
 
@@ -29,14 +35,15 @@ impl Manager {
 
     pub fn services(&self) -> Result<Vec<Service>> {
         let state = self.store.read(|tx| tx.service_state(VOLUME_BINARY))?;
-        let (disabled, disabled_reason, updated_at) = state.unwrap_or((false, None, now()));
+        let state = state.unwrap_or_else(|| ServiceState { updated_at: now(), ..ServiceState::default() });
         Ok(vec![Service {
             binary: VOLUME_BINARY,
             host: self.service_host(),
             zone: self.settings.availability_zone.clone(),
-            disabled,
-            disabled_reason,
-            updated_at,
+            disabled: state.disabled,
+            disabled_reason: state.disabled_reason,
+            frozen: state.frozen,
+            updated_at: state.updated_at,
         }])
     }
 
@@ -51,14 +58,66 @@ impl Manager {
         if binary != VOLUME_BINARY || host != self.service_host() {
             return Err(ManagerError::NotFound(format!("Service {binary} on host {host} could not be found.")));
         }
-        self.store.write(|tx| tx.set_service_state(VOLUME_BINARY, disabled, reason))?;
+        self.update_service(|s| {
+            s.disabled = disabled;
+            s.disabled_reason = reason.map(str::to_string);
+            Ok(())
+        })
+    }
+
+    /// Freezes (or thaws) the backend of `host`: frozen, it is disabled with
+    /// reason "frozen"; thawed, enabled again. Freezing a frozen backend (or
+    /// thawing a thawed one) is refused, as Cinder's conditional update is.
+    pub fn set_frozen(&self, host: &str, frozen: bool) -> Result<Service> {
+        if host != self.service_host() {
+            return Err(ManagerError::Invalid(format!("Invalid input received: Service {host} could not be found.")));
+        }
+        self.update_service(|s| {
+            if s.frozen == frozen {
+                let state = if frozen { "already frozen" } else { "not frozen" };
+                return Err(ManagerError::Invalid(format!("Invalid input received: backend {host} is {state}.")));
+            }
+            s.frozen = frozen;
+            s.disabled = frozen;
+            s.disabled_reason = frozen.then(|| FROZEN_REASON.to_string());
+            Ok(())
+        })
+    }
+
+    fn update_service(&self, change: impl FnOnce(&mut ServiceState) -> Result<()>) -> Result<Service> {
+        self.store.write(|tx| {
+            let mut state = tx.service_state(VOLUME_BINARY)?.unwrap_or_default();
+            change(&mut state)?;
+            state.updated_at = now();
+            tx.set_service_state(VOLUME_BINARY, &state)?;
+            Ok::<_, ManagerError>(())
+        })?;
         Ok(self.services()?.remove(0))
     }
 
     /// Why the service takes no new volumes, if it does not.
     pub(super) fn service_disabled(&self, tx: &Tx) -> Result<Option<String>> {
-        Ok(tx.service_state(VOLUME_BINARY)?.filter(|(disabled, ..)| *disabled).map(|(_, reason, _)| {
-            format!("the volume service is disabled{}", reason.map(|r| format!(" ({r})")).unwrap_or_default())
+        Ok(tx.service_state(VOLUME_BINARY)?.filter(|s| s.disabled).map(|s| {
+            format!(
+                "the volume service is disabled{}",
+                s.disabled_reason.map(|r| format!(" ({r})")).unwrap_or_default()
+            )
         }))
+    }
+
+    /// Cinder's `assert_not_frozen`: deletes and snapshots wait for a thaw.
+    pub(super) fn assert_not_frozen(&self, tx: &Tx) -> Result<()> {
+        match tx.service_state(VOLUME_BINARY)?.is_some_and(|s| s.frozen) {
+            true => Err(ManagerError::Invalid(
+                "Invalid input received: Modification operations are not allowed on frozen storage backends."
+                    .to_string(),
+            )),
+            false => Ok(()),
+        }
+    }
+
+    /// What each project holds here (volumes and snapshots, counts and GiB).
+    pub fn project_usage(&self) -> Result<Vec<ProjectUsage>> {
+        Ok(self.store.read(|tx| tx.project_usage())?)
     }
 }

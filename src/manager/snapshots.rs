@@ -42,6 +42,7 @@ impl Manager {
         let capacity = self.pool.capacity()?;
         let (snapshot, job) = self.store.write(|tx| {
             let v = self.visible(tx, caller, &req.volume_id)?;
+            self.assert_not_frozen(tx)?;
             let in_use_ok = (req.force || force_allowed_in_use) && v.status == VolumeStatus::InUse;
             if v.status != VolumeStatus::Available && !in_use_ok {
                 return Err(ManagerError::Invalid(format!(
@@ -145,6 +146,7 @@ impl Manager {
     pub fn delete_snapshot(self: &std::sync::Arc<Self>, caller: &Caller, id: &str, force: bool) -> Result<()> {
         let job = self.store.write(|tx| {
             let old = self.visible_snapshot(tx, caller, id)?;
+            self.assert_not_frozen(tx)?;
             if !force && !matches!(old.status, SnapshotStatus::Available | SnapshotStatus::Error) {
                 return Err(ManagerError::Invalid(format!(
                     "Invalid snapshot: Snapshot {id} status must be available or error to delete, but it is {}.",

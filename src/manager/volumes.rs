@@ -222,6 +222,7 @@ impl Manager {
     ) -> Result<()> {
         let job = self.store.write(|tx| {
             let v = self.visible(tx, caller, id)?;
+            self.assert_not_frozen(tx)?;
             let snapshots = tx.snapshots(None, Some(id))?;
             let mut reasons = Vec::new();
             if !force && !DELETABLE.contains(&v.status) {

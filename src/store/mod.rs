@@ -276,6 +276,11 @@ CREATE TABLE service_state (
     updated_at TEXT NOT NULL
 );
 "#,
+    // 8: whether an admin froze the backend (os-services/freeze): no deletes and
+    // no snapshots until it thaws.
+    r#"
+ALTER TABLE service_state ADD COLUMN frozen INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// The schema version this ember writes.
@@ -949,24 +954,32 @@ impl Tx<'_> {
 
     // ---- services -------------------------------------------------------------------
 
-    /// (disabled, reason, updated_at) of a service; None if never changed.
-    pub fn service_state(&self, binary: &str) -> Result<Option<(bool, Option<String>, String)>, StoreError> {
+    /// A service's admin state; None if never changed.
+    pub fn service_state(&self, binary: &str) -> Result<Option<ServiceState>, StoreError> {
         Ok(self
             .0
             .query_row(
-                "SELECT disabled, disabled_reason, updated_at FROM service_state WHERE binary = ?1",
+                "SELECT disabled, disabled_reason, frozen, updated_at FROM service_state WHERE binary = ?1",
                 [binary],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| {
+                    Ok(ServiceState {
+                        disabled: r.get(0)?,
+                        disabled_reason: r.get(1)?,
+                        frozen: r.get(2)?,
+                        updated_at: r.get(3)?,
+                    })
+                },
             )
             .optional()?)
     }
 
-    pub fn set_service_state(&self, binary: &str, disabled: bool, reason: Option<&str>) -> Result<(), StoreError> {
+    pub fn set_service_state(&self, binary: &str, state: &ServiceState) -> Result<(), StoreError> {
         self.0.execute(
-            "INSERT INTO service_state (binary, disabled, disabled_reason, updated_at) VALUES (?1, ?2, ?3, ?4) \
+            "INSERT INTO service_state (binary, disabled, disabled_reason, frozen, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5) \
              ON CONFLICT (binary) DO UPDATE SET disabled = excluded.disabled, \
-             disabled_reason = excluded.disabled_reason, updated_at = excluded.updated_at",
-            params![binary, disabled, reason, now()],
+             disabled_reason = excluded.disabled_reason, frozen = excluded.frozen, updated_at = excluded.updated_at",
+            params![binary, state.disabled, state.disabled_reason, state.frozen, state.updated_at],
         )?;
         Ok(())
     }
@@ -1053,6 +1066,26 @@ impl Tx<'_> {
         let mut stmt = self.0.prepare_cached(sql)?;
         let rows =
             stmt.query_map([project_id], |r| Ok(TypeUsage { type_id: r.get(0)?, count: r.get(1)?, gib: r.get(2)? }))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Per project: (volumes, their GiB, snapshots, their GiB), by project id.
+    pub fn project_usage(&self) -> Result<Vec<ProjectUsage>, StoreError> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT project_id, SUM(v), SUM(vg), SUM(s), SUM(sg) FROM ( \
+               SELECT project_id, 1 AS v, size AS vg, 0 AS s, 0 AS sg FROM volumes \
+               UNION ALL SELECT project_id, 0, 0, 1, volume_size FROM snapshots) \
+             GROUP BY project_id ORDER BY project_id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(ProjectUsage {
+                project_id: r.get(0)?,
+                volumes: r.get(1)?,
+                volume_gib: r.get(2)?,
+                snapshots: r.get(3)?,
+                snapshot_gib: r.get(4)?,
+            })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -1286,6 +1319,25 @@ fn transfer_from_row(r: &Row) -> rusqlite::Result<Transfer> {
         no_snapshots: r.get(6)?,
         created_at: r.get(7)?,
     })
+}
+
+/// An admin's settings of a service (`os-services`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServiceState {
+    pub disabled: bool,
+    pub disabled_reason: Option<String>,
+    pub frozen: bool,
+    pub updated_at: String,
+}
+
+/// What one project holds on this host (`os-hosts/{host}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectUsage {
+    pub project_id: String,
+    pub volumes: i64,
+    pub volume_gib: i64,
+    pub snapshots: i64,
+    pub snapshot_gib: i64,
 }
 
 /// What `quota_usage` counts.

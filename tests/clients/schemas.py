@@ -22,7 +22,7 @@ import requests
 from tempest.lib.api_schema.response.volume import (
     limits, manage_volume, messages, quota_classes, quotas, scheduler_stats, snapshots, versions, volume_types,
     volumes)
-from tempest.lib.api_schema.response.volume import services, transfers
+from tempest.lib.api_schema.response.volume import capabilities, extensions, hosts, services, transfers
 from tempest.lib.api_schema.response.volume.v3_7 import services as services_37
 from tempest.lib.api_schema.response.volume.v3_55 import transfers as transfers_355
 from tempest.lib.api_schema.response.volume.v3_57 import transfers as transfers_357
@@ -116,7 +116,8 @@ SNAPSHOT_ACTIONS = {
 TYPE_ACTIONS = {"addProjectAccess": "add_type_access", "removeProjectAccess": "remove_type_access"}
 UNCHECKED = ["os-initialize_connection", "os-begin_detaching", "os-roll_detaching", "revert",
              "os-volume_upload_image", "os-migrate_volume", "os-migrate_volume_completion", "os-reimage",
-             "os-extend_volume_completion", "attachments (no published schema)", "GET /types/default"]
+             "os-extend_volume_completion", "attachments (no published schema)", "GET /types/default",
+             "PUT /os-services/set-log", "PUT /os-services/get-log", "PUT /os-hosts/{host}", "GET /extensions/{alias}"]
 
 ID = r"[^/]+"
 # (method, path after /v3[/project], how to name the schema: a name, or a function
@@ -183,6 +184,12 @@ ROUTES = [
     ("PUT", r"os-services/enable", "enable_service"),
     ("PUT", r"os-services/disable", "disable_service"),
     ("PUT", r"os-services/disable-log-reason", "disable_log_reason"),
+    ("PUT", r"os-services/freeze", "freeze_host"),
+    ("PUT", r"os-services/thaw", "thaw_host"),
+    ("GET", r"os-hosts", hosts.list_hosts),
+    ("GET", rf"os-hosts/{ID}", hosts.show_host),
+    ("GET", rf"capabilities/{ID}", capabilities.show_backend_capabilities),
+    ("GET", r"extensions", extensions.list_extensions),
     ("POST", r"os-volume-transfer", transfers.create_volume_transfer),
     ("GET", r"os-volume-transfer", transfers.list_volume_transfers_no_detail),
     ("GET", r"os-volume-transfer/detail", transfers.list_volume_transfers_with_detail),

@@ -660,6 +660,9 @@ WRONG_METHODS = [
     ("PUT", "/os-volume-transfer"), ("DELETE", "/os-volume-transfer"), ("POST", "/os-volume-transfer/detail"),
     ("GET", "/os-volume-transfer/{unknown}/accept"), ("POST", "/snapshots/{snapped_snap}/metadata/k"),
     ("DELETE", "/snapshots/{snapped_snap}/metadata"), ("POST", "/os-availability-zone"),
+    ("GET", "/os-services/freeze"), ("POST", "/os-services/thaw"), ("POST", "/os-hosts"),
+    ("DELETE", "/os-hosts/somewhere"), ("POST", "/capabilities/somewhere"), ("POST", "/extensions"),
+    ("DELETE", "/extensions/os-hosts"),
 ]
 
 
@@ -689,6 +692,7 @@ MEDIA_ROUTES = [
     ("PUT", "/os-quota-class-sets/default", {"quota_class_set": {"volumes": 500}}),
     ("POST", "/os-volume-transfer", {"transfer": {"volume_id": "{avail}"}}),
     ("POST", "/snapshots/{snapped_snap}/metadata", {"metadata": {"k": "v"}}),
+    ("PUT", "/os-services/freeze", {"host": "somewhere"}),
 ]
 
 
@@ -1178,6 +1182,8 @@ BODY_ROUTES = [
     ("PUT", "/snapshots/{snapped_snap}", None), ("POST", "/snapshots/{snapped_snap}/action", None),
     ("POST", "/types", None), ("PUT", "/types/{vtype}", None),
     ("POST", "/types/{vtype}/extra_specs", None), ("POST", "/manageable_volumes", "3.8"),
+    ("PUT", "/os-services/freeze", None), ("PUT", "/os-services/thaw", None),
+    ("PUT", "/os-services/set-log", "3.32"),
 ]
 
 
