@@ -65,7 +65,7 @@ pub fn route(m: &std::sync::Arc<Manager>, req: &Req, path: &[&str]) -> Result<Re
         },
         ["snapshots", id, "metadata"] => snapshot_metadata(m, req, id, None),
         ["snapshots", id, "metadata", key] => snapshot_metadata(m, req, id, Some(key)),
-        ["snapshots", id, "action"] => only(method, Method::POST, || snapshot_action(m, req, id)),
+        ["snapshots", id, "action"] => only(method, Method::POST, || snapshot_action(m, req, id, &project)),
         ["types"] => match *method {
             Method::GET => list_types(m, req),
             Method::POST => create_type(m, req),
@@ -827,7 +827,7 @@ fn update_snapshot(m: &Manager, req: &Req, id: &str) -> Result<Reply> {
     Ok(Reply::ok(json!({"snapshot": views::snapshot_created(&ctx.view(), &snap)})))
 }
 
-fn snapshot_action(m: &std::sync::Arc<Manager>, req: &Req, id: &str) -> Result<Reply> {
+fn snapshot_action(m: &std::sync::Arc<Manager>, req: &Req, id: &str, project: &str) -> Result<Reply> {
     let body = req.json()?;
     let top = body.as_object().ok_or_else(ApiError::malformed_body)?;
     if top.len() != 1 {
@@ -852,9 +852,36 @@ fn snapshot_action(m: &std::sync::Arc<Manager>, req: &Req, id: &str) -> Result<R
             m.delete_snapshot(&caller, id, true)?;
             Ok(Reply::empty(StatusCode::ACCEPTED))
         }
+        "os-update_snapshot_status" => {
+            let o = schema::as_object(action, value)?;
+            closed(action, o, &["status", "progress"])?;
+            let status = string("status", required(action, o, "status")?, 0, 255)?;
+            let progress = o.get("progress").map(progress_percent).transpose()?.flatten();
+            req.ctx.require_member("volume_extension:snapshot_actions:update_snapshot_status", project)?;
+            m.update_snapshot_status(&caller, id, &status, progress)?;
+            Ok(Reply::empty(StatusCode::ACCEPTED))
+        }
         other => Err(ApiError::bad_request(format!(
             "There is no such action: {other}. Verify the request body and Content-Type header and try again."
         ))),
+    }
+}
+
+/// Cinder's `progress` format: an integer percentage, `"0%"` to `"100%"`; empty
+/// (or null) leaves the progress as it is.
+fn progress_percent(value: &Value) -> Result<Option<String>> {
+    let text = match value {
+        Value::Null => return Ok(None),
+        Value::String(s) if s.is_empty() => return Ok(None),
+        Value::String(s) => s,
+        other => return Err(field_error("progress", other, "progress must be an integer percentage")),
+    };
+    let number = text.strip_suffix('%').and_then(|n| n.parse::<u8>().ok()).filter(|n| *n <= 100);
+    match number {
+        Some(_) => Ok(Some(text.clone())),
+        None => Err(ApiError::bad_request(
+            "Invalid input received: progress must be an integer percentage between 0 and 100",
+        )),
     }
 }
 

@@ -163,6 +163,51 @@ impl Manager {
         Ok(())
     }
 
+    /// `os-update_snapshot_status`: what creates a snapshot outside the agent (a
+    /// hypervisor's assisted snapshot) reports its end, as Cinder allows it:
+    /// `creating` → creating/available/error, `deleting` → deleting/error_deleting.
+    /// While one of ember's own jobs works on the snapshot, the job decides.
+    pub fn update_snapshot_status(
+        &self,
+        caller: &Caller,
+        id: &str,
+        status: &str,
+        progress: Option<String>,
+    ) -> Result<()> {
+        use SnapshotStatus as S;
+        self.store.write(|tx| {
+            let old = self.visible_snapshot(tx, caller, id)?;
+            let allowed: &[S] = match old.status {
+                S::Creating => &[S::Creating, S::Available, S::Error],
+                S::Deleting => &[S::Deleting, S::ErrorDeleting],
+                other => {
+                    return Err(ManagerError::Invalid(format!(
+                        "Snapshot status {other} not allowed for update_snapshot_status"
+                    )));
+                }
+            };
+            let Some(new_status) = allowed.iter().copied().find(|s| s.as_str() == status) else {
+                return Err(ManagerError::Invalid(format!(
+                    "Provided snapshot status {status} not allowed for snapshot with status {}.",
+                    old.status
+                )));
+            };
+            if tx.snapshot_has_running_job(id)? {
+                return Err(ManagerError::Invalid(format!(
+                    "Invalid snapshot: snapshot {id} is {} by ember's own job; its status follows the job.",
+                    if old.status == S::Creating { "being created" } else { "being deleted" }
+                )));
+            }
+            let mut new = old.clone();
+            new.status = new_status;
+            if let Some(progress) = progress {
+                new.progress = progress;
+            }
+            tx.update_snapshot(old.status, &new)?;
+            Ok(())
+        })
+    }
+
     pub fn reset_snapshot_status(&self, caller: &Caller, id: &str, status: SnapshotStatus) -> Result<()> {
         self.store.write(|tx| {
             let old = self.visible_snapshot(tx, caller, id)?;

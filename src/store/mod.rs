@@ -1203,6 +1203,15 @@ impl Tx<'_> {
         state.map(|s| s.parse().map_err(StoreError::Corrupt)).transpose()
     }
 
+    /// Whether a job is still working on the snapshot.
+    pub fn snapshot_has_running_job(&self, snapshot_id: &str) -> Result<bool, StoreError> {
+        Ok(self.0.query_row(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE snapshot_id = ?1 AND state = 'running')",
+            [snapshot_id],
+            |r| r.get(0),
+        )?)
+    }
+
     /// Cancels every unfinished job of a volume (an admin reset overrides them).
     pub fn cancel_jobs_of(&self, volume_id: &str, reason: &str) -> Result<(), StoreError> {
         self.0.execute(

@@ -193,3 +193,30 @@ def test_os_services_list_and_a_disabled_service_takes_no_new_volumes(agent, ver
         r = agent.request("PUT", f"/os-services/{what}", body)
         assert r.status_code == code, (what, body, r.text)
     assert cinder.services.list()[0].status == "enabled"
+
+
+def test_update_snapshot_status_reports_an_outside_snapshot(agent, cinder):
+    vid = agent.create_volume(1)["id"]
+    sid = agent.request("POST", "/snapshots", {"snapshot": {"volume_id": vid}}).json()["snapshot"]["id"]
+    wait_for(lambda: agent.request("GET", f"/snapshots/{sid}").json()["snapshot"]["status"] == "available")
+    snap = cinder.volume_snapshots.get(sid)
+
+    def status():
+        s = agent.request("GET", f"/snapshots/{sid}").json()["snapshot"]
+        return s["status"], s["os-extended-snapshot-attributes:progress"]
+
+    r = agent.request("POST", f"/snapshots/{sid}/action", {"os-update_snapshot_status": {"status": "error"}})
+    assert r.status_code == 400 and "status available not allowed" in r.text, r.text
+    cinder.volume_snapshots.reset_state(snap, "creating")
+    cinder.volume_snapshots.update_snapshot_status(snap, {"status": "creating", "progress": "40%"})
+    assert status() == ("creating", "40%")
+    for body in [{"status": "deleting"}, {"status": "available", "progress": "101%"},
+                 {"status": "available", "progress": "40"}, {"status": "available", "progress": 40},
+                 {"status": "available", "x": 1}, {"progress": "50%"}, {"status": 1}]:
+        r = agent.request("POST", f"/snapshots/{sid}/action", {"os-update_snapshot_status": body})
+        assert r.status_code == 400, (body, r.text)
+    assert status() == ("creating", "40%"), "nothing changed"
+    cinder.volume_snapshots.update_snapshot_status(snap, {"status": "available", "progress": "100%"})
+    assert status() == ("available", "100%")
+    r = agent.request("POST", f"/snapshots/{uuid.uuid4()}/action", {"os-update_snapshot_status": {"status": "error"}})
+    assert r.status_code == 404

@@ -152,6 +152,8 @@ ROUTES = [
     ("DELETE", "/snapshots/{snap}", MEMBER, True, None, "3.0", "snap"),
     ("POST", "/snapshots/{snap}/action", ADMIN, True, {"os-reset_status": {"status": "available"}}, "3.0", None),
     ("POST", "/snapshots/{snap}/action", ADMIN, True, {"os-force_delete": {}}, "3.0", "snap"),
+    ("POST", "/snapshots/{snap}/action", MEMBER, True, {"os-update_snapshot_status": {"status": "error"}}, "3.0",
+     None),
     ("GET", "/types", READER, False, None, "3.0", None),
     ("POST", "/types", ADMIN, False, PROBE, "3.0", None),
     ("GET", "/types/default", READER, False, None, "3.62", None),

@@ -438,3 +438,30 @@ fn messages_belong_to_the_volume_owner() {
     s.m.delete_message(&user, &mine[0].id).unwrap();
     assert!(s.m.messages(&user).unwrap().is_empty());
 }
+
+/// os-update_snapshot_status reports what something outside the agent made; while
+/// ember's own job creates the snapshot, the job decides its status.
+#[test]
+fn update_snapshot_status_waits_for_no_job_of_ember() {
+    let s = Sim::new();
+    let vol = s.ready_volume(1, 1);
+    s.pool.inject(Op::CreateSnapshot, Some(1), Fault::HangAfter);
+    let req = CreateSnapshot { volume_id: vol.id.clone(), ..Default::default() };
+    let snap = s.on(|m| m.create_snapshot(&s.admin, req, false)).unwrap();
+    s.pool.wait_hung(1);
+    let update = |status: &str, progress: Option<&str>| {
+        s.m.update_snapshot_status(&s.admin, &snap.id, status, progress.map(str::to_string))
+    };
+    assert!(matches!(update("available", None), Err(ManagerError::Invalid(m)) if m.contains("ember's own job")));
+    assert!(matches!(update("deleting", None), Err(ManagerError::Invalid(m)) if m.contains("not allowed")));
+    s.pool.release();
+    s.settle();
+    assert_eq!(s.snapshot(&snap.id).unwrap().status, SnapshotStatus::Available, "the job ended it");
+    assert!(matches!(update("error", None), Err(ManagerError::Invalid(m)) if m.contains("status available not")));
+    // A snapshot left creating with no job (reset by an admin) takes the report.
+    s.m.reset_snapshot_status(&s.admin, &snap.id, SnapshotStatus::Creating).unwrap();
+    update("creating", Some("40%")).unwrap();
+    update("error", None).unwrap();
+    let after = s.snapshot(&snap.id).unwrap();
+    assert_eq!((after.status, after.progress.as_str()), (SnapshotStatus::Error, "40%"));
+}
