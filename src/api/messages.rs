@@ -84,7 +84,6 @@ pub(super) fn delete(m: &Manager, req: &Req, id: &str) -> Result<Reply> {
 
 /// Cinder's message view: resource fields only when set.
 fn message_view(req: &Req, m: &Message) -> Value {
-    let project = req.url_project.as_deref().map(|p| format!("{p}/")).unwrap_or_default();
     let mut out = json!({
         "id": m.id,
         "event_id": m.event_id,
@@ -93,10 +92,7 @@ fn message_view(req: &Req, m: &Message) -> Value {
         "created_at": m.created_at,
         "guaranteed_until": m.expires_at,
         "request_id": m.request_id,
-        "links": [
-            {"rel": "self", "href": format!("{}/v3/{project}messages/{}", req.base_url, m.id)},
-            {"rel": "bookmark", "href": format!("{}/{project}messages/{}", req.base_url, m.id)},
-        ],
+        "links": req.links("messages", &m.id),
         "resource_type": m.resource_type.as_str(),
     });
     if let Some(uuid) = &m.resource_uuid {

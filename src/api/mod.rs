@@ -10,6 +10,7 @@ mod fault;
 mod messages;
 mod microversion;
 mod policy;
+mod qos;
 mod quotas;
 mod resources;
 mod schema;
@@ -91,6 +92,16 @@ impl Req {
         schema::parse_body(&self.body)
     }
 
+    /// Self and bookmark links of `collection/id`, with the project segment only
+    /// when the request had one (as upstream's `_get_project_id_in_url`).
+    pub fn links(&self, collection: &str, id: &str) -> Value {
+        let project = self.url_project.as_deref().map(|p| format!("{p}/")).unwrap_or_default();
+        serde_json::json!([
+            {"rel": "self", "href": format!("{}/v3/{project}{collection}/{id}", self.base_url)},
+            {"rel": "bookmark", "href": format!("{}/{project}{collection}/{id}", self.base_url)},
+        ])
+    }
+
     pub fn param(&self, key: &str) -> Option<&str> {
         self.query.get(key).map(String::as_str)
     }
@@ -155,6 +166,7 @@ const COLLECTIONS: &[&str] = &[
     "os-hosts",
     "capabilities",
     "extensions",
+    "qos-specs",
 ];
 
 async fn handle(State(state): State<Arc<ApiState>>, request: Request) -> Response {

@@ -168,6 +168,16 @@ pub const ROUTES: &[Route] = routes![
     GET ["os-hosts", "*"] "volume_extension:hosts" Admin C, V3;
     PUT ["os-hosts", "*"] "volume_extension:hosts" Admin C, V3;
     GET ["capabilities", "*"] "volume_extension:capabilities" Admin C, V3;
+    GET ["qos-specs"] "volume_extension:qos_specs_manage:get_all" Admin C, V3;
+    POST ["qos-specs"] "volume_extension:qos_specs_manage:create" Admin C, V3;
+    GET ["qos-specs", "*"] "volume_extension:qos_specs_manage:get" Admin C, V3;
+    PUT ["qos-specs", "*"] "volume_extension:qos_specs_manage:update" Admin C, V3;
+    DELETE ["qos-specs", "*"] "volume_extension:qos_specs_manage:delete" Admin C, V3;
+    PUT ["qos-specs", "*", "delete_keys"] "volume_extension:qos_specs_manage:delete" Admin C, V3;
+    GET ["qos-specs", "*", "associations"] "volume_extension:qos_specs_manage:get_all" Admin C, V3;
+    GET ["qos-specs", "*", "associate"] "volume_extension:qos_specs_manage:update" Admin C, V3;
+    GET ["qos-specs", "*", "disassociate"] "volume_extension:qos_specs_manage:update" Admin C, V3;
+    GET ["qos-specs", "*", "disassociate_all"] "volume_extension:qos_specs_manage:update" Admin C, V3;
     GET ["extensions"] "(none)" Anyone C, V3;
     GET ["extensions", "*"] "(none)" Anyone C, V3;
     GET ["os-volume-transfer"] "volume:get_all_transfers" Reader C, V3;

@@ -136,6 +136,7 @@ pub fn route(m: &std::sync::Arc<Manager>, req: &Req, path: &[&str]) -> Result<Re
         ["os-hosts", rest @ ..] => super::services::hosts(m, req, rest),
         ["capabilities", host] => super::services::capabilities(m, host),
         ["extensions", rest @ ..] => super::services::extensions(rest),
+        ["qos-specs", rest @ ..] => super::qos::route(m, req, rest),
         ["os-availability-zone"] => Ok(Reply::ok(json!({"availabilityZoneInfo": [
             {"zoneName": m.settings().availability_zone, "zoneState": {"available": true}}
         ]}))),

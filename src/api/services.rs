@@ -344,6 +344,7 @@ const EXTENSIONS: &[(&str, &str, &str, &str)] = &[
     ("os-volume-transfer", "VolumeTransfer", "2013-05-29T00:00:00+00:00", "Volume transfer management support."),
     ("os-volume-type-access", "VolumeTypeAccess", "2014-06-26T00:00:00Z", "Volume type access support."),
     ("os-volume-unmanage", "VolumeUnmanage", "2012-05-31T00:00:00+00:00", "Enable volume unmanage operation."),
+    ("qos-specs", "Qos_specs_manage", "2013-08-02T00:00:00+00:00", "QoS specs support."),
     ("scheduler-stats", "Scheduler_stats", "2014-09-07T00:00:00+00:00", "Scheduler stats support."),
 ];
 

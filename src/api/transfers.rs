@@ -67,17 +67,9 @@ fn list(m: &Manager, req: &Req, collection: &str, with_detail: bool) -> Result<R
     Ok(Reply::ok(json!({"transfers": items})))
 }
 
-fn links(req: &Req, collection: &str, id: &str) -> Value {
-    let project = req.url_project.as_deref().map(|p| format!("{p}/")).unwrap_or_default();
-    json!([
-        {"rel": "self", "href": format!("{}/v3/{project}{collection}/{id}", req.base_url)},
-        {"rel": "bookmark", "href": format!("{}/{project}{collection}/{id}", req.base_url)},
-    ])
-}
-
 /// The summary (list, accept): id, name, volume and links.
 fn summary(req: &Req, collection: &str, t: &Transfer) -> Value {
-    json!({"id": t.id, "name": t.name, "volume_id": t.volume_id, "links": links(req, collection, &t.id)})
+    json!({"id": t.id, "name": t.name, "volume_id": t.volume_id, "links": req.links(collection, &t.id)})
 }
 
 /// Show, detail and create: the summary with its creation time and, on

@@ -186,7 +186,7 @@ pub fn visible_extra_specs(is_admin: bool, specs: &BTreeMap<String, String>) -> 
 pub fn volume_type(ctx: &ViewContext, t: &VolumeType) -> Value {
     let mut out = volume_type_created(ctx, t);
     if ctx.is_admin {
-        out["qos_specs_id"] = Value::Null;
+        out["qos_specs_id"] = json!(t.qos_specs_id);
     }
     out
 }

@@ -37,7 +37,7 @@ impl Manager {
 
     pub fn attachment(&self, caller: &Caller, id: &str) -> Result<AttachmentView> {
         let (a, v) = self.store.read(|tx| self.visible_attachment(tx, caller, id))?;
-        Ok(self.view(&v, a))
+        self.view(&v, a)
     }
 
     /// The project's attachments (every project's for an admin asking for all).
@@ -52,31 +52,37 @@ impl Manager {
             }
             Ok::<_, ManagerError>(out)
         })?;
-        Ok(rows.into_iter().map(|(a, v)| self.view(&v, a)).collect())
+        rows.into_iter().map(|(a, v)| self.view(&v, a)).collect()
     }
 
-    fn view(&self, v: &Volume, a: Attachment) -> AttachmentView {
-        let export = self.store.read(|tx| tx.export(&v.id)).ok().flatten();
+    fn view(&self, v: &Volume, a: Attachment) -> Result<AttachmentView> {
+        let export = self.store.read(|tx| tx.export(&v.id))?;
         let connection_info = match (&a.connector, export) {
             (Some(text), Some(e)) if a.attach_status != AttachStatus::Reserved => {
                 let connector: Value = serde_json::from_str(text).unwrap_or(Value::Null);
-                Some(self.flat_connection_info(v, &e, &connector, &a))
+                Some(self.flat_connection_info(v, &e, &connector, &a)?)
             }
             _ => None,
         };
-        AttachmentView { attachment: a, connection_info }
+        Ok(AttachmentView { attachment: a, connection_info })
     }
 
     /// Cinder's attachment `connection_info`: the data keys, `driver_volume_type`
     /// and the attachment's id, in one object.
-    fn flat_connection_info(&self, v: &Volume, e: &crate::model::Export, connector: &Value, a: &Attachment) -> Value {
+    fn flat_connection_info(
+        &self,
+        v: &Volume,
+        e: &crate::model::Export,
+        connector: &Value,
+        a: &Attachment,
+    ) -> Result<Value> {
         let mut volume = v.clone();
         volume.admin_metadata.insert("attached_mode".into(), a.attach_mode.as_str().into());
-        let info = self.connection_info(&volume, e, connector);
+        let info = self.connection_info(&volume, e, connector)?;
         let mut flat = info["data"].clone();
         flat["driver_volume_type"] = info["driver_volume_type"].clone();
         flat["attachment_id"] = Value::from(a.id.clone());
-        flat
+        Ok(flat)
     }
 
     /// POST /attachments: reserves the volume for `instance_uuid`; with a
@@ -262,7 +268,7 @@ impl Manager {
             ran(self.run_now(p), "Unable to terminate volume connection from backend")?;
         }
         let v = self.volume(caller, &volume_id)?;
-        Ok(v.attachments.clone().into_iter().map(|a| self.view(&v, a)).collect())
+        v.attachments.clone().into_iter().map(|a| self.view(&v, a)).collect()
     }
 
     /// The volume's status and attach_status as its attachments say (spec §2.1),

@@ -332,7 +332,7 @@ impl Manager {
     }
 
     /// `connection_info` for `connector` (spec §4): what os-brick attaches from.
-    pub(super) fn connection_info(&self, v: &Volume, e: &Export, connector: &Value) -> Value {
+    pub(super) fn connection_info(&self, v: &Volume, e: &Export, connector: &Value) -> super::Result<Value> {
         let s = &self.exporter.settings;
         let access_mode = match v.admin_metadata.get("attached_mode") {
             Some(mode) => mode.clone(),
@@ -388,12 +388,12 @@ impl Manager {
                 ("nvmeof", data)
             }
         };
-        data["qos_specs"] = Value::Null;
+        data["qos_specs"] = self.connection_qos(v)?;
         data["access_mode"] = json!(access_mode);
         data["encrypted"] = json!(false);
         data["cacheable"] = json!(false);
         data["enforce_multipath"] = json!(enforce_multipath);
-        json!({"driver_volume_type": driver, "data": data, "enforce_multipath": enforce_multipath})
+        Ok(json!({"driver_volume_type": driver, "data": data, "enforce_multipath": enforce_multipath}))
     }
 
     /// Repairs every difference between the exports the store wants and what the

@@ -35,6 +35,7 @@ impl Manager {
                     description: Some("Default Volume Type".to_string()),
                     is_public: true,
                     extra_specs: BTreeMap::new(),
+                    qos_specs_id: None,
                 })?;
             }
             Ok::<_, StoreError>(())
@@ -118,7 +119,8 @@ impl Manager {
             if tx.volume_type(&name)?.is_some() {
                 return Err(ManagerError::Conflict(format!("Volume Type {name} already exists.")));
             }
-            let t = VolumeType { id: uuid::Uuid::new_v4().to_string(), name, description, is_public, extra_specs };
+            let id = uuid::Uuid::new_v4().to_string();
+            let t = VolumeType { id, name, description, is_public, extra_specs, qos_specs_id: None };
             tx.save_volume_type(&t)?;
             tx.set_extra_specs(&t.id, &t.extra_specs)?;
             Ok(t)

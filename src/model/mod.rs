@@ -5,6 +5,7 @@
 mod export;
 mod job;
 mod message;
+mod qos;
 mod snapshot;
 mod transfer;
 mod volume;
@@ -12,6 +13,7 @@ mod volume;
 pub use export::*;
 pub use job::*;
 pub use message::*;
+pub use qos::*;
 pub use snapshot::*;
 pub use transfer::*;
 pub use volume::*;

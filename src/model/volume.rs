@@ -169,6 +169,8 @@ pub struct VolumeType {
     pub description: Option<String>,
     pub is_public: bool,
     pub extra_specs: BTreeMap<String, String>,
+    /// The QoS specs associated with the type (admins see the id).
+    pub qos_specs_id: Option<String>,
 }
 
 impl VolumeType {

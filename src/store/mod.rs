@@ -13,8 +13,8 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use crate::model::{
-    Attachment, Chap, Export, Job, JobSpec, JobState, Message, MessageResource, Snapshot, SnapshotStatus, Transfer,
-    Volume, VolumeStatus, VolumeType, now,
+    Attachment, Chap, Export, Job, JobSpec, JobState, Message, MessageResource, QosSpecs, Snapshot, SnapshotStatus,
+    Transfer, Volume, VolumeStatus, VolumeType, now,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -280,6 +280,22 @@ CREATE TABLE service_state (
     // no snapshots until it thaws.
     r#"
 ALTER TABLE service_state ADD COLUMN frozen INTEGER NOT NULL DEFAULT 0;
+"#,
+    // 9: QoS specs, and the one a volume type points at.
+    r#"
+CREATE TABLE qos_specs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    consumer TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE qos_spec_values (
+    qos_id TEXT NOT NULL REFERENCES qos_specs(id) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (qos_id, key)
+);
+ALTER TABLE volume_types ADD COLUMN qos_specs_id TEXT REFERENCES qos_specs(id);
 "#,
 ];
 
@@ -838,42 +854,29 @@ impl Tx<'_> {
 
     // ---- volume types ------------------------------------------------------------
 
-    fn fill_type(
-        &self,
-        id: String,
-        name: String,
-        description: Option<String>,
-        is_public: bool,
-    ) -> Result<VolumeType, StoreError> {
+    /// The type of a `TYPE_COLUMNS` row, with its extra specs.
+    fn with_specs(&self, mut t: VolumeType) -> Result<VolumeType, StoreError> {
         let mut stmt = self.0.prepare_cached("SELECT key, value FROM volume_type_extra_specs WHERE type_id = ?1")?;
-        let rows = stmt.query_map([&id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        let extra_specs = rows.collect::<Result<_, _>>()?;
-        Ok(VolumeType { id, name, description, is_public, extra_specs })
+        let rows = stmt.query_map([&t.id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        t.extra_specs = rows.collect::<Result<_, _>>()?;
+        Ok(t)
     }
 
     /// A type by id, or else by name.
     pub fn volume_type(&self, id_or_name: &str) -> Result<Option<VolumeType>, StoreError> {
-        let row = self
-            .0
-            .query_row(
-                "SELECT id, name, description, is_public FROM volume_types WHERE id = ?1 \
-                 UNION ALL SELECT id, name, description, is_public FROM volume_types WHERE name = ?1 LIMIT 1",
-                [id_or_name],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .optional()?;
-        row.map(|(id, name, description, is_public)| self.fill_type(id, name, description, is_public)).transpose()
+        let sql = format!(
+            "SELECT {TYPE_COLUMNS} FROM volume_types WHERE id = ?1 \
+             UNION ALL SELECT {TYPE_COLUMNS} FROM volume_types WHERE name = ?1 LIMIT 1"
+        );
+        let row = self.0.prepare_cached(&sql)?.query_row([id_or_name], type_from_row).optional()?;
+        row.map(|t| self.with_specs(t)).transpose()
     }
 
     pub fn volume_types(&self) -> Result<Vec<VolumeType>, StoreError> {
-        let mut stmt = self
-            .0
-            .prepare_cached("SELECT id, name, description, is_public FROM volume_types ORDER BY created_at, rowid")?;
-        let rows: Vec<(String, String, Option<String>, bool)> =
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<Result<_, _>>()?;
-        rows.into_iter()
-            .map(|(id, name, description, is_public)| self.fill_type(id, name, description, is_public))
-            .collect()
+        let sql = format!("SELECT {TYPE_COLUMNS} FROM volume_types ORDER BY created_at, rowid");
+        let rows: Vec<VolumeType> =
+            self.0.prepare_cached(&sql)?.query_map([], type_from_row)?.collect::<Result<_, _>>()?;
+        rows.into_iter().map(|t| self.with_specs(t)).collect()
     }
 
     /// Type id → name of every type (without their extra specs).
@@ -950,6 +953,73 @@ impl Tx<'_> {
             .0
             .execute("DELETE FROM volume_type_access WHERE type_id = ?1 AND project_id = ?2", [type_id, project_id])?;
         Ok(n > 0)
+    }
+
+    // ---- QoS specs ------------------------------------------------------------------
+
+    pub fn insert_qos(&self, q: &QosSpecs) -> Result<(), StoreError> {
+        self.0.execute(
+            "INSERT INTO qos_specs (id, name, consumer, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![q.id, q.name, q.consumer.as_str(), q.created_at],
+        )?;
+        self.set_qos_values(&q.id, &q.specs)
+    }
+
+    /// Merges `specs` into the stored ones and sets the consumer.
+    pub fn update_qos(&self, q: &QosSpecs) -> Result<(), StoreError> {
+        self.0.execute("UPDATE qos_specs SET consumer = ?2 WHERE id = ?1", params![q.id, q.consumer.as_str()])?;
+        self.0.execute("DELETE FROM qos_spec_values WHERE qos_id = ?1", [&q.id])?;
+        self.set_qos_values(&q.id, &q.specs)
+    }
+
+    fn set_qos_values(&self, id: &str, specs: &BTreeMap<String, String>) -> Result<(), StoreError> {
+        let mut stmt = self.0.prepare_cached("INSERT INTO qos_spec_values (qos_id, key, value) VALUES (?1, ?2, ?3)")?;
+        for (k, v) in specs {
+            stmt.execute(params![id, k, v])?;
+        }
+        Ok(())
+    }
+
+    /// Every QoS spec (one by id with Some), newest first.
+    pub fn qos_specs(&self, id: Option<&str>) -> Result<Vec<QosSpecs>, StoreError> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT id, name, consumer, created_at FROM qos_specs WHERE ?1 IS NULL OR id = ?1 \
+             ORDER BY created_at DESC, rowid DESC",
+        )?;
+        let rows: Vec<(String, String, String, String)> =
+            stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<Result<_, _>>()?;
+        let mut values = self.0.prepare_cached("SELECT key, value FROM qos_spec_values WHERE qos_id = ?1")?;
+        rows.into_iter()
+            .map(|(id, name, consumer, created_at)| {
+                let specs = values.query_map([&id], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+                let consumer = consumer.parse().map_err(StoreError::Corrupt)?;
+                Ok(QosSpecs { id, name, consumer, specs, created_at })
+            })
+            .collect()
+    }
+
+    pub fn qos_name_taken(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self.0.query_row("SELECT EXISTS (SELECT 1 FROM qos_specs WHERE name = ?1)", [name], |r| r.get(0))?)
+    }
+
+    pub fn delete_qos(&self, id: &str) -> Result<(), StoreError> {
+        self.0.execute("UPDATE volume_types SET qos_specs_id = NULL WHERE qos_specs_id = ?1", [id])?;
+        self.0.execute("DELETE FROM qos_specs WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// (type id, type name) of every type pointing at the QoS specs.
+    pub fn qos_associations(&self, id: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let mut stmt =
+            self.0.prepare_cached("SELECT id, name FROM volume_types WHERE qos_specs_id = ?1 ORDER BY name")?;
+        let rows = stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Points the type at the QoS specs (None: at none).
+    pub fn set_type_qos(&self, type_id: &str, qos_id: Option<&str>) -> Result<(), StoreError> {
+        self.0.execute("UPDATE volume_types SET qos_specs_id = ?2 WHERE id = ?1", params![type_id, qos_id])?;
+        Ok(())
     }
 
     // ---- services -------------------------------------------------------------------
@@ -1327,6 +1397,20 @@ fn transfer_from_row(r: &Row) -> rusqlite::Result<Transfer> {
         auth_key: r.get(5)?,
         no_snapshots: r.get(6)?,
         created_at: r.get(7)?,
+    })
+}
+
+const TYPE_COLUMNS: &str = "id, name, description, is_public, qos_specs_id";
+
+/// A `TYPE_COLUMNS` row, extra specs not yet read.
+fn type_from_row(r: &rusqlite::Row) -> rusqlite::Result<VolumeType> {
+    Ok(VolumeType {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        description: r.get(2)?,
+        is_public: r.get(3)?,
+        qos_specs_id: r.get(4)?,
+        extra_specs: BTreeMap::new(),
     })
 }
 

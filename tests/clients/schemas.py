@@ -22,7 +22,7 @@ import requests
 from tempest.lib.api_schema.response.volume import (
     limits, manage_volume, messages, quota_classes, quotas, scheduler_stats, snapshots, versions, volume_types,
     volumes)
-from tempest.lib.api_schema.response.volume import capabilities, extensions, hosts, services, transfers
+from tempest.lib.api_schema.response.volume import capabilities, extensions, hosts, qos, services, transfers
 from tempest.lib.api_schema.response.volume.v3_7 import services as services_37
 from tempest.lib.api_schema.response.volume.v3_55 import transfers as transfers_355
 from tempest.lib.api_schema.response.volume.v3_57 import transfers as transfers_357
@@ -190,6 +190,16 @@ ROUTES = [
     ("GET", rf"os-hosts/{ID}", hosts.show_host),
     ("GET", rf"capabilities/{ID}", capabilities.show_backend_capabilities),
     ("GET", r"extensions", extensions.list_extensions),
+    ("POST", r"qos-specs", qos.show_qos),
+    ("GET", r"qos-specs", qos.list_qos),
+    ("GET", rf"qos-specs/{ID}", qos.show_qos),
+    ("PUT", rf"qos-specs/{ID}", qos.set_qos_key),
+    ("DELETE", rf"qos-specs/{ID}", qos.delete_qos),
+    ("PUT", rf"qos-specs/{ID}/delete_keys", qos.unset_qos_key),
+    ("GET", rf"qos-specs/{ID}/associations", qos.show_association_qos),
+    ("GET", rf"qos-specs/{ID}/associate", qos.associate_qos),
+    ("GET", rf"qos-specs/{ID}/disassociate", qos.disassociate_qos),
+    ("GET", rf"qos-specs/{ID}/disassociate_all", qos.disassociate_all_qos),
     ("POST", r"os-volume-transfer", transfers.create_volume_transfer),
     ("GET", r"os-volume-transfer", transfers.list_volume_transfers_no_detail),
     ("GET", r"os-volume-transfer/detail", transfers.list_volume_transfers_with_detail),

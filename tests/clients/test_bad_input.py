@@ -662,7 +662,8 @@ WRONG_METHODS = [
     ("DELETE", "/snapshots/{snapped_snap}/metadata"), ("POST", "/os-availability-zone"),
     ("GET", "/os-services/freeze"), ("POST", "/os-services/thaw"), ("POST", "/os-hosts"),
     ("DELETE", "/os-hosts/somewhere"), ("POST", "/capabilities/somewhere"), ("POST", "/extensions"),
-    ("DELETE", "/extensions/os-hosts"),
+    ("DELETE", "/extensions/os-hosts"), ("PUT", "/qos-specs"), ("POST", "/qos-specs/{unknown}"),
+    ("POST", "/qos-specs/{unknown}/associate"), ("GET", "/qos-specs/{unknown}/delete_keys"),
 ]
 
 
@@ -693,6 +694,7 @@ MEDIA_ROUTES = [
     ("POST", "/os-volume-transfer", {"transfer": {"volume_id": "{avail}"}}),
     ("POST", "/snapshots/{snapped_snap}/metadata", {"metadata": {"k": "v"}}),
     ("PUT", "/os-services/freeze", {"host": "somewhere"}),
+    ("POST", "/qos-specs", {"qos_specs": {"name": "media-qos"}}),
 ]
 
 
@@ -1183,7 +1185,8 @@ BODY_ROUTES = [
     ("POST", "/types", None), ("PUT", "/types/{vtype}", None),
     ("POST", "/types/{vtype}/extra_specs", None), ("POST", "/manageable_volumes", "3.8"),
     ("PUT", "/os-services/freeze", None), ("PUT", "/os-services/thaw", None),
-    ("PUT", "/os-services/set-log", "3.32"),
+    ("PUT", "/os-services/set-log", "3.32"), ("POST", "/qos-specs", None),
+    ("PUT", "/qos-specs/{unknown}", None), ("PUT", "/qos-specs/{unknown}/delete_keys", None),
 ]
 
 

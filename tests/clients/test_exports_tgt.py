@@ -175,6 +175,32 @@ def test_legacy_flow_with_cinderclient_and_real_initiators(tgt_agent, tgtd):
     tgt_agent.wait_volume(vol["id"], "deleted")
 
 
+def test_a_types_front_end_qos_reaches_the_hypervisor(tgt_agent, tgtd):
+    cinder = make_cinder(tgt_agent)
+    q = cinder.qos_specs.create(f"fe-{uuid.uuid4().hex[:8]}", {
+        "consumer": "front-end", "total_iops_sec_per_gb": "100", "total_iops_sec_per_gb_min": "500",
+        "read_bytes_sec": "1048576"})
+    vtype = cinder.volume_types.create(f"qos-{uuid.uuid4().hex[:8]}")
+    cinder.qos_specs.associate(q, vtype.id)
+    plain = tgt_agent.create_volume(1)
+    vol = tgt_agent.request("POST", "/volumes", {"volume": {"size": 8, "volume_type": vtype.name}}).json()["volume"]
+    tgt_agent.wait_volume(vol["id"], "available")
+    try:
+        data = cinder.volumes.initialize_connection(vol["id"], connector(HOST1))["data"]
+        assert data["qos_specs"] == {"total_iops_sec": 800, "read_bytes_sec": "1048576"}, data["qos_specs"]
+        assert cinder.volumes.initialize_connection(plain["id"], connector(HOST1))["data"]["qos_specs"] is None
+        # The attachment flow carries the same.
+        att = tgt_agent.request("POST", "/attachments", {"attachment": {
+            "volume_uuid": vol["id"], "instance_uuid": str(uuid.uuid4()), "connector": connector(HOST2)}},
+            version="3.54").json()["attachment"]
+        assert att["connection_info"]["qos_specs"]["total_iops_sec"] == 800
+        tgt_agent.request("DELETE", f"/attachments/{att['id']}", version="3.54")
+    finally:
+        for v in (vol, plain):
+            cinder.volumes.terminate_connection(v["id"], connector(HOST1))
+            cinder.volumes.delete(v["id"])
+
+
 def test_the_chap_secret_stays_out_of_logs_and_views(tgtd, tmp_path):
     control, port = tgtd
     # A debug log shows every request: the CHAP secret must still not appear in it.

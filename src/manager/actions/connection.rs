@@ -33,7 +33,7 @@ impl Manager {
         })?;
         ran(self.run_now(pending), "Unable to fetch connection information from backend")?;
         let v = self.volume(caller, id)?;
-        Ok(ActionOutcome::Connection(self.connection_info(&v, &export, connector)))
+        Ok(ActionOutcome::Connection(self.connection_info(&v, &export, connector)?))
     }
 
     /// The connector's initiator loses access, unless another attachment of the

@@ -253,11 +253,12 @@ fn connection_info_formats() {
             super::settings(1.0),
         )
     };
-    let v2 = with(settings(2, &["192.0.2.1", "192.0.2.2"])).connection_info(&volume, &nvme, &json!({"nqn": "h"}));
+    let v2 =
+        with(settings(2, &["192.0.2.1", "192.0.2.2"])).connection_info(&volume, &nvme, &json!({"nqn": "h"})).unwrap();
     assert_eq!(v2["driver_volume_type"], "nvmeof");
     assert_eq!(v2["data"]["portals"], json!([["192.0.2.1", "4420", "tcp"], ["192.0.2.2", "4420", "tcp"]]));
     assert_eq!((v2["data"]["vol_uuid"].as_str(), v2["data"]["ns_id"].as_str()), (Some(v.id.as_str()), Some("10")));
-    let v1 = with(settings(1, &["192.0.2.1"])).connection_info(&volume, &nvme, &json!({"nqn": "h"}));
+    let v1 = with(settings(1, &["192.0.2.1"])).connection_info(&volume, &nvme, &json!({"nqn": "h"})).unwrap();
     assert_eq!(v1["data"]["target_portal"], "192.0.2.1");
     assert_eq!(
         (v1["data"]["target_port"].as_str(), v1["data"]["transport_type"].as_str()),
@@ -267,7 +268,7 @@ fn connection_info_formats() {
 
     let iscsi = Export { backend: TargetBackend::Lio, lun: 0, target_name: "iqn.x:volume-1".into(), ..nvme };
     let m = with(settings(2, &["192.0.2.1", "2001:db8::1"]));
-    let info = m.connection_info(&volume, &iscsi, &json!({"initiator": "iqn.h", "enforce_multipath": true}));
+    let info = m.connection_info(&volume, &iscsi, &json!({"initiator": "iqn.h", "enforce_multipath": true})).unwrap();
     assert_eq!(info["data"]["target_portals"], json!(["192.0.2.1:3260", "[2001:db8::1]:3260"]));
     assert_eq!(info["data"]["target_luns"], json!([0, 0]));
     assert_eq!(info["enforce_multipath"], true);
