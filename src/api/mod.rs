@@ -6,6 +6,7 @@
 mod actions;
 mod attachments;
 mod auth;
+mod encryption;
 mod fault;
 mod messages;
 mod microversion;

@@ -125,6 +125,13 @@ pub const ROUTES: &[Route] = routes![
     DELETE ["types", "*"] "volume_extension:type_delete" Admin T(1), V3;
     POST ["types", "*", "action"] "type access actions" PerAction T(1), V3;
     GET ["types", "*", "os-volume-type-access"] "volume_extension:volume_type_access:get_all_for_type" Admin T(1), V3;
+    GET ["types", "*", "encryption"] "volume_extension:volume_type_encryption:get" Admin T(1), V3;
+    POST ["types", "*", "encryption"] "volume_extension:volume_type_encryption:create" Admin T(1), V3;
+    GET ["types", "*", "encryption", "*"] "volume_extension:volume_type_encryption:get" Admin T(1), V3;
+    PUT ["types", "*", "encryption", "*"] "volume_extension:volume_type_encryption:update" Admin T(1), V3;
+    DELETE ["types", "*", "encryption", "*"] "volume_extension:volume_type_encryption:delete" Admin T(1), V3;
+    GET ["volumes", "*", "encryption"] "volume_extension:volume_encryption_metadata" Reader V(1), V3;
+    GET ["volumes", "*", "encryption", "*"] "volume_extension:volume_encryption_metadata" Reader V(1), V3;
     GET ["types", "*", "extra_specs"] "volume_extension:types_extra_specs:index" Reader T(1), V3;
     POST ["types", "*", "extra_specs"] "volume_extension:types_extra_specs:create" Admin T(1), V3;
     GET ["types", "*", "extra_specs", "*"] "volume_extension:types_extra_specs:show" Reader T(1), V3;

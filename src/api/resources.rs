@@ -96,6 +96,9 @@ pub fn route(m: &std::sync::Arc<Manager>, req: &Req, path: &[&str]) -> Result<Re
                 .collect();
             Ok(Reply::ok(json!({"volume_type_access": access})))
         }),
+        ["types", id, "encryption", rest @ ..] => super::encryption::type_route(m, req, id, rest),
+        ["volumes", id, "encryption"] => super::encryption::volume_metadata(m, req, id, None),
+        ["volumes", id, "encryption", key] => super::encryption::volume_metadata(m, req, id, Some(key)),
         ["types", id, "extra_specs"] => extra_specs(m, req, id, None),
         ["types", id, "extra_specs", key] => extra_specs(m, req, id, Some(key)),
         // Upstream serves these from 3.8 only; ember serves them at every version,
@@ -180,14 +183,17 @@ fn only(method: &Method, allowed: Method, f: impl FnOnce() -> Result<Reply>) -> 
 }
 
 fn view_ctx<'a>(m: &Manager, req: &'a Req) -> Result<ViewContextOwned<'a>> {
-    let names = m.volume_types()?.into_iter().map(|t| (t.id, t.name)).collect();
-    Ok(ViewContextOwned { req, names })
+    let types = m.volume_types()?;
+    let encrypted = types.iter().filter(|t| t.encrypted).map(|t| t.id.clone()).collect();
+    let names = types.into_iter().map(|t| (t.id, t.name)).collect();
+    Ok(ViewContextOwned { req, names, encrypted })
 }
 
 /// A `ViewContext` together with the type-name map it borrows.
 struct ViewContextOwned<'a> {
     req: &'a Req,
     names: BTreeMap<String, String>,
+    encrypted: std::collections::BTreeSet<String>,
 }
 
 impl ViewContextOwned<'_> {
@@ -198,6 +204,7 @@ impl ViewContextOwned<'_> {
             version: self.req.version,
             is_admin: self.req.ctx.is_admin,
             type_names: &self.names,
+            encrypted_types: &self.encrypted,
         }
     }
 }

@@ -288,6 +288,7 @@ pub(super) fn capabilities(m: &Manager, host: &str) -> Result<Reply> {
 /// Cinder's extension descriptors name them.
 const EXTENSIONS: &[(&str, &str, &str, &str)] = &[
     ("capabilities", "Capabilities", "2015-08-31T00:00:00+00:00", "Capabilities support."),
+    ("encryption", "VolumeTypeEncryption", "2013-07-01T00:00:00+00:00", "Encryption support for volume types."),
     ("os-admin-actions", "AdminActions", "2012-08-25T00:00:00+00:00", "Enable admin actions."),
     ("os-availability-zone", "AvailabilityZones", "2013-06-27T00:00:00+00:00", "Describe Availability Zones."),
     ("os-extended-services", "ExtendedServices", "2014-01-10T00:00:00-00:00", "Extended services support."),
@@ -335,6 +336,12 @@ const EXTENSIONS: &[(&str, &str, &str, &str)] = &[
         "Expose the internal project_id as an attribute of a volume.",
     ),
     ("os-volume-actions", "VolumeActions", "2012-05-31T00:00:00+00:00", "Enable volume actions."),
+    (
+        "os-volume-encryption-metadata",
+        "VolumeEncryptionMetadata",
+        "2013-07-10T00:00:00+00:00",
+        "Volume encryption metadata retrieval support.",
+    ),
     (
         "os-volume-manage",
         "VolumeManage",

@@ -1,7 +1,7 @@
 //! JSON views per microversion (spec §2.2, §2.3, §2.5). A field appears only from
 //! the microversion that introduced it: tempest's schemas are closed per band.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 
@@ -18,6 +18,8 @@ pub struct ViewContext<'a> {
     pub is_admin: bool,
     /// Type id → name, for `volume_type`.
     pub type_names: &'a BTreeMap<String, String>,
+    /// Ids of the types with encryption specs (their volumes are `encrypted`).
+    pub encrypted_types: &'a BTreeSet<String>,
 }
 
 /// Self and bookmark links, with the project segment only when the request had one
@@ -93,7 +95,7 @@ pub fn volume_created(ctx: &ViewContext, v: &Volume) -> Value {
         "links": volume_links(ctx, &v.id),
         "user_id": v.user_id,
         "bootable": if v.bootable { "true" } else { "false" },
-        "encrypted": false,
+        "encrypted": ctx.encrypted_types.contains(&v.volume_type_id),
         "replication_status": Value::Null,
         "consistencygroup_id": Value::Null,
         "multiattach": v.multiattach,
@@ -283,8 +285,14 @@ mod tests {
 
     fn keys(version: Version, admin: bool) -> Vec<String> {
         let names = BTreeMap::from([("t1".to_string(), "gold".to_string())]);
-        let ctx =
-            ViewContext { base_url: "http://x", project: Some("p"), version, is_admin: admin, type_names: &names };
+        let ctx = ViewContext {
+            base_url: "http://x",
+            project: Some("p"),
+            version,
+            is_admin: admin,
+            type_names: &names,
+            encrypted_types: &BTreeSet::new(),
+        };
         let view = volume_detail(&ctx, &volume());
         let mut keys: Vec<String> = view.as_object().unwrap().keys().cloned().collect();
         keys.sort();
@@ -342,6 +350,7 @@ mod tests {
                 version: Version(3, minor),
                 is_admin: true,
                 type_names: &names,
+                encrypted_types: &BTreeSet::new(),
             };
             snapshot_detail(&ctx, &snap)
         };
@@ -360,6 +369,7 @@ mod tests {
             version: Version(3, 0),
             is_admin: false,
             type_names: &names,
+            encrypted_types: &BTreeSet::new(),
         };
         let links = volume_links(&ctx, "v1");
         assert_eq!(links[0]["href"], "http://x/v3/volumes/v1");
@@ -375,6 +385,7 @@ mod tests {
             version: Version(3, 0),
             is_admin: true,
             type_names: &names,
+            encrypted_types: &BTreeSet::new(),
         };
         let view = volume_detail(&ctx, &volume());
         assert_eq!(view["status"], "creating");

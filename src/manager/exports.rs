@@ -350,7 +350,6 @@ impl Manager {
                     "target_iqn": e.target_name,
                     "target_lun": e.lun,
                     "volume_id": v.id,
-                    "encrypted": false,
                 });
                 if let Some(chap) = &e.chap {
                     data["auth_method"] = json!("CHAP");
@@ -388,9 +387,10 @@ impl Manager {
                 ("nvmeof", data)
             }
         };
-        data["qos_specs"] = self.connection_qos(v)?;
+        let (qos_specs, encrypted) = self.connection_type_fields(v)?;
+        data["qos_specs"] = qos_specs;
         data["access_mode"] = json!(access_mode);
-        data["encrypted"] = json!(false);
+        data["encrypted"] = json!(encrypted);
         data["cacheable"] = json!(false);
         data["enforce_multipath"] = json!(enforce_multipath);
         Ok(json!({"driver_volume_type": driver, "data": data, "enforce_multipath": enforce_multipath}))

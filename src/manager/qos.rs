@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Manager, ManagerError, Result, type_not_found};
+use super::{Manager, ManagerError, Result};
 use crate::model::{QosConsumer, QosSpecs, Volume, now};
 use crate::store::Tx;
 
@@ -110,7 +110,7 @@ impl Manager {
     pub fn associate_qos(&self, id: &str, type_id: &str, associate: bool) -> Result<()> {
         self.store.write(|tx| {
             let q = one(tx, id)?;
-            let t = tx.volume_type(type_id)?.filter(|t| t.id == type_id).ok_or_else(|| type_not_found(type_id))?;
+            let t = super::types::type_by_id(tx, type_id)?;
             match (associate, t.qos_specs_id.as_deref()) {
                 (true, Some(other)) if other != id => Err(ManagerError::Invalid(format!(
                     "Invalid volume type: Type {type_id} is already associated with another qos specs: {other}"
@@ -133,15 +133,17 @@ impl Manager {
         })
     }
 
-    /// `connection_info['data']['qos_specs']` of the volume: its type's
-    /// front-end specs, scaled to its size; null without.
-    pub(super) fn connection_qos(&self, v: &Volume) -> Result<serde_json::Value> {
+    /// What the volume's type adds to `connection_info['data']`: `qos_specs`
+    /// (the type's front-end specs scaled to the volume's size, or null) and
+    /// `encrypted` (the type has encryption specs; the hypervisor encrypts).
+    pub(super) fn connection_type_fields(&self, v: &Volume) -> Result<(serde_json::Value, bool)> {
         self.store.read(|tx| {
-            let Some(qos_id) = tx.volume_type(&v.volume_type_id)?.and_then(|t| t.qos_specs_id) else {
-                return Ok(serde_json::Value::Null);
+            let Some(t) = tx.volume_type(&v.volume_type_id)? else { return Ok((serde_json::Value::Null, false)) };
+            let qos = match &t.qos_specs_id {
+                Some(id) => Some(one(tx, id)?).filter(|q| q.for_hypervisor()).map(|q| q.connection_specs(v.size)),
+                None => None,
             };
-            let q = one(tx, &qos_id)?;
-            Ok(if q.for_hypervisor() { q.connection_specs(v.size) } else { serde_json::Value::Null })
+            Ok((qos.unwrap_or(serde_json::Value::Null), t.encrypted))
         })
     }
 }

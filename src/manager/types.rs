@@ -36,6 +36,7 @@ impl Manager {
                     is_public: true,
                     extra_specs: BTreeMap::new(),
                     qos_specs_id: None,
+                    encrypted: false,
                 })?;
             }
             Ok::<_, StoreError>(())
@@ -73,7 +74,7 @@ impl Manager {
     /// The projects a private type is shared with; a public type has no list.
     pub fn type_access(&self, id: &str) -> Result<Vec<String>> {
         self.store.read(|tx| {
-            let t = tx.volume_type(id)?.filter(|t| t.id == id).ok_or_else(|| type_not_found(id))?;
+            let t = type_by_id(tx, id)?;
             if t.is_public {
                 return Err(ManagerError::NotFound("Access list not available for public volume types.".into()));
             }
@@ -84,7 +85,7 @@ impl Manager {
     /// Shares a private type with `project` (`add`) or stops sharing it.
     pub fn set_type_access(&self, id: &str, project: &str, add: bool) -> Result<()> {
         self.store.write(|tx| {
-            let t = tx.volume_type(id)?.filter(|t| t.id == id).ok_or_else(|| type_not_found(id))?;
+            let t = type_by_id(tx, id)?;
             if t.is_public {
                 return Err(ManagerError::Invalid(
                     "Invalid volume type: Type access modification is not applicable to public volume type.".into(),
@@ -120,7 +121,7 @@ impl Manager {
                 return Err(ManagerError::Conflict(format!("Volume Type {name} already exists.")));
             }
             let id = uuid::Uuid::new_v4().to_string();
-            let t = VolumeType { id, name, description, is_public, extra_specs, qos_specs_id: None };
+            let t = VolumeType { id, name, description, is_public, extra_specs, qos_specs_id: None, encrypted: false };
             tx.save_volume_type(&t)?;
             tx.set_extra_specs(&t.id, &t.extra_specs)?;
             Ok(t)
@@ -135,7 +136,7 @@ impl Manager {
         is_public: Option<bool>,
     ) -> Result<VolumeType> {
         self.store.write(|tx| {
-            let mut t = tx.volume_type(id)?.filter(|t| t.id == id).ok_or_else(|| type_not_found(id))?;
+            let mut t = type_by_id(tx, id)?;
             if let Some(name) = name {
                 if t.name == DEFAULT_TYPE_NAME && name != t.name {
                     return Err(ManagerError::Invalid("The default volume type cannot be renamed.".to_string()));
@@ -158,7 +159,7 @@ impl Manager {
 
     pub fn delete_volume_type(&self, id: &str) -> Result<()> {
         self.store.write(|tx| {
-            let t = tx.volume_type(id)?.filter(|t| t.id == id).ok_or_else(|| type_not_found(id))?;
+            let t = type_by_id(tx, id)?;
             if t.name == DEFAULT_TYPE_NAME {
                 return Err(ManagerError::Invalid("Default volume type can not be deleted.".to_string()));
             }
@@ -175,7 +176,7 @@ impl Manager {
 
     pub fn set_extra_specs(&self, id: &str, specs: BTreeMap<String, String>) -> Result<BTreeMap<String, String>> {
         self.store.write(|tx| {
-            let t = tx.volume_type(id)?.filter(|t| t.id == id).ok_or_else(|| type_not_found(id))?;
+            let t = type_by_id(tx, id)?;
             tx.set_extra_specs(&t.id, &specs)?;
             Ok(specs)
         })
@@ -183,10 +184,104 @@ impl Manager {
 
     pub fn delete_extra_spec(&self, id: &str, key: &str) -> Result<()> {
         self.store.write(|tx| {
-            let t = tx.volume_type(id)?.filter(|t| t.id == id).ok_or_else(|| type_not_found(id))?;
+            let t = type_by_id(tx, id)?;
             if !tx.delete_extra_spec(&t.id, key)? {
                 return Err(ManagerError::NotFound(format!("Volume Type {id} has no extra specs with key {key}.")));
             }
+            Ok(())
+        })
+    }
+}
+
+/// The type with this id (not name); 404 otherwise.
+pub(super) fn type_by_id(tx: &Tx, id: &str) -> Result<VolumeType> {
+    tx.volume_type(id)?.filter(|t| t.id == id).ok_or_else(|| type_not_found(id))
+}
+
+/// A change of a type's encryption specs (`None`: left as it is).
+#[derive(Debug, Clone, Default)]
+pub struct EncryptionChange {
+    pub provider: Option<String>,
+    pub control_location: Option<String>,
+    pub cipher: Option<Option<String>>,
+    pub key_size: Option<Option<i64>>,
+}
+
+fn encryption_not_found(type_id: &str) -> ManagerError {
+    ManagerError::NotFound(format!("Volume type encryption for type {type_id} does not exist."))
+}
+
+impl Manager {
+    /// The type's encryption specs (None: it has none); an unknown type is 404.
+    pub fn type_encryption(&self, type_id: &str) -> Result<Option<crate::model::TypeEncryption>> {
+        self.store.read(|tx| {
+            type_by_id(tx, type_id)?;
+            Ok(tx.type_encryption(type_id)?)
+        })
+    }
+
+    /// Creates (`create`) or changes a type's encryption specs. Refused while
+    /// volumes of the type exist (their encryption could no longer be read), and
+    /// for `back-end` encryption, which no ember pool performs: only the
+    /// hypervisor (`front-end`) encrypts here.
+    pub fn set_type_encryption(
+        &self,
+        type_id: &str,
+        change: EncryptionChange,
+        create: bool,
+    ) -> Result<crate::model::TypeEncryption> {
+        self.store.write(|tx| {
+            type_by_id(tx, type_id)?;
+            let verb = if create { "create" } else { "update" };
+            if tx.volume_type_in_use(type_id)? {
+                return Err(ManagerError::Invalid(format!("Cannot {verb} encryption specs. Volume type in use.")));
+            }
+            let mut e = match (tx.type_encryption(type_id)?, create) {
+                (Some(_), true) => {
+                    return Err(ManagerError::Invalid(format!(
+                        "Volume type encryption for type {type_id} already exists."
+                    )));
+                }
+                (None, false) => return Err(encryption_not_found(type_id)),
+                (Some(e), false) => e,
+                (None, true) => crate::model::TypeEncryption {
+                    type_id: type_id.to_string(),
+                    encryption_id: uuid::Uuid::new_v4().to_string(),
+                    provider: String::new(),
+                    control_location: String::new(),
+                    cipher: None,
+                    key_size: None,
+                    created_at: crate::model::now(),
+                    updated_at: None,
+                },
+            };
+            e.provider = change.provider.unwrap_or(e.provider);
+            e.control_location = change.control_location.unwrap_or(e.control_location);
+            e.cipher = change.cipher.unwrap_or(e.cipher);
+            e.key_size = change.key_size.unwrap_or(e.key_size);
+            if e.control_location == "back-end" {
+                return Err(ManagerError::Invalid(
+                    "Invalid input received: control_location back-end: ember's pools do not encrypt; use \
+                     front-end, where the hypervisor encrypts."
+                        .to_string(),
+                ));
+            }
+            if !create {
+                e.updated_at = Some(crate::model::now());
+            }
+            tx.save_type_encryption(&e)?;
+            Ok(e)
+        })
+    }
+
+    pub fn delete_type_encryption(&self, type_id: &str) -> Result<()> {
+        self.store.write(|tx| {
+            type_by_id(tx, type_id)?;
+            if tx.volume_type_in_use(type_id)? {
+                return Err(ManagerError::Invalid("Cannot delete encryption specs. Volume type in use.".to_string()));
+            }
+            tx.type_encryption(type_id)?.ok_or_else(|| encryption_not_found(type_id))?;
+            tx.delete_type_encryption(type_id)?;
             Ok(())
         })
     }

@@ -171,6 +171,23 @@ pub struct VolumeType {
     pub extra_specs: BTreeMap<String, String>,
     /// The QoS specs associated with the type (admins see the id).
     pub qos_specs_id: Option<String>,
+    /// Whether the type has encryption specs (its volumes report `encrypted`).
+    pub encrypted: bool,
+}
+
+/// A volume type's encryption specs (`/types/{id}/encryption`): what the
+/// hypervisor's encryptor uses (`provider`: luks, plain, or an encryptor class).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypeEncryption {
+    pub type_id: String,
+    pub encryption_id: String,
+    pub provider: String,
+    /// `front-end` (the hypervisor) or `back-end`.
+    pub control_location: String,
+    pub cipher: Option<String>,
+    pub key_size: Option<i64>,
+    pub created_at: String,
+    pub updated_at: Option<String>,
 }
 
 impl VolumeType {

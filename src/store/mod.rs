@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use crate::model::{
     Attachment, Chap, Export, Job, JobSpec, JobState, Message, MessageResource, QosSpecs, Snapshot, SnapshotStatus,
-    Transfer, Volume, VolumeStatus, VolumeType, now,
+    Transfer, TypeEncryption, Volume, VolumeStatus, VolumeType, now,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -296,6 +296,19 @@ CREATE TABLE qos_spec_values (
     PRIMARY KEY (qos_id, key)
 );
 ALTER TABLE volume_types ADD COLUMN qos_specs_id TEXT REFERENCES qos_specs(id);
+"#,
+    // 10: a volume type's encryption (the hypervisor encrypts).
+    r#"
+CREATE TABLE type_encryption (
+    type_id TEXT PRIMARY KEY REFERENCES volume_types(id) ON DELETE CASCADE,
+    encryption_id TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    control_location TEXT NOT NULL,
+    cipher TEXT,
+    key_size INTEGER,
+    created_at TEXT NOT NULL,
+    updated_at TEXT
+);
 "#,
 ];
 
@@ -955,6 +968,57 @@ impl Tx<'_> {
         Ok(n > 0)
     }
 
+    // ---- type encryption ------------------------------------------------------------
+
+    pub fn type_encryption(&self, type_id: &str) -> Result<Option<TypeEncryption>, StoreError> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT type_id, encryption_id, provider, control_location, cipher, key_size, created_at, \
+                 updated_at FROM type_encryption WHERE type_id = ?1",
+                [type_id],
+                |r| {
+                    Ok(TypeEncryption {
+                        type_id: r.get(0)?,
+                        encryption_id: r.get(1)?,
+                        provider: r.get(2)?,
+                        control_location: r.get(3)?,
+                        cipher: r.get(4)?,
+                        key_size: r.get(5)?,
+                        created_at: r.get(6)?,
+                        updated_at: r.get(7)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    pub fn save_type_encryption(&self, e: &TypeEncryption) -> Result<(), StoreError> {
+        self.0.execute(
+            "INSERT INTO type_encryption (type_id, encryption_id, provider, control_location, cipher, key_size, \
+             created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+             ON CONFLICT (type_id) DO UPDATE SET provider = excluded.provider, \
+             control_location = excluded.control_location, cipher = excluded.cipher, \
+             key_size = excluded.key_size, updated_at = excluded.updated_at",
+            params![
+                e.type_id,
+                e.encryption_id,
+                e.provider,
+                e.control_location,
+                e.cipher,
+                e.key_size,
+                e.created_at,
+                e.updated_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_type_encryption(&self, type_id: &str) -> Result<(), StoreError> {
+        self.0.execute("DELETE FROM type_encryption WHERE type_id = ?1", [type_id])?;
+        Ok(())
+    }
+
     // ---- QoS specs ------------------------------------------------------------------
 
     pub fn insert_qos(&self, q: &QosSpecs) -> Result<(), StoreError> {
@@ -1400,7 +1464,8 @@ fn transfer_from_row(r: &Row) -> rusqlite::Result<Transfer> {
     })
 }
 
-const TYPE_COLUMNS: &str = "id, name, description, is_public, qos_specs_id";
+const TYPE_COLUMNS: &str = "id, name, description, is_public, qos_specs_id, \
+    EXISTS (SELECT 1 FROM type_encryption e WHERE e.type_id = volume_types.id)";
 
 /// A `TYPE_COLUMNS` row, extra specs not yet read.
 fn type_from_row(r: &rusqlite::Row) -> rusqlite::Result<VolumeType> {
@@ -1410,6 +1475,7 @@ fn type_from_row(r: &rusqlite::Row) -> rusqlite::Result<VolumeType> {
         description: r.get(2)?,
         is_public: r.get(3)?,
         qos_specs_id: r.get(4)?,
+        encrypted: r.get(5)?,
         extra_specs: BTreeMap::new(),
     })
 }

@@ -22,7 +22,8 @@ import requests
 from tempest.lib.api_schema.response.volume import (
     limits, manage_volume, messages, quota_classes, quotas, scheduler_stats, snapshots, versions, volume_types,
     volumes)
-from tempest.lib.api_schema.response.volume import capabilities, extensions, hosts, qos, services, transfers
+from tempest.lib.api_schema.response.volume import (
+    capabilities, encryption_types, extensions, hosts, qos, services, transfers)
 from tempest.lib.api_schema.response.volume.v3_7 import services as services_37
 from tempest.lib.api_schema.response.volume.v3_55 import transfers as transfers_355
 from tempest.lib.api_schema.response.volume.v3_57 import transfers as transfers_357
@@ -117,7 +118,8 @@ TYPE_ACTIONS = {"addProjectAccess": "add_type_access", "removeProjectAccess": "r
 UNCHECKED = ["os-initialize_connection", "os-begin_detaching", "os-roll_detaching", "revert",
              "os-volume_upload_image", "os-migrate_volume", "os-migrate_volume_completion", "os-reimage",
              "os-extend_volume_completion", "attachments (no published schema)", "GET /types/default",
-             "PUT /os-services/set-log", "PUT /os-services/get-log", "PUT /os-hosts/{host}", "GET /extensions/{alias}"]
+             "PUT /os-services/set-log", "PUT /os-services/get-log", "PUT /os-hosts/{host}", "GET /extensions/{alias}",
+             "GET /volumes/{id}/encryption[/{key}]"]
 
 ID = r"[^/]+"
 # (method, path after /v3[/project], how to name the schema: a name, or a function
@@ -159,6 +161,11 @@ ROUTES = [
     ("POST", rf"types/{ID}/action",
      lambda body, q: getattr(volume_types, TYPE_ACTIONS.get(next(iter(body), None), ""), None)),
     ("GET", rf"types/{ID}/os-volume-type-access", volume_types.list_type_access),
+    ("GET", rf"types/{ID}/encryption", encryption_types.show_encryption_type),
+    ("POST", rf"types/{ID}/encryption", encryption_types.create_encryption_type),
+    ("GET", rf"types/{ID}/encryption/{ID}", encryption_types.show_encryption_specs_item),
+    ("PUT", rf"types/{ID}/encryption/{ID}", encryption_types.update_encryption_type),
+    ("DELETE", rf"types/{ID}/encryption/{ID}", encryption_types.delete_encryption_type),
     ("GET", rf"types/{ID}/extra_specs", volume_types.list_volume_types_extra_specs),
     ("POST", rf"types/{ID}/extra_specs", volume_types.create_volume_types_extra_specs),
     ("GET", rf"types/{ID}/extra_specs/{ID}", volume_types.show_volume_types_extra_specs),

@@ -664,6 +664,8 @@ WRONG_METHODS = [
     ("DELETE", "/os-hosts/somewhere"), ("POST", "/capabilities/somewhere"), ("POST", "/extensions"),
     ("DELETE", "/extensions/os-hosts"), ("PUT", "/qos-specs"), ("POST", "/qos-specs/{unknown}"),
     ("POST", "/qos-specs/{unknown}/associate"), ("GET", "/qos-specs/{unknown}/delete_keys"),
+    ("PUT", "/types/{vtype}/encryption"), ("POST", "/types/{vtype}/encryption/provider"),
+    ("POST", "/volumes/{avail}/encryption"), ("DELETE", "/volumes/{avail}/encryption/provider"),
 ]
 
 
@@ -695,6 +697,7 @@ MEDIA_ROUTES = [
     ("POST", "/snapshots/{snapped_snap}/metadata", {"metadata": {"k": "v"}}),
     ("PUT", "/os-services/freeze", {"host": "somewhere"}),
     ("POST", "/qos-specs", {"qos_specs": {"name": "media-qos"}}),
+    ("POST", "/types/{vtype}/encryption", {"encryption": {"provider": "luks", "control_location": "front-end"}}),
 ]
 
 
@@ -1187,6 +1190,7 @@ BODY_ROUTES = [
     ("PUT", "/os-services/freeze", None), ("PUT", "/os-services/thaw", None),
     ("PUT", "/os-services/set-log", "3.32"), ("POST", "/qos-specs", None),
     ("PUT", "/qos-specs/{unknown}", None), ("PUT", "/qos-specs/{unknown}/delete_keys", None),
+    ("POST", "/types/{vtype}/encryption", None), ("PUT", "/types/{vtype}/encryption/provider", None),
 ]
 
 

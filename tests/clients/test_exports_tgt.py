@@ -175,20 +175,23 @@ def test_legacy_flow_with_cinderclient_and_real_initiators(tgt_agent, tgtd):
     tgt_agent.wait_volume(vol["id"], "deleted")
 
 
-def test_a_types_front_end_qos_reaches_the_hypervisor(tgt_agent, tgtd):
+def test_a_types_front_end_qos_and_encryption_reach_the_hypervisor(tgt_agent, tgtd):
     cinder = make_cinder(tgt_agent)
     q = cinder.qos_specs.create(f"fe-{uuid.uuid4().hex[:8]}", {
         "consumer": "front-end", "total_iops_sec_per_gb": "100", "total_iops_sec_per_gb_min": "500",
         "read_bytes_sec": "1048576"})
     vtype = cinder.volume_types.create(f"qos-{uuid.uuid4().hex[:8]}")
     cinder.qos_specs.associate(q, vtype.id)
+    cinder.volume_encryption_types.create(vtype, {"provider": "luks", "control_location": "front-end"})
     plain = tgt_agent.create_volume(1)
     vol = tgt_agent.request("POST", "/volumes", {"volume": {"size": 8, "volume_type": vtype.name}}).json()["volume"]
     tgt_agent.wait_volume(vol["id"], "available")
     try:
         data = cinder.volumes.initialize_connection(vol["id"], connector(HOST1))["data"]
         assert data["qos_specs"] == {"total_iops_sec": 800, "read_bytes_sec": "1048576"}, data["qos_specs"]
-        assert cinder.volumes.initialize_connection(plain["id"], connector(HOST1))["data"]["qos_specs"] is None
+        assert data["encrypted"] is True
+        plain_data = cinder.volumes.initialize_connection(plain["id"], connector(HOST1))["data"]
+        assert plain_data["qos_specs"] is None and plain_data["encrypted"] is False
         # The attachment flow carries the same.
         att = tgt_agent.request("POST", "/attachments", {"attachment": {
             "volume_uuid": vol["id"], "instance_uuid": str(uuid.uuid4()), "connector": connector(HOST2)}},
