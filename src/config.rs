@@ -86,11 +86,20 @@ pub struct HttpConfig {
     pub idle_timeout: u64,
     /// Seconds a client may take to send a request's body.
     pub body_timeout: u64,
+    /// Whether `GET /metrics` answers without a token; otherwise it needs an
+    /// admin's. Default: when the API listens on loopback only.
+    pub metrics_public: Option<bool>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { max_connections: None, header_timeout: 10, idle_timeout: 60, body_timeout: 30 }
+        HttpConfig {
+            max_connections: None,
+            header_timeout: 10,
+            idle_timeout: 60,
+            body_timeout: 30,
+            metrics_public: None,
+        }
     }
 }
 

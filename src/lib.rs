@@ -11,6 +11,7 @@ pub mod doctor;
 pub mod http;
 pub mod logging;
 pub mod manager;
+pub mod metrics;
 pub mod model;
 pub mod pool;
 pub mod server;

@@ -79,13 +79,33 @@ fn control() -> &'static Control {
     CONTROL.get_or_init(|| Control { handle: None, levels: Mutex::new(Levels::parse("info")) })
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    /// One JSON object a line: timestamp, level, target, the fields (request
+    /// id, volume, job, action) and the spans they happened in.
+    Json,
+}
+
+impl Format {
+    /// JSON when stderr is systemd's journal (it sets JOURNAL_STREAM), so the
+    /// fields stay fields; text otherwise.
+    pub fn detect() -> Format {
+        if std::env::var_os("JOURNAL_STREAM").is_some() { Format::Json } else { Format::Text }
+    }
+}
+
 /// Installs the process's subscriber (stderr; colours on a terminal).
-pub fn init() {
+pub fn init(format: Format) {
     let levels = Levels::parse(&std::env::var("EMBER_LOG").unwrap_or_else(|_| "info".to_string()));
     let (filter, handle) = reload::Layer::new(EnvFilter::new(levels.directives()));
-    let output = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let text = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let output = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let output = match format {
+        Format::Text => output.with_ansi(text).boxed(),
+        Format::Json => output.json().with_current_span(true).with_span_list(false).boxed(),
+    };
     tracing_subscriber::registry().with(filter).with(output).init();
     let _ = CONTROL.set(Control { handle: Some(handle), levels: Mutex::new(levels) });
 }

@@ -11,6 +11,10 @@ use ember::config::Config;
 #[derive(Parser)]
 #[command(name = "ember", version, about = "Storage-node agent speaking the OpenStack Cinder v3 API")]
 struct Cli {
+    /// Log lines as text or as JSON objects [default: json under systemd's
+    /// journal (JOURNAL_STREAM set), text otherwise].
+    #[arg(long, global = true, env = "EMBER_LOG_FORMAT", value_enum)]
+    log_format: Option<ember::logging::Format>,
     #[command(subcommand)]
     command: Command,
 }
@@ -52,8 +56,9 @@ fn load(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<Config, St
 }
 
 fn main() -> ExitCode {
-    ember::logging::init();
-    let result = match Cli::parse().command {
+    let cli = Cli::parse();
+    ember::logging::init(cli.log_format.unwrap_or_else(ember::logging::Format::detect));
+    let result = match cli.command {
         Command::Serve { config, data_dir, listen, allow_remote_noauth } => {
             load(config, data_dir).and_then(|mut cfg| {
                 if let Some(addr) = listen {

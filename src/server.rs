@@ -79,6 +79,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
         public_endpoint: config.public_endpoint.clone(),
         body_timeout: std::time::Duration::from_secs(config.http.body_timeout),
         listings: crate::api::listing_slots(),
+        metrics_public: config.http.metrics_public.unwrap_or(config.listen.ip().is_loopback()),
     });
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.map_err(|e| format!("listen on {}: {e}", config.listen))?;

@@ -8,6 +8,7 @@ mod attachments;
 mod auth;
 mod encryption;
 mod fault;
+mod health;
 mod messages;
 mod microversion;
 mod policy;
@@ -49,6 +50,8 @@ pub struct ApiState {
     /// storm of them neither starves small requests of CPU nor holds a response's
     /// worth of memory per client (the rest wait their turn, in order).
     pub listings: tokio::sync::Semaphore,
+    /// `/metrics` without a token (loopback listener, or `[http] metrics_public`).
+    pub metrics_public: bool,
 }
 
 pub fn listing_slots() -> tokio::sync::Semaphore {
@@ -172,11 +175,20 @@ const COLLECTIONS: &[&str] = &[
 
 async fn handle(State(state): State<Arc<ApiState>>, request: Request) -> Response {
     let request_id = format!("req-{}", uuid::Uuid::new_v4());
+    let started = std::time::Instant::now();
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_string();
     let is_v3 = path == "/v3" || path.starts_with("/v3/");
     let mut version = microversion::MIN;
-    let result = pipeline(&state, &request_id, &parts.method, &parts.uri, &parts.headers, body, &mut version).await;
+    // Every line logged for the request, on blocking threads too, names it.
+    let span = tracing::info_span!("request", request_id = %request_id, method = %parts.method, path = %path);
+    let result = tracing::Instrument::instrument(
+        pipeline(&state, &request_id, &parts.method, &parts.uri, &parts.headers, body, &mut version),
+        span.clone(),
+    )
+    .await;
+    // No await below: the guard may be held to the end.
+    let _request = span.enter();
     let mut response = match result {
         Ok(reply) => {
             let mut r = match reply.body {
@@ -201,13 +213,20 @@ async fn handle(State(state): State<Arc<ApiState>>, request: Request) -> Respons
         }
         Err(Early::Fault(e)) => {
             if e.status.is_server_error() && e.status != StatusCode::NOT_IMPLEMENTED {
-                tracing::error!(%request_id, method = %parts.method, %path, status = e.status.as_u16(), message = %e.message);
+                tracing::error!(status = e.status.as_u16(), message = %e.message, "request failed");
             }
             (e.status, axum::Json(e.body())).into_response()
         }
         Err(Early::Response(r)) => r,
     };
-    tracing::debug!(%request_id, method = %parts.method, %path, status = response.status().as_u16());
+    tracing::debug!(status = response.status().as_u16(), "answered");
+    let route = metric_route(&parts.method, &path, version);
+    crate::metrics::metrics().observe_request(
+        parts.method.as_str(),
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     let headers = response.headers_mut();
     let id = HeaderValue::from_str(&request_id).expect("request ids are ASCII");
     headers.insert("x-openstack-request-id", id.clone());
@@ -218,6 +237,22 @@ async fn handle(State(state): State<Arc<ApiState>>, request: Request) -> Respons
         headers.insert(header::VARY, HeaderValue::from_static("OpenStack-API-Version"));
     }
     response
+}
+
+/// The route a request's metrics count under: the policy table's pattern of the
+/// path (`volumes/*/action`), so ids never become label values; `other` for
+/// what names no route.
+fn metric_route(method: &Method, path: &str, version: Version) -> String {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    match segments.as_slice() {
+        [] => "/".to_string(),
+        [one @ ("v3" | "healthz" | "readyz" | "metrics")] => one.to_string(),
+        ["v3", rest @ ..] => {
+            let rest = if COLLECTIONS.contains(&rest[0]) { rest } else { &rest[1..] };
+            policy::lookup(method, rest, version).map_or_else(|_| "other".to_string(), |r| r.path.join("/"))
+        }
+        _ => "other".to_string(),
+    }
 }
 
 enum Early {
@@ -284,6 +319,9 @@ async fn pipeline(
         // router (only the version document, `/v3/`, takes one).
         ["v3", _, ..] if uri.path().ends_with('/') => return Err(ApiError::resource_not_found().into()),
         ["v3", ..] => {}
+        [what @ ("healthz" | "readyz" | "metrics")] => {
+            return Err(Early::Response(health::answer(state, method, headers, what).await?));
+        }
         _ => return Err(ApiError::resource_not_found().into()),
     }
     let header_value =
@@ -370,7 +408,9 @@ async fn pipeline(
         false => None,
     };
     let rest: Vec<String> = rest.iter().map(|s| percent_decode(s, false)).collect();
+    let span = tracing::Span::current();
     let outcome = tokio::task::spawn_blocking(move || {
+        let _request = span.enter();
         let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
         // Encoded here too: a listing's JSON is megabytes, not for an async worker.
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

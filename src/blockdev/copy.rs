@@ -96,7 +96,10 @@ fn copy_range(input: &File, output: &File, offset: u64, count: u64) -> io::Resul
         let chunk = usize::try_from((count - done).min(1 << 30)).map_err(io::Error::other)?;
         match nix::fcntl::copy_file_range(input, Some(&mut off_in), output, Some(&mut off_out), chunk) {
             Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "source shrank during copy")),
-            Ok(n) => done += n as u64,
+            Ok(n) => {
+                done += n as u64;
+                crate::metrics::metrics().copy_bytes.inc_by(n as u64);
+            }
             // Across filesystems or on filesystems without support: copy through memory.
             Err(nix::errno::Errno::EXDEV | nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::EINVAL) => {
                 return copy_range_buffered(input, output, offset + done, count - done);
@@ -119,6 +122,7 @@ fn copy_range_buffered(input: &File, output: &File, offset: u64, count: u64) -> 
         }
         output.write_all_at(&buf[..n], offset + done)?;
         done += n as u64;
+        crate::metrics::metrics().copy_bytes.inc_by(n as u64);
     }
     Ok(())
 }

@@ -54,6 +54,7 @@ pub fn copy_device(src: &Path, dst: &Path, len: u64) -> Result<(), BlockError> {
         input.read_exact_at(&mut buf[..want], done).map_err(|e| BlockError::io("read", src, e))?;
         if buf[..want] != zeros[..want] {
             output.write_all_at(&buf[..want], done).map_err(|e| BlockError::io("write", dst, e))?;
+            crate::metrics::metrics().copy_bytes.inc_by(want as u64);
         }
         done += want as u64;
     }

@@ -403,6 +403,7 @@ impl Manager {
     /// lock, behind any job already queued on it. Returns how many volumes needed
     /// a repair. Blocking.
     pub fn reconcile_exports(&self) -> Result<usize> {
+        crate::metrics::metrics().reconcile_runs.inc();
         let wanted: Vec<(Export, Vec<String>)> = self.store.read(|tx| {
             tx.exports()?
                 .into_iter()
@@ -443,6 +444,7 @@ impl Manager {
                 }
             }
         }
+        crate::metrics::metrics().reconcile_drift.inc_by(fix.len() as u64);
         let handle = tokio::runtime::Handle::current();
         for volume in &fix {
             let ticket = self

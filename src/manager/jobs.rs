@@ -266,6 +266,29 @@ impl Manager {
                 return Outcome::Cancelled;
             }
         }
+        // Every line the job's steps log names the job, its kind, its volume and
+        // the request that asked for it.
+        let _span = tracing::info_span!(
+            "job",
+            job = job.id,
+            action = job.spec.kind(),
+            volume = job.spec.volume(),
+            request_id = %job.request_id
+        )
+        .entered();
+        let timer = crate::metrics::metrics().job_started(job.spec.kind());
+        let outcome = self.run_steps(job);
+        timer.end(match outcome {
+            Outcome::Done => "done",
+            Outcome::Failed(_) => "failed",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Interrupted => "interrupted",
+        });
+        outcome
+    }
+
+    /// The job's steps from its first unfinished one, and how it ended.
+    fn run_steps(&self, job: &Job) -> Outcome {
         let all = steps(&job.spec);
         let mut failure = None;
         for (index, step) in all.iter().enumerate().skip(job.step) {

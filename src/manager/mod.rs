@@ -37,7 +37,7 @@ pub use exports::{ExportSettings, Exporter, connector_initiator, portal};
 pub use qos::QosUpdate;
 pub use quotas::{QuotaUsage, check_quota_keys};
 pub use scheduler::capabilities;
-pub use services::{Service, VOLUME_BINARY};
+pub use services::{ScrapeState, Service, VOLUME_BINARY};
 pub use snapshots::*;
 pub use volumes::*;
 

@@ -15,6 +15,15 @@ pub const VOLUME_BINARY: &str = "cinder-volume";
 /// Cinder's `disabled_reason` for a frozen backend.
 const FROZEN_REASON: &str = "frozen";
 
+/// Gauges `/metrics` sets at each scrape.
+pub struct ScrapeState {
+    pub pool: super::PoolStats,
+    /// Volumes per status (only statuses some volume has).
+    pub volumes: std::collections::BTreeMap<String, i64>,
+    /// Exports per configured target backend.
+    pub exports: Vec<(String, i64)>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
     pub binary: &'static str,
@@ -114,6 +123,39 @@ impl Manager {
             )),
             false => Ok(()),
         }
+    }
+
+    /// `/readyz`: the store takes a write, the pool answers, and each configured
+    /// target backend lists its exports; each check's name with why it failed.
+    pub fn readiness(&self) -> Vec<(String, std::result::Result<(), String>)> {
+        let mut checks = vec![
+            (
+                "store".to_string(),
+                self.store.write(|_| Ok::<_, crate::store::StoreError>(())).map_err(|e| e.to_string()),
+            ),
+            ("pool".to_string(), self.pool.capacity().map(drop).map_err(|e| e.to_string())),
+        ];
+        for target in self.exporter.targets() {
+            let usable = target.configured().map(drop).map_err(|e| e.to_string());
+            checks.push((format!("target:{}", target.backend()), usable));
+        }
+        checks
+    }
+
+    /// What `/metrics` reads at each scrape.
+    pub fn scrape_state(&self) -> Result<ScrapeState> {
+        let pool = self.pool_stats()?;
+        let (volumes, exports) =
+            self.store.read(|tx| Ok::<_, ManagerError>((tx.volume_status_counts()?, tx.exports()?)))?;
+        let exports = self
+            .exporter
+            .targets()
+            .map(|t| {
+                let n = exports.iter().filter(|e| e.backend == t.backend()).count();
+                (t.backend().to_string(), i64::try_from(n).unwrap_or(i64::MAX))
+            })
+            .collect();
+        Ok(ScrapeState { pool, volumes, exports })
     }
 
     /// What each project holds here (volumes and snapshots, counts and GiB).

@@ -430,7 +430,9 @@ impl Store {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(StoreError::from)?;
         let tx = Tx(tx);
         let value = f(&tx)?;
+        let started = std::time::Instant::now();
         tx.0.commit().map_err(StoreError::from)?;
+        crate::metrics::metrics().commit_seconds.observe(started.elapsed().as_secs_f64());
         Ok(value)
     }
 }
@@ -1200,6 +1202,13 @@ impl Tx<'_> {
         let mut stmt = self.0.prepare_cached(sql)?;
         let rows =
             stmt.query_map([project_id], |r| Ok(TypeUsage { type_id: r.get(0)?, count: r.get(1)?, gib: r.get(2)? }))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// How many volumes have each status.
+    pub fn volume_status_counts(&self) -> Result<BTreeMap<String, i64>, StoreError> {
+        let mut stmt = self.0.prepare_cached("SELECT status, COUNT(*) FROM volumes GROUP BY status")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -184,7 +184,7 @@ def read_at(path, offset, n):
 NO_TARGET = '\n[target]\niscsi = "none"\nnvme = "none"\n'
 
 
-def start_agent(config_text=None, data_dir=None):
+def start_agent(config_text=None, data_dir=None, env=None):
     """Starts `ember serve` on a new data dir (or the one given), on a free port.
 
     Unless the configuration has a [target] section, the agent exports nothing
@@ -206,7 +206,7 @@ def start_agent(config_text=None, data_dir=None):
             Path(cfg).write_text(config_text)
             argv += ["--config", cfg]
         log = open(log_path, "w")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         agent = Agent(data_dir, port, proc, log_path)
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -214,7 +214,7 @@ def start_agent(config_text=None, data_dir=None):
                 if "listen on" in agent.log():
                     break  # the port was taken meanwhile: another one
                 raise RuntimeError(f"ember exited with {proc.returncode}:\n{agent.log()}")
-            if f"listen=127.0.0.1:{port}" in agent.log():
+            if f"listen=127.0.0.1:{port}" in agent.log() or f'"listen":"127.0.0.1:{port}"' in agent.log():
                 try:
                     if requests.get(agent.root + "/", timeout=1).status_code == 300:
                         return agent
