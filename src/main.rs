@@ -42,6 +42,9 @@ enum Command {
         config: Option<PathBuf>,
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// One JSON object: `{"healthy": …, "checks": [{name, ok, required, detail, fix}]}`.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the version and the API microversions served.
     Version,
@@ -73,11 +76,16 @@ fn main() -> ExitCode {
                 result
             })
         }
-        Command::Doctor { config, data_dir } => load(config, data_dir).map(|cfg| {
-            let checks = ember::doctor::checks(&cfg.data_dir, &cfg.target);
-            for c in &checks {
-                println!("{:<14} {:<8} {}", c.name, if c.ok { "ok" } else { "MISSING" }, c.detail);
+        Command::Doctor { config, data_dir, json } => load(config, data_dir).and_then(|cfg| {
+            let checks = ember::doctor::checks(&cfg);
+            let healthy = ember::doctor::healthy(&checks);
+            if json {
+                let all: Vec<_> = checks.iter().map(|c| c.to_json()).collect();
+                println!("{}", serde_json::json!({"healthy": healthy, "checks": all}));
+            } else {
+                checks.iter().for_each(|c| println!("{}", c.line()));
             }
+            if healthy { Ok(()) } else { Err("what the configuration needs is missing (see above)".to_string()) }
         }),
         Command::Version => {
             println!("ember {} (Cinder API v3, microversions 3.0-3.71)", env!("CARGO_PKG_VERSION"));

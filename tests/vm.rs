@@ -494,6 +494,15 @@ fn vm_exports_lio_and_nvmet() {
         vg.conf_dir.display()
     );
     let mut agent = Agent::start_with(&data_dir, Some(&config));
+    // The doctor sees everything this configuration needs here.
+    let mut cfg: ember::config::Config = toml::from_str(&config).unwrap();
+    cfg.data_dir = data_dir.clone();
+    let checks = ember::doctor::checks(&cfg);
+    checks.iter().for_each(|c| eprintln!("[doctor] {}", c.line()));
+    assert!(ember::doctor::healthy(&checks), "lvm + lio + nvmet have all they need in the VM");
+    for needed in ["device-mapper", "volume group", "thin tools", "configfs", "iblock", "nvmet-tcp"] {
+        assert!(checks.iter().any(|c| c.name == needed && c.ok && c.required), "{needed}");
+    }
     let lv = |id: &str| {
         PathBuf::from(format!("/dev/mapper/{}-volume--{}", vg.name.replace('-', "--"), id.replace('-', "--")))
     };

@@ -1,5 +1,6 @@
 """Token auth and policy (spec §1.6), noauth's guard rails, and the command line."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -144,6 +145,23 @@ def test_version_and_doctor(tmp_path):
     assert lines["loop"].split()[1] == expected, r.stdout
     assert lines["libblkid"].split()[1] == "ok", r.stdout
     assert lines["data"].split()[2] == "ok", r.stdout
+    # The host has no configfs: asking for nvmet explicitly cannot work, and says how to fix it.
+    cfg = tmp_path / "nvmet.toml"
+    cfg.write_text('[target]\nnvme = "nvmet"\niscsi = "none"\n')
+    r = run_ember("doctor", "--config", str(cfg), "--data-dir", str(tmp_path / "d"), "--json")
+    report = json.loads(r.stdout)
+    by_name = {c["name"]: c for c in report["checks"]}
+    configfs_there = os.path.isdir("/sys/kernel/config/nvmet")
+    assert report["healthy"] is configfs_there and (r.returncode == 0) is configfs_there, r.stdout + r.stderr
+    if not configfs_there:
+        assert by_name["nvmet"]["required"] and by_name["nvmet"]["fix"] == "modprobe nvmet", by_name["nvmet"]
+    assert "iscsi" not in by_name and "tgtd" not in by_name, "iscsi = none asks for nothing"
+    # An LVM pool on a volume group this host does not have.
+    cfg.write_text('[pool]\nbackend = "lvm"\nvolume_group = "no-such-vg"\n[target]\niscsi = "none"\nnvme = "none"\n')
+    r = run_ember("doctor", "--config", str(cfg), "--data-dir", str(tmp_path / "d"))
+    assert r.returncode != 0, r.stdout
+    vg = next(line for line in r.stdout.splitlines() if line.startswith("volume group"))
+    assert "MISSING" in vg and "vgcreate no-such-vg" in vg, vg
 
 
 def test_sigterm_exits_even_with_a_stuck_client():
