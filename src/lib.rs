@@ -13,6 +13,7 @@ pub mod logging;
 pub mod manager;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod pool;
 pub mod server;
 pub mod store;

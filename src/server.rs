@@ -36,23 +36,6 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let manager = Manager::new(store, pool, exporter, settings);
     manager.ensure_default_type().map_err(|e| e.to_string())?;
     let resumed = manager.recover().map_err(|e| e.to_string())?;
-    // What the targets serve is made to match the store at start (a rebooted host
-    // has empty targets) and every five minutes after; in the background, behind
-    // the jobs just resumed.
-    let reconciler = Arc::clone(&manager);
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(std::time::Duration::from_secs(300));
-        loop {
-            every.tick().await;
-            let m = Arc::clone(&reconciler);
-            match tokio::task::spawn_blocking(move || m.reconcile_exports()).await {
-                Ok(Ok(0)) => {}
-                Ok(Ok(fixed)) => tracing::info!(fixed, "exports reconciled"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "reconciling exports failed; trying again in five minutes"),
-                Err(e) => tracing::error!(error = %e, "the reconciler panicked"),
-            }
-        }
-    });
     // Expired messages and long-ended jobs go hourly (and at every start).
     let reaper = Arc::clone(&manager);
     tokio::spawn(async move {
@@ -91,6 +74,37 @@ pub async fn serve(config: Config) -> Result<(), String> {
         resumed_jobs = resumed,
         "ember serving the Cinder v3 API"
     );
+    // What the targets serve is made to match the store at start (a rebooted host
+    // has empty targets) and every five minutes after; in the background, behind
+    // the jobs just resumed. The service manager hears READY after the first pass
+    // (the listener is bound by then: requests wait in its backlog, not refused).
+    let reconciler = Arc::clone(&manager);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(300));
+        let mut first = true;
+        loop {
+            every.tick().await;
+            let m = Arc::clone(&reconciler);
+            match tokio::task::spawn_blocking(move || m.reconcile_exports()).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(fixed)) => tracing::info!(fixed, "exports reconciled"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "reconciling exports failed; trying again in five minutes"),
+                Err(e) => tracing::error!(error = %e, "the reconciler panicked"),
+            }
+            if std::mem::take(&mut first) {
+                crate::notify::notify("READY=1");
+            }
+        }
+    });
+    if let Some(every) = crate::notify::watchdog_interval() {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                crate::notify::notify("WATCHDOG=1");
+            }
+        });
+    }
     let limits = crate::http::Limits {
         max_connections: config.http.max_connections(files),
         header_timeout: std::time::Duration::from_secs(config.http.header_timeout),
@@ -123,4 +137,5 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
+    crate::notify::notify("STOPPING=1");
 }
