@@ -527,6 +527,11 @@ fn vm_exports_lio_and_nvmet() {
     let iqn = data["target_iqn"].as_str().unwrap().to_string();
     assert_eq!((data["target_lun"].as_u64(), data["target_portal"].as_str()), (Some(0), Some("127.0.0.1:3260")));
     assert!(lio.join(&iqn).join("tpgt_1/acls").join(initiator).exists(), "the ACL is in configfs");
+    // configfs shows the backstore's device back, so reconciliation recognises a
+    // good export (it tore every LIO export down and rebuilt it while this was empty).
+    let udev_path =
+        std::fs::read_to_string(format!("/sys/kernel/config/target/core/iblock_0/{iqn}/udev_path")).unwrap();
+    assert_eq!(udev_path.trim(), lv(&a).to_str().unwrap());
     let (user, secret) = (data["auth_username"].as_str().unwrap(), data["auth_password"].as_str().unwrap());
     let node = format!("iscsiadm -m node -T {iqn} -p 127.0.0.1:3260");
     let login = |user: &str, secret: &str| {
@@ -721,4 +726,19 @@ fn vm_exports_lio_and_nvmet() {
     assert!(left(lio).iter().all(|n| !n.starts_with("iqn.")), "LIO targets left behind: {:?}", left(lio));
     assert!(left(nvmet).is_empty(), "nvmet subsystems left behind: {:?}", left(nvmet));
     agent.stop();
+}
+
+/// The Debian package under a real systemd (tests/vm_systemd.sh): `dpkg -i`, then
+/// start (ready only after READY), restart and stop, with a volume exported
+/// through LIO that stays served across all three.
+#[test]
+fn vm_package_under_systemd() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let deb = std::env::var("EMBER_DEB").expect("EMBER_DEB: the package scripts/build-deb made (scripts/test sets it)");
+    let data = scratch_dir().join("systemd-data");
+    let script = repo.join("tests/vm_systemd.sh");
+    let out = cmd::run(&script, &[&deb, data.to_str().unwrap()], Duration::from_secs(900))
+        .unwrap_or_else(|e| panic!("the package under systemd: {e}"));
+    eprint!("{out}");
+    assert!(out.lines().any(|l| l == "[systemd] ok"), "{out}");
 }

@@ -6,9 +6,12 @@
 //! must be released here, and a device found free can be taken by another process
 //! before we bind it (EBUSY), so the search is retried.
 //!
-//! Which loop devices serve a file is read back from sysfs
-//! (`/sys/block/loopN/loop/backing_file`), never remembered: after a crash the
-//! kernel is the only truth.
+//! Which loop devices serve a file is asked of the kernel, never remembered: after
+//! a crash the kernel is the only truth. A device serves the file whose device and
+//! inode it reports (LOOP_GET_STATUS64, as `losetup -j` matches), not whose path:
+//! the path sysfs shows is resolved in the mount namespace that bound it, and after
+//! that namespace is gone (a systemd unit's private mounts, a restarted container)
+//! it no longer names the file.
 
 use std::fs;
 use std::io;
@@ -70,9 +73,45 @@ pub fn detach(device: &Path) -> Result<(), BlockError> {
     }
 }
 
-/// Every loop device whose backing file is `backing` (as the kernel reports it).
+/// `struct loop_info64` of <linux/loop.h>.
+#[repr(C)]
+struct LoopInfo64 {
+    lo_device: u64,
+    lo_inode: u64,
+    lo_rdevice: u64,
+    lo_offset: u64,
+    lo_sizelimit: u64,
+    lo_number: u32,
+    lo_encrypt_type: u32,
+    lo_encrypt_key_size: u32,
+    lo_flags: u32,
+    lo_file_name: [u8; 64],
+    lo_crypt_name: [u8; 64],
+    lo_encrypt_key: [u8; 32],
+    lo_init: [u64; 2],
+}
+
+nix::ioctl_read_bad!(loop_get_status64, 0x4C05, LoopInfo64);
+
+/// (device, inode) of the file a bound loop device reads.
+fn backing_identity(device: &Path) -> Option<(u64, u64)> {
+    use std::os::fd::AsRawFd;
+    let file = fs::File::open(device).ok()?;
+    // SAFETY: LoopInfo64 is plain data; all zeros is a valid value.
+    let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
+    // SAFETY: the descriptor is open for the call, and LOOP_GET_STATUS64 writes one
+    // `struct loop_info64` into `info`, which has that layout.
+    unsafe { loop_get_status64(file.as_raw_fd(), &mut info) }.ok()?;
+    Some((info.lo_device, info.lo_inode))
+}
+
+/// Every loop device bound to the file `backing`, by its device and inode.
 pub fn devices_backed_by(backing: &Path) -> Vec<PathBuf> {
-    let wanted = fs::canonicalize(backing).unwrap_or_else(|_| backing.to_path_buf());
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = fs::metadata(backing) else {
+        return Vec::new(); // no file, no device can serve it
+    };
+    let wanted = (meta.dev(), meta.ino());
     let Ok(entries) = fs::read_dir("/sys/block") else {
         return Vec::new();
     };
@@ -80,16 +119,13 @@ pub fn devices_backed_by(backing: &Path) -> Vec<PathBuf> {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if !name.starts_with("loop") {
+        // Only bound devices have a backing file to ask about.
+        if !name.starts_with("loop") || !entry.path().join("loop/backing_file").exists() {
             continue;
         }
-        let Ok(text) = fs::read_to_string(entry.path().join("loop/backing_file")) else {
-            continue;
-        };
-        let text = text.trim_end_matches('\n');
-        // A file unlinked while bound shows as "<path> (deleted)"; it is not ours anymore.
-        if Path::new(text) == wanted {
-            found.push(PathBuf::from("/dev").join(name.as_ref()));
+        let device = PathBuf::from("/dev").join(name.as_ref());
+        if backing_identity(&device) == Some(wanted) {
+            found.push(device);
         }
     }
     found.sort();
@@ -132,6 +168,31 @@ mod tests {
         assert!(devices_backed_by(&file).is_empty(), "leaked loop device");
         fs::remove_dir_all(&dir).unwrap();
         result.unwrap();
+    }
+
+    /// A device bound through another path to the file (here a bind mount, then
+    /// lazily unmounted: what a systemd unit's private mounts look like after the
+    /// unit restarted) still serves the file, and is found by it.
+    #[test]
+    fn root_a_device_bound_through_a_mount_that_is_gone_is_still_found() {
+        use nix::mount::{MntFlags, MsFlags, mount, umount2};
+        let dir = std::env::temp_dir().join(format!("ember-loop-ns-{}", uuid::Uuid::new_v4()));
+        let (data, bind) = (dir.join("data"), dir.join("bind"));
+        fs::create_dir_all(&data).unwrap();
+        fs::create_dir_all(&bind).unwrap();
+        let file = data.join("vol");
+        fs::File::create(&file).unwrap().set_len(4 << 20).unwrap();
+        mount(Some(&data), &bind, None::<&str>, MsFlags::MS_BIND, None::<&str>).unwrap();
+        let att = attach(&bind.join("vol"), false).unwrap();
+        umount2(&bind, MntFlags::MNT_DETACH).unwrap();
+        let shown = fs::read_to_string(format!(
+            "/sys/block/{}/loop/backing_file",
+            att.device.file_name().unwrap().to_string_lossy()
+        ));
+        let found = devices_backed_by(&file);
+        detach(&att.device).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(found, vec![att.device], "sysfs shows {shown:?}, which is no longer the file's path");
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! `/sys/kernel/config/target` (no targetcli, no rtslib).
 //!
 //! Creation order, for a volume with IQN `N` on device `D`:
-//! 1. `core/iblock_0/N`: the iblock backstore; `control` ← `udev_path=D`,
-//!    `enable` ← 1, `wwn/vpd_unit_serial` ← the volume id (without a unit serial
-//!    the initiator gets no WWN and os-brick waits ~10 s for one).
+//! 1. `core/iblock_0/N`: the iblock backstore; `control` ← `udev_path=D` (what
+//!    iblock opens) and `udev_path` ← `D` (what configfs shows back: the control
+//!    write alone leaves that attribute empty), `enable` ← 1,
+//!    `wwn/vpd_unit_serial` ← the volume id (without a unit serial the initiator
+//!    gets no WWN and os-brick waits ~10 s for one).
 //! 2. `iscsi/N/tpgt_1`: the target and its portal group; `lun/lun_0` with a link
 //!    to the backstore; `np/<ip>:<port>` per portal; `attrib/authentication` ← 1,
 //!    `attrib/generate_node_acls` ← 0 (only listed initiators), `enable` ← 1.
@@ -70,13 +72,20 @@ impl LioTarget {
     }
 
     /// The device the backstore serves, if it exists.
+    /// The device the backstore serves: its `udev_path`, or for one built before
+    /// ember wrote that attribute, the `UDEV PATH:` iblock's `info` reports.
     fn device_of(&self, name: &str) -> Result<Option<PathBuf>, TargetError> {
-        let udev_path = self.backstore(name).join("udev_path");
-        if !udev_path.exists() {
+        let store = self.backstore(name);
+        if !store.join("udev_path").exists() {
             return Ok(None);
         }
-        let device = configfs::read(&udev_path)?;
-        Ok((!device.is_empty()).then(|| PathBuf::from(device)))
+        let device = configfs::read(&store.join("udev_path"))?;
+        if !device.is_empty() {
+            return Ok(Some(PathBuf::from(device)));
+        }
+        let info = configfs::read(&store.join("info")).unwrap_or_default();
+        let from_info = info.split("UDEV PATH:").nth(1).and_then(|rest| rest.split_whitespace().next());
+        Ok(from_info.map(PathBuf::from))
     }
 
     fn build(&self, export: &Export, device: &Path) -> Result<(), TargetError> {
@@ -85,6 +94,7 @@ impl LioTarget {
         configfs::mkdir(&self.root.join("core/iblock_0"))?;
         configfs::mkdir(&store)?;
         configfs::write(&store.join("control"), &format!("udev_path={}", device.display()))?;
+        configfs::write(&store.join("udev_path"), &device.display().to_string())?;
         configfs::write(&store.join("enable"), "1")?;
         configfs::write(&store.join("wwn/vpd_unit_serial"), &export.volume_id)?;
         let tpg = self.tpg(name);

@@ -16,6 +16,7 @@ import time
 import uuid
 
 import pytest
+import requests
 
 from conftest import (cinder_cli_for, free_port, make_cinder, make_sdk, read_at, serve_for_module,
                       start_agent, stop_agent, wait_for, write_at)
@@ -292,6 +293,13 @@ def test_kill_9_during_reads_and_reconcile_after_tgtd_lost_everything(tgtd):
             out = reader.communicate(timeout=30)[0]
         assert "finished" in out and not re.search(r"fail|error|reconnect", out, re.I), out
         assert targets(control)[data["target_iqn"]] == before, "a restart leaves a good export alone"
+        # The restarted agent's first reconciliation pass finds nothing to repair.
+        metric = lambda name: next((float(line.split()[-1]) for line in
+                                    requests.get(f"{again.root}/metrics", timeout=10).text.splitlines()
+                                    if line.startswith(name + " ")), 0.0)
+        wait_for(lambda: metric("ember_reconcile_runs_total") >= 1, timeout=20, what="the first reconciliation")
+        time.sleep(0.5)
+        assert metric("ember_reconcile_drift_total") == 0 and "export reconciled" not in again.log(), again.log()
 
         # tgtd lost everything (restarted, or cleared by hand): the agent builds the
         # export again at its next start, same name and credentials, with its initiator.
