@@ -48,6 +48,7 @@ data_dir = "$data"
 iscsi = "lio"
 nvme = "none"
 portal_ips = ["127.0.0.1"]
+iqn_prefix = "iqn.2010-10.org.ember-systemd:"   # its own: the VM's other tests export too
 CONF
 lap "dpkg -i"
 
