@@ -7,6 +7,7 @@ mod actions;
 mod attachments;
 mod auth;
 mod fault;
+mod groups;
 mod messages;
 mod microversion;
 mod policy;
@@ -152,6 +153,9 @@ const COLLECTIONS: &[&str] = &[
     "os-volume-transfer",
     "volume-transfers",
     "os-services",
+    "group_types",
+    "groups",
+    "group_snapshots",
 ];
 
 async fn handle(State(state): State<Arc<ApiState>>, request: Request) -> Response {

@@ -112,6 +112,9 @@ pub fn route(m: &std::sync::Arc<Manager>, req: &Req, path: &[&str]) -> Result<Re
         [collection @ ("os-volume-transfer" | "volume-transfers"), rest @ ..] => {
             super::transfers::route(m, req, collection, rest)
         }
+        ["group_types", rest @ ..] => super::groups::group_types(m, req, rest),
+        ["groups", rest @ ..] => super::groups::groups(m, req, rest, &project),
+        ["group_snapshots", rest @ ..] => super::groups::group_snapshots(m, req, rest),
         ["messages"] => only(method, Method::GET, || super::messages::list(m, req)),
         ["messages", id] => match *method {
             Method::GET => super::messages::show(m, req, id),
@@ -168,6 +171,8 @@ fn owner_project(m: &Manager, req: &Req, owner: policy::Owner, path: &[&str]) ->
         }
         O::Project(i) => path[i].to_string(),
         O::Transfer(i) => m.transfer(&caller, path[i])?.project_id,
+        O::Group(i) => m.group(&caller, path[i])?.project_id,
+        O::GroupSnapshot(i) => m.group_snapshot(&caller, path[i])?.project_id,
     })
 }
 
@@ -438,10 +443,18 @@ fn create_volume(m: &std::sync::Arc<Manager>, req: &Req) -> Result<Reply> {
             "Invalid input received: snapshot_id and source_volid are mutually exclusive.",
         ));
     }
-    for key in ["group_id", "consistencygroup_id"] {
-        if let Some(g) = id_field(key)? {
-            return Err(ApiError::not_found(format!("Group {g} could not be found.")));
-        }
+    if let Some(g) = id_field("consistencygroup_id")? {
+        return Err(ApiError::not_found(format!("Group {g} could not be found.")));
+    }
+    // Groups are 3.13's; below it the key names nothing ember knows.
+    let group_id = id_field("group_id")?;
+    if let Some(g) = group_id.as_ref().filter(|_| !req.version.at_least(3, 13)) {
+        return Err(ApiError::not_found(format!("Group {g} could not be found.")));
+    }
+    if group_id.is_some() && volume_type.is_none() {
+        return Err(ApiError::bad_request(
+            "Invalid input received: volume_type must be provided when creating a volume in a group.",
+        ));
     }
     for key in ["imageRef", "image_id"] {
         if v.get(key).is_some_and(|x| !x.is_null()) {
@@ -475,6 +488,7 @@ fn create_volume(m: &std::sync::Arc<Manager>, req: &Req) -> Result<Reply> {
             snapshot_id,
             source_volid,
             availability_zone: zone,
+            group_id,
         },
     )?;
     let ctx = view_ctx(m, req)?;
