@@ -311,10 +311,12 @@ impl Manager {
                 || v.attach_status == AttachStatus::Attached
                 || !not_migrating(v.migration_status.as_ref())
                 || !snapshots.is_empty()
+                || v.group_id.is_some()
             {
                 return Err(ManagerError::Invalid(format!(
                     "Invalid volume: Volume {id} cannot be unmanaged: it must be available or in an error state, \
-                     detached, not migrating and without snapshots (status {}, attach_status {}, {} snapshots).",
+                     detached, not migrating, in no group and without snapshots (status {}, attach_status {}, {} \
+                     snapshots).",
                     v.status,
                     v.attach_status,
                     snapshots.len()
