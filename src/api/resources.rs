@@ -252,6 +252,10 @@ fn list_volumes(m: &Manager, req: &Req, detail: bool) -> Result<Reply> {
         let want = boolean("bootable", &json!(bootable))?;
         volumes.retain(|v| v.bootable == want);
     }
+    // Cinder's VOLUME_LIST_GROUP (3.10): a group's volumes.
+    if let Some(group) = req.param("group_id").filter(|_| req.version.at_least(3, 10)) {
+        volumes.retain(|v| v.group_id.as_deref() == Some(group));
+    }
     let ctx = view_ctx(m, req)?;
     let (page, count, next) =
         paginate(req, volumes, |v| v.id.clone(), volume_sort_key, VOLUME_SORT_KEYS, ("created_at", true))?;

@@ -106,6 +106,13 @@ def test_a_group_of_two_volumes_gains_and_loses_members(agent, cinder, gtype, vt
     assert "group_id" not in agent.get_volume(a["id"], version="3.12")
     listed = agent.request("GET", f"/groups/{g.id}?list_volume=true", version=V).json()["group"]
     assert sorted(listed["volumes"]) == sorted([a["id"], b["id"]])
+    by_filter = agent.request("GET", f"/volumes?group_id={g.id}", version=V).json()["volumes"]
+    assert sorted(v["id"] for v in by_filter) == sorted([a["id"], b["id"]])
+    # Neither retyped nor migrated while in a group (Cinder expects group_id None).
+    r = agent.action(a["id"], {"os-retype": {"new_type": vtypes[1]}}, version=V)
+    assert r.status_code == 400 and "group" in r.text, r.text
+    r = agent.action(a["id"], {"os-migrate_volume": {"host": "elsewhere@x#y"}}, version=V)
+    assert r.status_code == 400 and "group" in r.text, r.text
     # A member cannot be deleted on its own (Cinder: "must not ... belong to a group").
     r = agent.request("DELETE", f"/volumes/{a['id']}")
     assert r.status_code == 400 and "group" in r.text, r.text

@@ -72,10 +72,11 @@ impl Manager {
         if !matches!(v.status, VolumeStatus::Available | VolumeStatus::InUse)
             || !not_migrating(v.migration_status.as_ref())
             || !snapshots.is_empty()
+            || v.group_id.is_some()
         {
             return Err(invalid(format!(
-                "Invalid volume: Volume {id} must be available or in-use, not migrating and without snapshots to \
-                 migrate (status {}, {} snapshots).",
+                "Invalid volume: Volume {id} must be available or in-use, not migrating, in no group and without \
+                 snapshots to migrate (status {}, {} snapshots).",
                 v.status,
                 snapshots.len()
             )));
