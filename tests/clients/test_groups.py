@@ -323,3 +323,31 @@ def test_malformed_group_bodies_and_old_microversions(agent, fixed):
     assert r.status_code == 400 and "must be available or in-use" in r.text, r.text
     assert agent.db_dump() == before
     agent.request("POST", f"/volumes/{fixed['in']}/action", {"os-reset_status": {"status": "available"}})
+
+
+def test_openstacksdk_drives_groups_too(agent, vtypes):
+    from conftest import make_sdk
+    bs = make_sdk(agent).block_storage
+    gt = bs.create_group_type(name="sdk-" + uuid.uuid4().hex[:8], group_specs={"k": "v"})
+    assert bs.get_group_type(gt.id).group_specs == {"k": "v"}
+    g = bs.create_group(name="sdk-group", group_type=gt.id, volume_types=[vtypes[0]])
+    wait_group(agent, g.id, "available")
+    assert bs.get_group(g.id).volume_types == [vtypes[0]]
+    assert g.id in [x.id for x in bs.groups()]
+    vol = member(agent, g.id, vtypes[0])
+    gs = bs.create_group_snapshot(group_id=g.id, name="sdk-gs")
+    wait_group_snapshot(agent, gs.id, "available")
+    assert bs.get_group_snapshot(gs.id).group_id == g.id
+    made = bs.create_group_from_source(group_snapshot_id=gs.id, source_group_id=None, name="sdk-copy")
+    wait_group(agent, made.id, "available")
+    bs.reset_group_status(made, "error")
+    assert bs.get_group(made.id).status == "error"
+    bs.delete_group(made, delete_volumes=True)
+    wait_group(agent, made.id, "deleted")
+    bs.delete_group_snapshot(gs)
+    wait_group_snapshot(agent, gs.id, "deleted")
+    bs.delete_group(g, delete_volumes=True)
+    wait_group(agent, g.id, "deleted")
+    agent.wait_volume(vol["id"], "deleted")
+    bs.delete_group_type(gt)
+    assert agent.request("GET", f"/group_types/{gt.id}", version=V).status_code == 404
