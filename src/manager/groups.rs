@@ -714,8 +714,9 @@ impl Touched {
 
 /// A creating group is available once no member is creating (error if one
 /// failed); a deleting one goes once its last member did (error_deleting if one
-/// could not be deleted).
-fn settle_group(tx: &Tx, id: &str) -> std::result::Result<(), StoreError> {
+/// could not be deleted). Also after an admin reset of a member, whose job the
+/// reset cancelled and which therefore never ends.
+pub(super) fn settle_group(tx: &Tx, id: &str) -> std::result::Result<(), StoreError> {
     let Some(group) = tx.group(id)? else { return Ok(()) };
     let mut statuses = Vec::new();
     for vid in tx.group_volume_ids(id)? {
@@ -735,7 +736,7 @@ fn settle_group(tx: &Tx, id: &str) -> std::result::Result<(), StoreError> {
     }
 }
 
-fn settle_group_snapshot(tx: &Tx, id: &str) -> std::result::Result<(), StoreError> {
+pub(super) fn settle_group_snapshot(tx: &Tx, id: &str) -> std::result::Result<(), StoreError> {
     let Some(gs) = tx.group_snapshot(id)? else { return Ok(()) };
     let statuses: Vec<SnapshotStatus> = tx.group_snapshot_members(id)?.into_iter().map(|s| s.status).collect();
     let next = match gs.status {

@@ -191,6 +191,9 @@ impl Manager {
             let mut new = old.clone();
             new.status = status;
             tx.update_snapshot(old.status, &new)?;
+            if let Some(gs) = &old.group_snapshot_id {
+                super::groups::settle_group_snapshot(tx, gs)?;
+            }
             Ok(())
         })
     }

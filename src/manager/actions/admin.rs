@@ -48,6 +48,9 @@ impl Manager {
             // An admin override ends any unfinished work on the volume: a job still
             // waiting for its locks does not run, and a restart does not resume one.
             tx.cancel_jobs_of(id, "cancelled by os-reset_status")?;
+            if let Some(group) = &v.group_id {
+                crate::manager::groups::settle_group(tx, group)?;
+            }
             Ok(ActionOutcome::Done)
         })
     }

@@ -125,3 +125,24 @@ fn a_failed_member_delete_leaves_the_group_in_error_deleting() {
     s.m.update_group(&s.admin, &g, remove).unwrap();
     assert_eq!(s.volume(&left[0].id).unwrap().group_id, None);
 }
+
+#[test]
+fn an_admin_reset_of_a_waiting_member_settles_its_group() {
+    let s = Sim::new();
+    let (g, _) = group_of(&s, 1);
+    // The clone's job hangs; the admin resets the new member meanwhile.
+    s.pool.inject(Op::CreateVolume, Some(1), Fault::HangBefore);
+    let made = s.on(|m| m.create_group_from_src(&s.admin, GroupSource::Group(g.clone()), None, None)).unwrap();
+    s.pool.wait_hung(1);
+    let member = s.m.group_volume_ids(&made.id).unwrap().remove(0);
+    let reset = crate::manager::VolumeAction::ResetStatus {
+        status: Some(VolumeStatus::Error),
+        attach_status: None,
+        migration_status: None,
+    };
+    s.act(&member, reset).unwrap();
+    assert_eq!(group_status(&s, &made.id), Some(GroupStatus::Error));
+    s.pool.release();
+    s.settle();
+    assert_eq!(group_status(&s, &made.id), Some(GroupStatus::Error));
+}
