@@ -447,14 +447,9 @@ fn create_volume(m: &std::sync::Arc<Manager>, req: &Req) -> Result<Reply> {
             "Invalid input received: snapshot_id and source_volid are mutually exclusive.",
         ));
     }
-    if let Some(g) = id_field("consistencygroup_id")? {
-        return Err(ApiError::not_found(format!("Group {g} could not be found.")));
-    }
-    // Groups are 3.13's; below it the key names nothing ember knows.
-    let group_id = id_field("group_id")?;
-    if let Some(g) = group_id.as_ref().filter(|_| !req.version.at_least(3, 13)) {
-        return Err(ApiError::not_found(format!("Group {g} could not be found.")));
-    }
+    // Cinder takes the group at every microversion, and consistencygroup_id
+    // names a (generic) group too, group_id winning.
+    let group_id = id_field("group_id")?.or(id_field("consistencygroup_id")?);
     if group_id.is_some() && volume_type.is_none() {
         return Err(ApiError::bad_request(
             "Invalid input received: volume_type must be provided when creating a volume in a group.",

@@ -108,6 +108,14 @@ def test_a_group_of_two_volumes_gains_and_loses_members(agent, cinder, gtype, vt
     assert sorted(listed["volumes"]) == sorted([a["id"], b["id"]])
     by_filter = agent.request("GET", f"/volumes?group_id={g.id}", version=V).json()["volumes"]
     assert sorted(v["id"] for v in by_filter) == sorted([a["id"], b["id"]])
+    # Cinder takes the group at any microversion, and consistencygroup_id names one too.
+    r = agent.request("POST", "/volumes", {"volume": {"size": 1, "consistencygroup_id": g.id,
+                                                      "volume_type": vtypes[0]}}, version="3.0")
+    assert r.status_code == 202, r.text
+    c = agent.wait_volume(r.json()["volume"]["id"], "available")
+    assert agent.get_volume(c["id"], version=V)["group_id"] == g.id
+    cinder.groups.update(g, remove_volumes=c["id"])
+    assert agent.request("DELETE", f"/volumes/{c['id']}").status_code == 202
     # Neither retyped nor migrated while in a group (Cinder expects group_id None).
     r = agent.action(a["id"], {"os-retype": {"new_type": vtypes[1]}}, version=V)
     assert r.status_code == 400 and "group" in r.text, r.text
@@ -280,6 +288,8 @@ BAD = [
     ("POST", "/volumes", {"volume": {"size": 1, "group_id": "{g}", "volume_type": "{vt_other}"}}, 400,
      "requested type must be supported by this group"),
     ("POST", "/volumes", {"volume": {"size": 1, "group_id": "{new}", "volume_type": "{vt}"}}, 404,
+     "could not be found"),
+    ("POST", "/volumes", {"volume": {"size": 1, "consistencygroup_id": "{new}", "volume_type": "{vt}"}}, 404,
      "could not be found"),
     ("DELETE", "/volumes/{in}", None, 400, "group"),
 ]
