@@ -133,6 +133,12 @@ def test_a_group_of_two_volumes_gains_and_loses_members(agent, cinder, gtype, vt
     ids = agent.request("GET", f"/groups/{g.id}?list_volume=True", version=V).json()["group"]["volumes"]
     assert sorted(ids) == sorted([a["id"], b["id"], loose["id"]])
     assert g.id in [x.id for x in cinder.groups.list()]
+    # Sorted and paged as Cinder's lists; an unknown sort key is refused.
+    names = [x["name"] for x in agent.request("GET", "/groups/detail?sort=name:asc", version=V).json()["groups"]]
+    assert names == sorted(names)
+    assert len(agent.request("GET", "/groups?limit=1", version=V).json()["groups"]) == 1
+    r = agent.request("GET", "/group_snapshots?sort=bogus", version=V)
+    assert r.status_code == 400 and "Invalid sort key bogus" in r.text, r.text
     # Delete without delete-volumes: refused while it has volumes.
     r = agent.request("POST", f"/groups/{g.id}/action", {"delete": {}}, version=V)
     assert r.status_code == 400 and "delete-volumes flag is required" in r.text, r.text
