@@ -542,7 +542,7 @@ impl Manager {
     ) -> Result<GroupSnapshot> {
         let capacity = self.pool.capacity()?;
         let (gs, jobs) = self.store.write(|tx| {
-            let group = visible_group(tx, caller, group_id).map_err(|_| group_not_found(group_id))?;
+            let group = visible_group(tx, caller, group_id)?;
             if group.status != GroupStatus::Available {
                 return Err(ManagerError::Invalid(format!(
                     "Invalid Group: Group {group_id} status must be available, but current status is: {}.",
