@@ -8,6 +8,7 @@ mod attachments;
 mod auth;
 mod encryption;
 mod fault;
+mod groups;
 mod health;
 mod messages;
 mod microversion;
@@ -171,6 +172,9 @@ const COLLECTIONS: &[&str] = &[
     "capabilities",
     "extensions",
     "qos-specs",
+    "group_types",
+    "groups",
+    "group_snapshots",
 ];
 
 async fn handle(State(state): State<Arc<ApiState>>, request: Request) -> Response {

@@ -50,6 +50,9 @@ pub enum Owner {
     VolumeType(usize),
     /// A volume transfer (another project's is "not found").
     Transfer(usize),
+    /// A group or group snapshot (another project's is "not found").
+    Group(usize),
+    GroupSnapshot(usize),
     /// The project named by the path segment itself (quota sets): another
     /// project's is "forbidden", as Cinder's target check answers.
     Project(usize),
@@ -82,8 +85,8 @@ macro_rules! routes {
 }
 
 use Owner::{
-    Attachment as A, Caller as C, Message as M, Project as P, Snapshot as S, Transfer as X, Volume as V,
-    VolumeType as T,
+    Attachment as A, Caller as C, Group as G, GroupSnapshot as GS, Message as M, Project as P, Snapshot as S,
+    Transfer as X, Volume as V, VolumeType as T,
 };
 
 const V3: (u16, u16) = (3, 0);
@@ -199,6 +202,31 @@ pub const ROUTES: &[Route] = routes![
     GET ["volume-transfers", "*"] "volume:get_transfer" Reader X(1), (3, 55);
     DELETE ["volume-transfers", "*"] "volume:delete_transfer" Member X(1), (3, 55);
     POST ["volume-transfers", "*", "accept"] "volume:accept_transfer" Member C, (3, 55);
+    // Group types: Cinder checks no rule to list or show them.
+    GET ["group_types"] "(none)" Anyone C, (3, 11);
+    POST ["group_types"] "group:group_types:create" Admin C, (3, 11);
+    GET ["group_types", "default"] "(none)" Anyone C, (3, 11);
+    GET ["group_types", "*"] "(none)" Anyone C, (3, 11);
+    PUT ["group_types", "*"] "group:group_types:update" Admin C, (3, 11);
+    DELETE ["group_types", "*"] "group:group_types:delete" Admin C, (3, 11);
+    GET ["group_types", "*", "group_specs"] "group:group_types_specs:get_all" Admin C, (3, 11);
+    POST ["group_types", "*", "group_specs"] "group:group_types_specs:create" Admin C, (3, 11);
+    GET ["group_types", "*", "group_specs", "*"] "group:group_types_specs:get" Admin C, (3, 11);
+    PUT ["group_types", "*", "group_specs", "*"] "group:group_types_specs:update" Admin C, (3, 11);
+    DELETE ["group_types", "*", "group_specs", "*"] "group:group_types_specs:delete" Admin C, (3, 11);
+    GET ["groups"] "group:get_all" Reader C, (3, 13);
+    POST ["groups"] "group:create" Member C, (3, 13);
+    GET ["groups", "detail"] "group:get_all" Reader C, (3, 13);
+    POST ["groups", "action"] "group:create" Member C, (3, 14);
+    GET ["groups", "*"] "group:get" Reader G(1), (3, 13);
+    PUT ["groups", "*"] "group:update" Member G(1), (3, 13);
+    POST ["groups", "*", "action"] "group actions" PerAction G(1), (3, 13);
+    GET ["group_snapshots"] "group:get_all_group_snapshots" Reader C, (3, 14);
+    POST ["group_snapshots"] "group:create_group_snapshot" Member C, (3, 14);
+    GET ["group_snapshots", "detail"] "group:get_all_group_snapshots" Reader C, (3, 14);
+    GET ["group_snapshots", "*"] "group:get_group_snapshot" Reader GS(1), (3, 14);
+    DELETE ["group_snapshots", "*"] "group:delete_group_snapshot" Member GS(1), (3, 14);
+    POST ["group_snapshots", "*", "action"] "group:reset_group_snapshot_status" Admin GS(1), (3, 19);
     // Backups answer 501 until they exist, after their rules.
     GET ["backups"] "backup:get_all" Reader C, V3;
     POST ["backups"] "backup:create" Member C, V3;

@@ -115,6 +115,9 @@ pub fn route(m: &std::sync::Arc<Manager>, req: &Req, path: &[&str]) -> Result<Re
         [collection @ ("os-volume-transfer" | "volume-transfers"), rest @ ..] => {
             super::transfers::route(m, req, collection, rest)
         }
+        ["group_types", rest @ ..] => super::groups::group_types(m, req, rest),
+        ["groups", rest @ ..] => super::groups::groups(m, req, rest, &project),
+        ["group_snapshots", rest @ ..] => super::groups::group_snapshots(m, req, rest),
         ["messages"] => only(method, Method::GET, || super::messages::list(m, req)),
         ["messages", id] => match *method {
             Method::GET => super::messages::show(m, req, id),
@@ -175,6 +178,8 @@ fn owner_project(m: &Manager, req: &Req, owner: policy::Owner, path: &[&str]) ->
         }
         O::Project(i) => path[i].to_string(),
         O::Transfer(i) => m.transfer(&caller, path[i])?.project_id,
+        O::Group(i) => m.group(&caller, path[i])?.project_id,
+        O::GroupSnapshot(i) => m.group_snapshot(&caller, path[i])?.project_id,
     })
 }
 
@@ -257,6 +262,10 @@ fn list_volumes(m: &Manager, req: &Req, detail: bool) -> Result<Reply> {
     if let Some(bootable) = req.param("bootable") {
         let want = boolean("bootable", &json!(bootable))?;
         volumes.retain(|v| v.bootable == want);
+    }
+    // Cinder's VOLUME_LIST_GROUP (3.10): a group's volumes.
+    if let Some(group) = req.param("group_id").filter(|_| req.version.at_least(3, 10)) {
+        volumes.retain(|v| v.group_id.as_deref() == Some(group));
     }
     let ctx = view_ctx(m, req)?;
     let (page, count, next) =
@@ -449,10 +458,13 @@ fn create_volume(m: &std::sync::Arc<Manager>, req: &Req) -> Result<Reply> {
             "Invalid input received: snapshot_id and source_volid are mutually exclusive.",
         ));
     }
-    for key in ["group_id", "consistencygroup_id"] {
-        if let Some(g) = id_field(key)? {
-            return Err(ApiError::not_found(format!("Group {g} could not be found.")));
-        }
+    // Cinder takes the group at every microversion, and consistencygroup_id
+    // names a (generic) group too, group_id winning.
+    let group_id = id_field("group_id")?.or(id_field("consistencygroup_id")?);
+    if group_id.is_some() && volume_type.is_none() {
+        return Err(ApiError::bad_request(
+            "Invalid input received: volume_type must be provided when creating a volume in a group.",
+        ));
     }
     for key in ["imageRef", "image_id"] {
         if v.get(key).is_some_and(|x| !x.is_null()) {
@@ -486,6 +498,7 @@ fn create_volume(m: &std::sync::Arc<Manager>, req: &Req) -> Result<Reply> {
             snapshot_id,
             source_volid,
             availability_zone: zone,
+            group_id,
         },
     )?;
     let ctx = view_ctx(m, req)?;

@@ -107,7 +107,7 @@ pub fn volume_created(ctx: &ViewContext, v: &Volume) -> Value {
     }
     let at = |minor| ctx.version.at_least(3, minor);
     if at(13) {
-        o.insert("group_id".into(), Value::Null);
+        o.insert("group_id".into(), json!(v.group_id));
     }
     if at(21) && ctx.is_admin {
         o.insert("provider_id".into(), Value::Null);
@@ -144,7 +144,7 @@ pub fn snapshot_created(ctx: &ViewContext, s: &Snapshot) -> Value {
     let mut out = snapshot_summary(s);
     let o = out.as_object_mut().expect("a JSON object");
     if ctx.version.at_least(3, 14) {
-        o.insert("group_snapshot_id".into(), Value::Null);
+        o.insert("group_snapshot_id".into(), json!(s.group_snapshot_id));
     }
     if ctx.version.at_least(3, 41) {
         o.insert("user_id".into(), json!(s.user_id));
@@ -274,6 +274,7 @@ mod tests {
             snapshot_id: None,
             source_volid: None,
             host: "h@file#file".into(),
+            group_id: None,
             created_at: "2026-01-01T00:00:00.000000".into(),
             updated_at: None,
             metadata: BTreeMap::from([("k".into(), "v".into())]),
@@ -339,6 +340,7 @@ mod tests {
             volume_size: 1,
             progress: "100%".into(),
             volume_type_id: "t".into(),
+            group_snapshot_id: None,
             created_at: "2026-01-01T00:00:00.000000".into(),
             updated_at: None,
             metadata: BTreeMap::new(),

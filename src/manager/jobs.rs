@@ -320,7 +320,10 @@ impl Manager {
             ),
         }
         let ended = self.store.write(|tx| {
+            // The member's group is read before its row may go, settled after.
+            let touched = super::groups::Touched::of(tx, &job.spec)?;
             finish(tx, &job.spec, failure.is_none())?;
+            touched.settle(tx)?;
             match &failure {
                 None => tx.end_job(job.id, JobState::Done, None),
                 Some(f) => {

@@ -15,6 +15,7 @@
 mod actions;
 mod attachments;
 mod exports;
+mod groups;
 mod jobs;
 mod locks;
 mod messages;
@@ -34,6 +35,7 @@ use std::time::Duration;
 pub use actions::*;
 pub use attachments::AttachmentView;
 pub use exports::{ExportSettings, Exporter, connector_initiator, portal};
+pub use groups::{CreateGroup, GroupSource, UpdateGroup, group_type_not_found};
 pub use qos::QosUpdate;
 pub use quotas::{QuotaUsage, check_quota_keys};
 pub use scheduler::capabilities;

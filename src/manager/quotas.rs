@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use super::{Manager, ManagerError, Result};
 use crate::store::{QuotaCounted, QuotaTable, StoreError, Tx, TypeUsage};
 
-/// The resources every quota set has (backups and groups are counted as none:
-/// ember has neither yet).
+/// The resources every quota set has (backups are counted as none: ember has
+/// none yet).
 const RESOURCES: &[&str] =
     &["volumes", "snapshots", "gigabytes", "per_volume_gigabytes", "backups", "backup_gigabytes", "groups"];
 /// Those that also exist per volume type.
@@ -35,6 +35,7 @@ pub(super) struct QuotaDelta<'a> {
     pub volumes: i64,
     pub snapshots: i64,
     pub gigabytes: i64,
+    pub groups: i64,
     /// The size of the one volume being made or grown, for per_volume_gigabytes.
     pub volume_size: Option<i64>,
     /// Only the type's own quotas (a retype moves a volume between types).
@@ -154,6 +155,7 @@ impl Manager {
                 }
             }
         }
+        used.insert("groups".to_string(), tx.group_count(project)?);
         Ok(used)
     }
 
@@ -179,6 +181,7 @@ impl Manager {
             (format!("snapshots_{t}"), delta.snapshots),
             ("gigabytes".to_string(), delta.gigabytes),
             (format!("gigabytes_{t}"), delta.gigabytes),
+            ("groups".to_string(), delta.groups),
         ] {
             let (max, now) = (limit(&key), used.get(&key).copied().unwrap_or(0));
             let total = !key.contains('_');
@@ -190,6 +193,8 @@ impl Manager {
                     "Requested volume or snapshot exceeds allowed {key} quota. Requested {add}G, quota is {max}G \
                      and {now}G has been consumed."
                 )
+            } else if key == "groups" {
+                format!("Maximum number of groups allowed ({max}) exceeded")
             } else if key.starts_with("snapshots") {
                 format!("Maximum number of snapshots allowed ({max}) exceeded for quota '{key}'.")
             } else {

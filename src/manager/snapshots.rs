@@ -42,7 +42,6 @@ impl Manager {
         let capacity = self.pool.capacity()?;
         let (snapshot, job) = self.store.write(|tx| {
             let v = self.visible(tx, caller, &req.volume_id)?;
-            self.assert_not_frozen(tx)?;
             let in_use_ok = (req.force || force_allowed_in_use) && v.status == VolumeStatus::InUse;
             if v.status != VolumeStatus::Available && !in_use_ok {
                 return Err(ManagerError::Invalid(format!(
@@ -55,37 +54,51 @@ impl Manager {
             if !not_migrating(v.migration_status.as_ref()) {
                 return Err(ManagerError::Invalid(format!("Invalid volume: Volume {} is migrating.", v.id)));
             }
-            let type_name = super::quotas::type_name(tx, &v.volume_type_id)?;
-            let delta = super::quotas::QuotaDelta {
-                type_name: &type_name,
-                snapshots: 1,
-                gigabytes: v.size,
-                ..Default::default()
-            };
-            self.check_quota(tx, &v.project_id, &delta)?;
-            self.check_capacity(tx, &capacity, v.size)?;
-            let snapshot = Snapshot {
-                id: uuid::Uuid::new_v4().to_string(),
-                volume_id: v.id.clone(),
-                project_id: caller.project_id.clone(),
-                user_id: caller.user_id.clone(),
-                name: req.name.clone(),
-                description: req.description.clone(),
-                status: SnapshotStatus::Creating,
-                volume_size: v.size,
-                progress: "0%".to_string(),
-                volume_type_id: v.volume_type_id.clone(),
-                created_at: now(),
-                updated_at: None,
-                metadata: req.metadata.clone(),
-            };
-            tx.insert_snapshot(&snapshot)?;
-            let spec = JobSpec::CreateSnapshot { snapshot: snapshot.id.clone(), volume: v.id.clone() };
-            let job = self.enqueue(tx, caller, &v.project_id, spec)?;
-            Ok::<_, ManagerError>((snapshot, job))
+            self.create_snapshot_in(tx, caller, &v, &req, None, &capacity)
         })?;
         self.start(job);
         Ok(snapshot)
+    }
+
+    /// The record and journaled job of a new snapshot of `v` (whose status the
+    /// caller checked), within the project's quotas and the pool's capacity, inside
+    /// the caller's transaction: `POST /snapshots`, and each member of a group
+    /// snapshot.
+    pub(super) fn create_snapshot_in(
+        &self,
+        tx: &Tx,
+        caller: &Caller,
+        v: &crate::model::Volume,
+        req: &CreateSnapshot,
+        group_snapshot_id: Option<&str>,
+        capacity: &crate::pool::Capacity,
+    ) -> Result<(Snapshot, super::jobs::Pending)> {
+        self.assert_not_frozen(tx)?;
+        let type_name = super::quotas::type_name(tx, &v.volume_type_id)?;
+        let delta =
+            super::quotas::QuotaDelta { type_name: &type_name, snapshots: 1, gigabytes: v.size, ..Default::default() };
+        self.check_quota(tx, &v.project_id, &delta)?;
+        self.check_capacity(tx, capacity, v.size)?;
+        let snapshot = Snapshot {
+            id: uuid::Uuid::new_v4().to_string(),
+            volume_id: v.id.clone(),
+            project_id: caller.project_id.clone(),
+            user_id: caller.user_id.clone(),
+            name: req.name.clone(),
+            description: req.description.clone(),
+            status: SnapshotStatus::Creating,
+            volume_size: v.size,
+            progress: "0%".to_string(),
+            volume_type_id: v.volume_type_id.clone(),
+            group_snapshot_id: group_snapshot_id.map(str::to_string),
+            created_at: now(),
+            updated_at: None,
+            metadata: req.metadata.clone(),
+        };
+        tx.insert_snapshot(&snapshot)?;
+        let spec = JobSpec::CreateSnapshot { snapshot: snapshot.id.clone(), volume: v.id.clone() };
+        let job = self.enqueue(tx, caller, &v.project_id, spec)?;
+        Ok((snapshot, job))
     }
 
     pub fn update_snapshot(
@@ -153,11 +166,12 @@ impl Manager {
                     old.status
                 )));
             }
-            let mut new = old.clone();
-            new.status = SnapshotStatus::Deleting;
-            tx.update_snapshot(old.status, &new)?;
-            let spec = JobSpec::DeleteSnapshot { snapshot: id.to_string(), volume: old.volume_id.clone() };
-            Ok::<_, ManagerError>(self.enqueue(tx, caller, &old.project_id, spec)?)
+            if old.group_snapshot_id.is_some() {
+                return Err(ManagerError::Invalid(format!(
+                    "Invalid snapshot: Snapshot {id} must not be part of a group."
+                )));
+            }
+            self.delete_snapshot_in(tx, caller, &old)
         })?;
         self.start(job);
         Ok(())
@@ -208,12 +222,26 @@ impl Manager {
         })
     }
 
+    /// Marks the snapshot deleting and journals its delete, inside the caller's
+    /// transaction (a snapshot's delete, and each member of a group snapshot's).
+    pub(super) fn delete_snapshot_in(&self, tx: &Tx, caller: &Caller, old: &Snapshot) -> Result<super::jobs::Pending> {
+        self.assert_not_frozen(tx)?;
+        let mut new = old.clone();
+        new.status = SnapshotStatus::Deleting;
+        tx.update_snapshot(old.status, &new)?;
+        let spec = JobSpec::DeleteSnapshot { snapshot: old.id.clone(), volume: old.volume_id.clone() };
+        Ok(self.enqueue(tx, caller, &old.project_id, spec)?)
+    }
+
     pub fn reset_snapshot_status(&self, caller: &Caller, id: &str, status: SnapshotStatus) -> Result<()> {
         self.store.write(|tx| {
             let old = self.visible_snapshot(tx, caller, id)?;
             let mut new = old.clone();
             new.status = status;
             tx.update_snapshot(old.status, &new)?;
+            if let Some(gs) = &old.group_snapshot_id {
+                super::groups::settle_group_snapshot(tx, gs)?;
+            }
             Ok(())
         })
     }

@@ -22,6 +22,8 @@ pub struct CreateVolume {
     pub snapshot_id: Option<String>,
     pub source_volid: Option<String>,
     pub availability_zone: Option<String>,
+    /// The group the volume joins (3.13); its type must be one of the group's.
+    pub group_id: Option<String>,
 }
 
 /// A validated `PUT /volumes/{id}` body.
@@ -50,7 +52,24 @@ impl Manager {
     pub fn create_volume(self: &std::sync::Arc<Self>, caller: &Caller, req: CreateVolume) -> Result<Volume> {
         self.check_zone(req.availability_zone.as_deref())?;
         let capacity = self.pool.capacity()?;
-        let (volume, job) = self.store.write(|tx| {
+        let (volume, job) = self.store.write(|tx| self.create_volume_in(tx, caller, &req, &capacity))?;
+        if let Some(job) = job {
+            self.start(job);
+        }
+        Ok(volume)
+    }
+
+    /// The record and (unless the scheduler leaves it in error) the journaled job
+    /// of a new volume, inside the caller's transaction: `POST /volumes`, and each
+    /// member of a group made from a source.
+    pub(super) fn create_volume_in(
+        &self,
+        tx: &Tx,
+        caller: &Caller,
+        req: &CreateVolume,
+        capacity: &crate::pool::Capacity,
+    ) -> Result<(Volume, Option<super::jobs::Pending>)> {
+        {
             // A clone takes its source's size (at least) and, unless told otherwise, its type.
             // Its job reads the source under a lock, so a delete of the source waits.
             let (source, source_size, source_type) = if let Some(snapshot_id) = &req.snapshot_id {
@@ -97,9 +116,13 @@ impl Manager {
             let vtype = vtype.ok_or_else(|| {
                 ManagerError::NotFound(format!("Volume type with name {type_ref} could not be found."))
             })?;
+            if let Some(group_id) = &req.group_id {
+                self.check_group_member_type(tx, caller, group_id, &vtype)?;
+            }
             let volume = Volume {
                 snapshot_id: req.snapshot_id.clone(),
                 source_volid: req.source_volid.clone(),
+                group_id: req.group_id.clone(),
                 ..self.new_volume(
                     caller,
                     VolumeStatus::Creating,
@@ -114,7 +137,7 @@ impl Manager {
             self.check_quota(tx, &caller.project_id, &delta)?;
             // Cinder's scheduler: a type asking for what the pool does not offer
             // leaves the volume in error, with a message saying why.
-            let caps = super::scheduler::capabilities(&self.settings, &self.stats_of(&capacity, tx.provisioned_gib()?));
+            let caps = super::scheduler::capabilities(&self.settings, &self.stats_of(capacity, tx.provisioned_gib()?));
             let unplaceable = match self.service_disabled(tx)? {
                 Some(why) => Some(why),
                 None => super::scheduler::unmet_spec(&vtype.extra_specs, &caps)
@@ -135,18 +158,14 @@ impl Manager {
                     &reason,
                 )?;
                 tracing::warn!(volume = %volume.id, volume_type = %vtype.name, %unmet, "no pool satisfies the volume type");
-                return Ok::<_, ManagerError>((volume, None));
+                return Ok((volume, None));
             }
-            self.check_capacity(tx, &capacity, size)?;
+            self.check_capacity(tx, capacity, size)?;
             tx.insert_volume(&volume)?;
             let spec = JobSpec::CreateVolume { volume: volume.id.clone(), size_gib: gib(size), source };
             let job = self.enqueue(tx, caller, &volume.project_id, spec)?;
-            Ok::<_, ManagerError>((volume, Some(job)))
-        })?;
-        if let Some(job) = job {
-            self.start(job);
+            Ok((volume, Some(job)))
         }
-        Ok(volume)
     }
 
     pub fn update_volume(&self, caller: &Caller, id: &str, req: UpdateVolume) -> Result<Volume> {
@@ -241,6 +260,14 @@ impl Manager {
             if !snapshots.is_empty() && !cascade {
                 reasons.push("volume has snapshots".to_string());
             }
+            // Cinder's conditional update expects no group; a member leaves its
+            // group first (or goes with the group's delete-volumes).
+            if let Some(group) = &v.group_id {
+                reasons.push(format!("volume belongs to group {group}"));
+            }
+            if let Some(s) = snapshots.iter().find(|s| s.group_snapshot_id.is_some()) {
+                reasons.push(format!("snapshot {} is part of a group snapshot", s.id));
+            }
             if cascade && !force {
                 if let Some(busy) =
                     snapshots.iter().find(|s| !matches!(s.status, SnapshotStatus::Available | SnapshotStatus::Error))
@@ -285,10 +312,12 @@ impl Manager {
                 || v.attach_status == AttachStatus::Attached
                 || !not_migrating(v.migration_status.as_ref())
                 || !snapshots.is_empty()
+                || v.group_id.is_some()
             {
                 return Err(ManagerError::Invalid(format!(
                     "Invalid volume: Volume {id} cannot be unmanaged: it must be available or in an error state, \
-                     detached, not migrating and without snapshots (status {}, attach_status {}, {} snapshots).",
+                     detached, not migrating, in no group and without snapshots (status {}, attach_status {}, {} \
+                     snapshots).",
                     v.status,
                     v.attach_status,
                     snapshots.len()
@@ -419,6 +448,7 @@ impl Manager {
             snapshot_id: None,
             source_volid: None,
             host: self.settings.host.clone(),
+            group_id: None,
             created_at: now(),
             updated_at: None,
             metadata: metadata.clone(),

@@ -3,6 +3,7 @@
 //! Depends on nothing but std and serde.
 
 mod export;
+mod group;
 mod job;
 mod message;
 mod qos;
@@ -11,6 +12,7 @@ mod transfer;
 mod volume;
 
 pub use export::*;
+pub use group::*;
 pub use job::*;
 pub use message::*;
 pub use qos::*;

@@ -24,6 +24,8 @@ pub struct Snapshot {
     pub volume_size: i64,
     pub progress: String,
     pub volume_type_id: String,
+    /// The group snapshot this snapshot was taken for (3.14).
+    pub group_snapshot_id: Option<String>,
     pub created_at: String,
     pub updated_at: Option<String>,
     pub metadata: BTreeMap<String, String>,

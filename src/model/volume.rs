@@ -137,6 +137,8 @@ pub struct Volume {
     pub snapshot_id: Option<String>,
     pub source_volid: Option<String>,
     pub host: String,
+    /// The generic volume group the volume belongs to (3.13).
+    pub group_id: Option<String>,
     pub created_at: String,
     pub updated_at: Option<String>,
     pub metadata: BTreeMap<String, String>,

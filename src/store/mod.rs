@@ -13,8 +13,8 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use crate::model::{
-    Attachment, Chap, Export, Job, JobSpec, JobState, Message, MessageResource, QosSpecs, Snapshot, SnapshotStatus,
-    Transfer, TypeEncryption, Volume, VolumeStatus, VolumeType, now,
+    Attachment, Chap, Export, Group, GroupSnapshot, GroupType, Job, JobSpec, JobState, Message, MessageResource,
+    QosSpecs, Snapshot, SnapshotStatus, Transfer, TypeEncryption, Volume, VolumeStatus, VolumeType, now,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -310,6 +310,57 @@ CREATE TABLE type_encryption (
     updated_at TEXT
 );
 "#,
+    // 11: generic volume groups: group types and their specs, groups (with the
+    // volume types their members may have), group snapshots; a volume's group and
+    // a snapshot's group snapshot.
+    r#"
+CREATE TABLE group_types (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    description TEXT,
+    is_public INTEGER NOT NULL
+);
+CREATE TABLE group_type_specs (
+    group_type_id TEXT NOT NULL REFERENCES group_types(id) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (group_type_id, key)
+);
+CREATE TABLE groups (
+    id TEXT PRIMARY KEY,
+    project_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    name TEXT,
+    description TEXT,
+    status TEXT NOT NULL,
+    group_type_id TEXT NOT NULL REFERENCES group_types(id),
+    availability_zone TEXT NOT NULL,
+    group_snapshot_id TEXT,
+    source_group_id TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE group_volume_types (
+    group_id TEXT NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+    volume_type_id TEXT NOT NULL REFERENCES volume_types(id),
+    position INTEGER NOT NULL,
+    PRIMARY KEY (group_id, volume_type_id)
+);
+CREATE TABLE group_snapshots (
+    id TEXT PRIMARY KEY,
+    group_id TEXT NOT NULL REFERENCES groups(id),
+    project_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    name TEXT,
+    description TEXT,
+    status TEXT NOT NULL,
+    group_type_id TEXT NOT NULL REFERENCES group_types(id),
+    created_at TEXT NOT NULL
+);
+ALTER TABLE volumes ADD COLUMN group_id TEXT REFERENCES groups(id);
+ALTER TABLE snapshots ADD COLUMN group_snapshot_id TEXT REFERENCES group_snapshots(id);
+CREATE INDEX volumes_group ON volumes(group_id);
+CREATE INDEX snapshots_group_snapshot ON snapshots(group_snapshot_id);
+"#,
 ];
 
 /// The schema version this ember writes.
@@ -441,7 +492,7 @@ pub struct Tx<'c>(rusqlite::Transaction<'c>);
 
 const VOLUME_COLUMNS: &str = "id, project_id, user_id, name, description, size, status, previous_status, \
      attach_status, migration_status, volume_type_id, availability_zone, bootable, multiattach, \
-     snapshot_id, source_volid, host, created_at, updated_at";
+     snapshot_id, source_volid, host, created_at, updated_at, group_id";
 
 const ATTACHMENT_COLUMNS: &str = "id, volume_id, instance_uuid, attached_host, mountpoint, attach_status, \
      attach_mode, attach_time, detach_time, connector, initiator";
@@ -479,7 +530,7 @@ fn export_from_row(r: &Row) -> rusqlite::Result<Export> {
 }
 
 const SNAPSHOT_COLUMNS: &str = "id, volume_id, project_id, user_id, name, description, status, \
-     volume_size, progress, volume_type_id, created_at, updated_at";
+     volume_size, progress, volume_type_id, created_at, updated_at, group_snapshot_id";
 
 fn parse<T: std::str::FromStr<Err = String>>(text: String) -> rusqlite::Result<T> {
     text.parse()
@@ -511,6 +562,7 @@ fn volume_from_row(row: &Row) -> rusqlite::Result<Volume> {
         host: row.get(16)?,
         created_at: row.get(17)?,
         updated_at: row.get(18)?,
+        group_id: row.get(19)?,
         metadata: BTreeMap::new(),
         admin_metadata: BTreeMap::new(),
         image_metadata: BTreeMap::new(),
@@ -532,6 +584,7 @@ fn snapshot_from_row(row: &Row) -> rusqlite::Result<Snapshot> {
         volume_type_id: row.get(9)?,
         created_at: row.get(10)?,
         updated_at: row.get(11)?,
+        group_snapshot_id: row.get(12)?,
         metadata: BTreeMap::new(),
     })
 }
@@ -605,14 +658,14 @@ impl Tx<'_> {
     pub fn insert_volume(&self, v: &Volume) -> Result<(), StoreError> {
         self.0.execute(
             &format!(
-                "INSERT INTO volumes ({VOLUME_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
+                "INSERT INTO volumes ({VOLUME_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
             ),
             params![
                 v.id, v.project_id, v.user_id, v.name, v.description, v.size, v.status.as_str(),
                 v.previous_status.map(VolumeStatus::as_str), v.attach_status.as_str(),
                 v.migration_status.as_ref().map(ToString::to_string), v.volume_type_id,
                 v.availability_zone, v.bootable, v.multiattach, v.snapshot_id, v.source_volid, v.host,
-                v.created_at, v.updated_at
+                v.created_at, v.updated_at, v.group_id
             ],
         )?;
         for (kind, map) in
@@ -795,7 +848,7 @@ impl Tx<'_> {
     pub fn insert_snapshot(&self, s: &Snapshot) -> Result<(), StoreError> {
         self.0.execute(
             &format!(
-                "INSERT INTO snapshots ({SNAPSHOT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                "INSERT INTO snapshots ({SNAPSHOT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
             ),
             params![
                 s.id,
@@ -809,7 +862,8 @@ impl Tx<'_> {
                 s.progress,
                 s.volume_type_id,
                 s.created_at,
-                s.updated_at
+                s.updated_at,
+                s.group_snapshot_id
             ],
         )?;
         self.set_snapshot_meta(&s.id, &s.metadata)
@@ -1159,6 +1213,232 @@ impl Tx<'_> {
         Ok(())
     }
 
+    // ---- groups --------------------------------------------------------------------
+
+    /// A group type by id, or else by name.
+    pub fn group_type(&self, id_or_name: &str) -> Result<Option<GroupType>, StoreError> {
+        let sql =
+            format!("SELECT {GROUP_TYPE_COLUMNS} FROM group_types WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC");
+        let found = self.0.prepare_cached(&sql)?.query_row([id_or_name], group_type_from_row).optional()?;
+        found.map(|t| self.fill_group_type(t)).transpose()
+    }
+
+    /// Every group type, by name.
+    pub fn group_types(&self) -> Result<Vec<GroupType>, StoreError> {
+        let sql = format!("SELECT {GROUP_TYPE_COLUMNS} FROM group_types ORDER BY name");
+        let mut stmt = self.0.prepare_cached(&sql)?;
+        let rows = stmt.query_map([], group_type_from_row)?.collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter().map(|t| self.fill_group_type(t)).collect()
+    }
+
+    fn fill_group_type(&self, mut t: GroupType) -> Result<GroupType, StoreError> {
+        let mut stmt = self.0.prepare_cached("SELECT key, value FROM group_type_specs WHERE group_type_id = ?1")?;
+        let rows = stmt.query_map([&t.id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        t.group_specs = rows.collect::<Result<_, _>>()?;
+        Ok(t)
+    }
+
+    /// Inserts or updates the type's scalar fields (its specs have their own calls).
+    pub fn save_group_type(&self, t: &GroupType) -> Result<(), StoreError> {
+        self.0.execute(
+            "INSERT INTO group_types (id, name, description, is_public) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, description = excluded.description, \
+             is_public = excluded.is_public",
+            params![t.id, t.name, t.description, t.is_public],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_group_specs(&self, type_id: &str, specs: &BTreeMap<String, String>) -> Result<(), StoreError> {
+        let mut stmt = self.0.prepare_cached(
+            "INSERT INTO group_type_specs (group_type_id, key, value) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (group_type_id, key) DO UPDATE SET value = excluded.value",
+        )?;
+        for (key, value) in specs {
+            stmt.execute(params![type_id, key, value])?;
+        }
+        Ok(())
+    }
+
+    /// False when the type had no such spec.
+    pub fn delete_group_spec(&self, type_id: &str, key: &str) -> Result<bool, StoreError> {
+        let n = self
+            .0
+            .execute("DELETE FROM group_type_specs WHERE group_type_id = ?1 AND key = ?2", params![type_id, key])?;
+        Ok(n > 0)
+    }
+
+    pub fn delete_group_type(&self, id: &str) -> Result<(), StoreError> {
+        self.0.execute("DELETE FROM group_types WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// How many groups a project has (its `groups` quota usage).
+    pub fn group_count(&self, project_id: &str) -> Result<i64, StoreError> {
+        Ok(self.0.query_row("SELECT COUNT(*) FROM groups WHERE project_id = ?1", [project_id], |r| r.get(0))?)
+    }
+
+    pub fn group_type_in_use(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.0.query_row("SELECT EXISTS (SELECT 1 FROM groups WHERE group_type_id = ?1)", [id], |r| r.get(0))?)
+    }
+
+    pub fn group(&self, id: &str) -> Result<Option<Group>, StoreError> {
+        let sql = format!("SELECT {GROUP_COLUMNS} FROM groups WHERE id = ?1");
+        let found = self.0.prepare_cached(&sql)?.query_row([id], group_from_row).optional()?;
+        found.map(|g| self.fill_group(g)).transpose()
+    }
+
+    /// A project's groups (all with None), oldest first.
+    pub fn groups(&self, project_id: Option<&str>) -> Result<Vec<Group>, StoreError> {
+        let sql = format!(
+            "SELECT {GROUP_COLUMNS} FROM groups WHERE (?1 IS NULL OR project_id = ?1) ORDER BY created_at, rowid"
+        );
+        let mut stmt = self.0.prepare_cached(&sql)?;
+        let rows = stmt.query_map([project_id], group_from_row)?.collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter().map(|g| self.fill_group(g)).collect()
+    }
+
+    fn fill_group(&self, mut g: Group) -> Result<Group, StoreError> {
+        let mut stmt = self
+            .0
+            .prepare_cached("SELECT volume_type_id FROM group_volume_types WHERE group_id = ?1 ORDER BY position")?;
+        g.volume_types = stmt.query_map([&g.id], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        Ok(g)
+    }
+
+    pub fn insert_group(&self, g: &Group) -> Result<(), StoreError> {
+        self.0.execute(
+            &format!("INSERT INTO groups ({GROUP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+            params![
+                g.id,
+                g.project_id,
+                g.user_id,
+                g.name,
+                g.description,
+                g.status.as_str(),
+                g.group_type_id,
+                g.availability_zone,
+                g.group_snapshot_id,
+                g.source_group_id,
+                g.created_at
+            ],
+        )?;
+        let mut stmt = self.0.prepare_cached(
+            "INSERT INTO group_volume_types (group_id, volume_type_id, position) VALUES (?1, ?2, ?3)",
+        )?;
+        for (position, type_id) in g.volume_types.iter().enumerate() {
+            stmt.execute(params![g.id, type_id, i64::try_from(position).unwrap_or(i64::MAX)])?;
+        }
+        Ok(())
+    }
+
+    /// Compare-and-set of the group's name, description and status.
+    pub fn update_group(&self, expected: crate::model::GroupStatus, new: &Group) -> Result<(), StoreError> {
+        let changed = self.0.execute(
+            "UPDATE groups SET name = ?3, description = ?4, status = ?5 WHERE id = ?1 AND status = ?2",
+            params![new.id, expected.as_str(), new.name, new.description, new.status.as_str()],
+        )?;
+        if changed == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::StaleStatus { kind: "group", id: new.id.clone(), expected: expected.to_string() })
+        }
+    }
+
+    pub fn delete_group(&self, id: &str) -> Result<(), StoreError> {
+        self.0.execute("DELETE FROM groups WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// The ids of the group's volumes, oldest first.
+    pub fn group_volume_ids(&self, group_id: &str) -> Result<Vec<String>, StoreError> {
+        let mut stmt =
+            self.0.prepare_cached("SELECT id FROM volumes WHERE group_id = ?1 ORDER BY created_at, rowid")?;
+        let rows = stmt.query_map([group_id], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Puts a volume into a group, or (None) out of its group.
+    pub fn set_volume_group(&self, volume_id: &str, group_id: Option<&str>) -> Result<(), StoreError> {
+        self.0.execute(
+            "UPDATE volumes SET group_id = ?2, updated_at = ?3 WHERE id = ?1",
+            params![volume_id, group_id, now()],
+        )?;
+        Ok(())
+    }
+
+    pub fn group_snapshot(&self, id: &str) -> Result<Option<GroupSnapshot>, StoreError> {
+        let sql = format!("SELECT {GROUP_SNAPSHOT_COLUMNS} FROM group_snapshots WHERE id = ?1");
+        Ok(self.0.prepare_cached(&sql)?.query_row([id], group_snapshot_from_row).optional()?)
+    }
+
+    /// A project's group snapshots (all with None), or one group's; oldest first.
+    pub fn group_snapshots(
+        &self,
+        project_id: Option<&str>,
+        group_id: Option<&str>,
+    ) -> Result<Vec<GroupSnapshot>, StoreError> {
+        let sql = format!(
+            "SELECT {GROUP_SNAPSHOT_COLUMNS} FROM group_snapshots WHERE (?1 IS NULL OR project_id = ?1) \
+             AND (?2 IS NULL OR group_id = ?2) ORDER BY created_at, rowid"
+        );
+        let mut stmt = self.0.prepare_cached(&sql)?;
+        let rows = stmt.query_map(params![project_id, group_id], group_snapshot_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn insert_group_snapshot(&self, g: &GroupSnapshot) -> Result<(), StoreError> {
+        self.0.execute(
+            &format!(
+                "INSERT INTO group_snapshots ({GROUP_SNAPSHOT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+            ),
+            params![
+                g.id,
+                g.group_id,
+                g.project_id,
+                g.user_id,
+                g.name,
+                g.description,
+                g.status.as_str(),
+                g.group_type_id,
+                g.created_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Compare-and-set of a group snapshot's status.
+    pub fn set_group_snapshot_status(
+        &self,
+        id: &str,
+        expected: crate::model::GroupSnapshotStatus,
+        status: crate::model::GroupSnapshotStatus,
+    ) -> Result<(), StoreError> {
+        let changed = self.0.execute(
+            "UPDATE group_snapshots SET status = ?3 WHERE id = ?1 AND status = ?2",
+            params![id, expected.as_str(), status.as_str()],
+        )?;
+        if changed == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::StaleStatus { kind: "group snapshot", id: id.to_string(), expected: expected.to_string() })
+        }
+    }
+
+    pub fn delete_group_snapshot(&self, id: &str) -> Result<(), StoreError> {
+        self.0.execute("DELETE FROM group_snapshots WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// The snapshots taken for a group snapshot, oldest first.
+    pub fn group_snapshot_members(&self, group_snapshot_id: &str) -> Result<Vec<Snapshot>, StoreError> {
+        let sql =
+            format!("SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE group_snapshot_id = ?1 ORDER BY created_at, rowid");
+        let mut stmt = self.0.prepare_cached(&sql)?;
+        let rows = stmt.query_map([group_snapshot_id], snapshot_from_row)?.collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter().map(|s| self.fill_snapshot(s)).collect()
+    }
+
     // ---- quotas -------------------------------------------------------------------
 
     /// The limits set for `project` (`quotas`) or a class (`quota_classes`).
@@ -1238,7 +1518,12 @@ impl Tx<'_> {
     }
 
     pub fn volume_type_in_use(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self.0.query_row("SELECT EXISTS (SELECT 1 FROM volumes WHERE volume_type_id = ?1)", [id], |r| r.get(0))?)
+        Ok(self.0.query_row(
+            "SELECT EXISTS (SELECT 1 FROM volumes WHERE volume_type_id = ?1) \
+             OR EXISTS (SELECT 1 FROM group_volume_types WHERE volume_type_id = ?1)",
+            [id],
+            |r| r.get(0),
+        )?)
     }
 
     // ---- exports ---------------------------------------------------------------
@@ -1456,6 +1741,55 @@ impl Tx<'_> {
     pub fn reap_messages(&self, now: &str) -> Result<usize, StoreError> {
         Ok(self.0.execute("DELETE FROM messages WHERE expires_at < ?1", [now])?)
     }
+}
+
+const GROUP_TYPE_COLUMNS: &str = "id, name, description, is_public";
+
+fn group_type_from_row(r: &Row) -> rusqlite::Result<GroupType> {
+    Ok(GroupType {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        description: r.get(2)?,
+        is_public: r.get(3)?,
+        group_specs: BTreeMap::new(),
+    })
+}
+
+const GROUP_COLUMNS: &str = "id, project_id, user_id, name, description, status, group_type_id, \
+     availability_zone, group_snapshot_id, source_group_id, created_at";
+
+fn group_from_row(r: &Row) -> rusqlite::Result<Group> {
+    Ok(Group {
+        id: r.get(0)?,
+        project_id: r.get(1)?,
+        user_id: r.get(2)?,
+        name: r.get(3)?,
+        description: r.get(4)?,
+        status: parse(r.get(5)?)?,
+        group_type_id: r.get(6)?,
+        volume_types: Vec::new(),
+        availability_zone: r.get(7)?,
+        group_snapshot_id: r.get(8)?,
+        source_group_id: r.get(9)?,
+        created_at: r.get(10)?,
+    })
+}
+
+const GROUP_SNAPSHOT_COLUMNS: &str =
+    "id, group_id, project_id, user_id, name, description, status, group_type_id, created_at";
+
+fn group_snapshot_from_row(r: &Row) -> rusqlite::Result<GroupSnapshot> {
+    Ok(GroupSnapshot {
+        id: r.get(0)?,
+        group_id: r.get(1)?,
+        project_id: r.get(2)?,
+        user_id: r.get(3)?,
+        name: r.get(4)?,
+        description: r.get(5)?,
+        status: parse(r.get(6)?)?,
+        group_type_id: r.get(7)?,
+        created_at: r.get(8)?,
+    })
 }
 
 const TRANSFER_COLUMNS: &str = "id, volume_id, project_id, user_id, name, auth_key, no_snapshots, created_at";

@@ -217,7 +217,7 @@ class World:
               "err": "err", "err_snap": "err", "attaching": "attaching",
               "attached": "attached", "attachment": "attached", "maint": "maint",
               "ro": "ro", "creating_snap": "creating", "creating_snap_vol": "creating",
-              "vtype": "vtype", "vtype_name": "vtype"}
+              "vtype": "vtype", "vtype_name": "vtype", "gtype": "group", "group": "group"}
 
     def __getitem__(self, key):
         if key not in self.ids:
@@ -291,6 +291,15 @@ class World:
         assert r.status_code == 200, r.text
         self.ids["vtype"] = r.json()["volume_type"]["id"]
         self.ids["vtype_name"] = "bad-input-type"
+
+    def _build_group(self):
+        r = self.agent.request("POST", "/group_types", {"group_type": {"name": "bad-input-gtype"}}, version="3.14")
+        assert r.status_code == 202, r.text
+        self.ids["gtype"] = r.json()["group_type"]["id"]
+        body = {"group": {"group_type": self.ids["gtype"], "volume_types": [self["vtype"]], "name": "bad-input"}}
+        r = self.agent.request("POST", "/groups", body, version="3.14")
+        assert r.status_code == 202, r.text
+        self.ids["group"] = r.json()["group"]["id"]
 
     def fill(self, template):
         """Substitute "{key}" placeholders in paths and (recursively) in bodies."""
@@ -666,6 +675,13 @@ WRONG_METHODS = [
     ("POST", "/qos-specs/{unknown}/associate"), ("GET", "/qos-specs/{unknown}/delete_keys"),
     ("PUT", "/types/{vtype}/encryption"), ("POST", "/types/{vtype}/encryption/provider"),
     ("POST", "/volumes/{avail}/encryption"), ("DELETE", "/volumes/{avail}/encryption/provider"),
+    ("PUT", "/group_types"), ("DELETE", "/group_types"), ("POST", "/group_types/default"),
+    ("POST", "/group_types/{gtype}"), ("DELETE", "/group_types/{gtype}/group_specs"),
+    ("POST", "/group_types/{gtype}/group_specs/k"), ("PUT", "/groups"), ("DELETE", "/groups"),
+    ("POST", "/groups/detail"), ("GET", "/groups/action"), ("DELETE", "/groups/{group}"),
+    ("POST", "/groups/{group}"), ("GET", "/groups/{group}/action"), ("PUT", "/group_snapshots"),
+    ("DELETE", "/group_snapshots"), ("POST", "/group_snapshots/detail"), ("POST", "/group_snapshots/{unknown}"),
+    ("GET", "/group_snapshots/{unknown}/action"),
 ]
 
 
@@ -698,6 +714,14 @@ MEDIA_ROUTES = [
     ("PUT", "/os-services/freeze", {"host": "somewhere"}),
     ("POST", "/qos-specs", {"qos_specs": {"name": "media-qos"}}),
     ("POST", "/types/{vtype}/encryption", {"encryption": {"provider": "luks", "control_location": "front-end"}}),
+    ("POST", "/group_types", {"group_type": {"name": "media-gtype"}}),
+    ("PUT", "/group_types/{gtype}", {"group_type": {"description": "d"}}),
+    ("POST", "/group_types/{gtype}/group_specs", {"group_specs": {"k": "v"}}),
+    ("POST", "/groups", {"group": {"group_type": "{gtype}", "volume_types": ["{vtype}"]}}),
+    ("PUT", "/groups/{group}", {"group": {"name": "renamed"}}),
+    ("POST", "/groups/{group}/action", {"reset_status": {"status": "error"}}),
+    ("POST", "/groups/action", {"create-from-src": {"source_group_id": "{group}"}}),
+    ("POST", "/group_snapshots", {"group_snapshot": {"group_id": "{group}"}}),
 ]
 
 

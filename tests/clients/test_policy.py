@@ -94,6 +94,19 @@ class Api:
         vid = self.volume()
         return self.ok("POST", "/os-volume-transfer", {"transfer": {"volume_id": vid}})["transfer"]["id"]
 
+    def group_type(self):
+        name = f"gt-{uuid.uuid4().hex[:8]}"
+        body = {"group_type": {"name": name, "group_specs": {"a": "b"}}}
+        return self.ok("POST", "/group_types", body, version="3.11")["group_type"]["id"]
+
+    def group(self, group_type):
+        body = {"group": {"group_type": group_type, "volume_types": ["__DEFAULT__"], "name": "p"}}
+        return self.ok("POST", "/groups", body, version="3.13")["group"]["id"]
+
+    def group_snapshot(self, group):
+        body = {"group_snapshot": {"group_id": group, "name": "p"}}
+        return self.ok("POST", "/group_snapshots", body, version="3.14")["group_snapshot"]["id"]
+
     def message(self):
         """A real user message: a clone whose source file vanished fails."""
         src = self.volume()
@@ -124,7 +137,10 @@ def shared(api):
     vid = api.volume(metadata={"k": "v"})
     ids = {"vol": vid, "snap": api.snapshot(vid), "type": api.volume_type(extra_specs={"a": "b"}),
            "att": api.attachment(), "msg": api.message(), "err": api.volume(status="error"),
-           "proj": P1, "cls": "default", "new": str(uuid.uuid4()), "xfer": api.transfer()}
+           "proj": P1, "cls": "default", "new": str(uuid.uuid4()), "xfer": api.transfer(),
+           "gtype": api.group_type()}
+    ids["grp"] = api.group(ids["gtype"])
+    ids["gsnap"] = api.group_snapshot(ids["grp"])
     return ids
 
 
@@ -242,6 +258,32 @@ ROUTES = [
     ("GET", "/volume-transfers/{xfer}", READER, True, None, "3.55", None),
     ("DELETE", "/volume-transfers/{xfer}", MEMBER, True, None, "3.55", "xfer"),
     ("POST", "/volume-transfers/{xfer}/accept", MEMBER, False, PROBE, "3.55", None),
+    ("GET", "/group_types", ANYONE, False, None, "3.11", None),
+    ("POST", "/group_types", ADMIN, False, PROBE, "3.11", None),
+    ("GET", "/group_types/default", ANYONE, False, None, "3.11", None),
+    ("GET", "/group_types/{gtype}", ANYONE, False, None, "3.11", None),
+    ("PUT", "/group_types/{gtype}", ADMIN, False, PROBE, "3.11", None),
+    ("DELETE", "/group_types/{gtype}", ADMIN, False, None, "3.11", "gtype"),
+    ("GET", "/group_types/{gtype}/group_specs", ADMIN, False, None, "3.11", None),
+    ("POST", "/group_types/{gtype}/group_specs", ADMIN, False, PROBE, "3.11", None),
+    ("GET", "/group_types/{gtype}/group_specs/a", ADMIN, False, None, "3.11", None),
+    ("PUT", "/group_types/{gtype}/group_specs/a", ADMIN, False, PROBE, "3.11", None),
+    ("DELETE", "/group_types/{gtype}/group_specs/absent", ADMIN, False, None, "3.11", None),
+    ("GET", "/groups", READER, False, None, "3.13", None),
+    ("POST", "/groups", MEMBER, False, PROBE, "3.13", None),
+    ("GET", "/groups/detail", READER, False, None, "3.13", None),
+    ("POST", "/groups/action", MEMBER, False, PROBE, "3.14", None),
+    ("GET", "/groups/{grp}", READER, True, None, "3.13", None),
+    ("PUT", "/groups/{grp}", MEMBER, True, PROBE, "3.13", None),
+    ("POST", "/groups/{grp}/action", MEMBER, True, {"delete": {"delete-volumes": True}}, "3.13", "grp"),
+    ("POST", "/groups/{grp}/action", ADMIN, True, {"reset_status": {"status": "available"}}, "3.20", None),
+    ("GET", "/group_snapshots", READER, False, None, "3.14", None),
+    ("POST", "/group_snapshots", MEMBER, False, PROBE, "3.14", None),
+    ("GET", "/group_snapshots/detail", READER, False, None, "3.14", None),
+    ("GET", "/group_snapshots/{gsnap}", READER, True, None, "3.14", None),
+    ("DELETE", "/group_snapshots/{gsnap}", MEMBER, True, None, "3.14", "gsnap"),
+    ("POST", "/group_snapshots/{gsnap}/action", ADMIN, True, {"reset_status": {"status": "available"}}, "3.19",
+     None),
     ("GET", "/backups", READER, False, None, "3.0", None),
     ("POST", "/backups", MEMBER, False, PROBE, "3.0", None),
     ("GET", "/backups/detail", READER, False, None, "3.0", None),
@@ -301,7 +343,8 @@ def outcome(r, owned_ids):
 
 def fresh(api, kind, shared):
     return {"vol": api.volume, "snap": lambda: api.snapshot(shared["vol"]), "type": api.volume_type,
-            "att": api.attachment, "msg": api.message, "xfer": api.transfer}[kind]()
+            "att": api.attachment, "msg": api.message, "xfer": api.transfer, "gtype": api.group_type,
+            "grp": lambda: api.group(shared["gtype"]), "gsnap": lambda: api.group_snapshot(shared["grp"])}[kind]()
 
 
 def table_routes():
@@ -326,7 +369,7 @@ def test_every_route_of_the_table_is_walked():
 @pytest.mark.parametrize("method,path,level,owned,body,version,kind", ROUTES,
                          ids=[f"{r[0]} {r[1]} {next(iter(r[4] or {'': 0}))}" for r in ROUTES])
 def test_route_policy_matches_cinder_defaults(api, shared, method, path, level, owned, body, version, kind):
-    owned_ids = [shared[k] for k in ("vol", "snap", "att", "msg", "xfer")]
+    owned_ids = [shared[k] for k in ("vol", "snap", "att", "msg", "xfer", "grp", "gsnap")]
     got = {}
     for who in TOKENS:
         ids = dict(shared)

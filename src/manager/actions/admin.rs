@@ -48,6 +48,9 @@ impl Manager {
             // An admin override ends any unfinished work on the volume: a job still
             // waiting for its locks does not run, and a restart does not resume one.
             tx.cancel_jobs_of(id, "cancelled by os-reset_status")?;
+            if let Some(group) = &v.group_id {
+                crate::manager::groups::settle_group(tx, group)?;
+            }
             Ok(ActionOutcome::Done)
         })
     }
@@ -72,10 +75,11 @@ impl Manager {
         if !matches!(v.status, VolumeStatus::Available | VolumeStatus::InUse)
             || !not_migrating(v.migration_status.as_ref())
             || !snapshots.is_empty()
+            || v.group_id.is_some()
         {
             return Err(invalid(format!(
-                "Invalid volume: Volume {id} must be available or in-use, not migrating and without snapshots to \
-                 migrate (status {}, {} snapshots).",
+                "Invalid volume: Volume {id} must be available or in-use, not migrating, in no group and without \
+                 snapshots to migrate (status {}, {} snapshots).",
                 v.status,
                 snapshots.len()
             )));

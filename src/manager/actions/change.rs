@@ -129,6 +129,13 @@ impl Manager {
             if target.id == v.volume_type_id {
                 return Err(invalid("Invalid input received: Retype requires a different volume type."));
             }
+            // Cinder's conditional update expects no group: a member's type is
+            // one the group allows, and must stay so.
+            if let Some(group) = &v.group_id {
+                return Err(invalid(format!(
+                    "Invalid volume: Volume {id} is part of group {group}; retype needs it out of the group."
+                )));
+            }
             if target.multiattach() != v.multiattach && v.status != VolumeStatus::Available {
                 return Err(invalid(
                     "Invalid volume: Retyping to or from a multiattach type is only possible while the volume is available.",

@@ -3,6 +3,7 @@
 //! resumes and lock rules on the simulated pool are in `jobs.rs`.
 
 mod exports;
+mod groups;
 mod jobs;
 mod sim;
 
