@@ -174,6 +174,21 @@ impl Manager {
     }
 }
 
+/// A managed snapshot needs its volume as a new one does (Cinder's
+/// create_snapshot_in_db with force): available or in-use, not migrating.
+fn can_take_snapshot(v: &crate::model::Volume) -> Result<()> {
+    if !matches!(v.status, VolumeStatus::Available | VolumeStatus::InUse) {
+        return Err(ManagerError::Invalid(format!(
+            "Invalid volume: Volume {} status must be available or in-use, but current status is: {}.",
+            v.id, v.status
+        )));
+    }
+    if !not_migrating(v.migration_status.as_ref()) {
+        return Err(ManagerError::Invalid(format!("Invalid volume: Volume {} is migrating.", v.id)));
+    }
+    Ok(())
+}
+
 /// A snapshot in the pool, as GET manageable_snapshots lists it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ManageableSnapshot {
@@ -240,7 +255,9 @@ impl Manager {
     /// POST os-snapshot-manage / manageable_snapshots: a snapshot record in
     /// `creating`, and a job that renames and tags the pool's object.
     pub fn manage_snapshot(self: &std::sync::Arc<Self>, caller: &Caller, req: ManageSnapshot) -> Result<Snapshot> {
+        // The volume first, as Cinder checks it before the backend sees the ref.
         let volume = self.store.read(|tx| self.visible(tx, caller, &req.volume_id))?;
+        can_take_snapshot(&volume)?;
         let candidate =
             self.manageable_snapshots()?.into_iter().find(|m| m.name == req.source_name).ok_or_else(|| {
                 ManagerError::NotFound(format!(
@@ -275,15 +292,7 @@ impl Manager {
         super::check_metadata_limits("Metadata of the new snapshot", &req.metadata)?;
         let (snapshot, job) = self.store.write(|tx| {
             let v = self.visible(tx, caller, &req.volume_id)?;
-            if !matches!(v.status, VolumeStatus::Available | VolumeStatus::InUse) {
-                return Err(ManagerError::Invalid(format!(
-                    "Invalid volume: Volume {} status must be available or in-use, but current status is: {}.",
-                    v.id, v.status
-                )));
-            }
-            if !not_migrating(v.migration_status.as_ref()) {
-                return Err(ManagerError::Invalid(format!("Invalid volume: Volume {} is migrating.", v.id)));
-            }
+            can_take_snapshot(&v)?;
             if tx.snapshots(None, None)?.iter().any(|k| self.pool.snapshot_name(&k.id) == req.source_name) {
                 return Err(ManagerError::Invalid(format!(
                     "Manage existing snapshot failed: '{}' is not safe to manage: already managed.",
