@@ -88,6 +88,14 @@ impl TestVg {
         .unwrap()
     }
 
+    /// The LV's tags, as `lvs` reports them.
+    fn lv_tags(&self, lv: &str) -> Vec<String> {
+        let out = self.lvm(&["lvs", "--reportformat", "json", "-o", "lv_tags", &format!("{}/{lv}", self.name)]);
+        let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let tags = doc["report"][0]["lv"][0]["lv_tags"].as_str().unwrap().to_string();
+        tags.split(',').filter(|t| !t.is_empty()).map(str::to_string).collect()
+    }
+
     fn lv_names(&self) -> Vec<String> {
         let out = self.lvm(&["lvs", "--reportformat", "json", "-o", "lv_name", &self.name]);
         let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -245,6 +253,61 @@ fn api_scenario(lvm_type: LvmType, tag: &str) {
     assert_eq!(code, 202, "{body}");
     agent.wait_status("volumes", &id, "available");
     assert_eq!(read(&dev, 1 << 20, 9), b"api bytes");
+
+    // Snapshot unmanage: the LV stays as snap-<id>, without ember's tags, and is
+    // listed by manageable_snapshots with its origin; a foreign name is managed
+    // back (renamed snap-<new id> and tagged), refused for another volume.
+    let (code, body) =
+        agent.call("POST", &format!("/snapshots/{snap}/action"), Some(json!({"os-unmanage": null})), None);
+    assert_eq!(code, 202, "{body}");
+    agent.wait_status("snapshots", &snap, "gone");
+    assert!(vg.lv_names().contains(&format!("snap-{snap}")));
+    assert!(vg.lv_tags(&format!("snap-{snap}")).is_empty(), "{:?}", vg.lv_tags(&format!("snap-{snap}")));
+    let quoted_host = host.replace('#', "%23");
+    let (code, list) =
+        agent.call("GET", &format!("/manageable_snapshots/detail?host={quoted_host}"), None, Some("3.8"));
+    assert_eq!(code, 200, "{list}");
+    let entry = list["manageable-snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["reference"]["source-name"] == format!("snap-{snap}"))
+        .unwrap_or_else(|| panic!("not listed: {list}"))
+        .clone();
+    assert_eq!(entry["safe_to_manage"], true, "{entry}");
+    assert_eq!(entry["source_reference"]["source-name"], format!("volume-{id}"), "{entry}");
+    vg.lvm(&["lvrename", &vg.name, &format!("snap-{snap}"), "foreign-snap"]);
+    let (code, body) = agent.call("POST", "/volumes", Some(json!({"volume": {"size": 2}})), None);
+    assert_eq!(code, 202, "{body}");
+    let other = body["volume"]["id"].as_str().unwrap().to_string();
+    agent.wait_status("volumes", &other, "available");
+    let manage = |volume: &str| json!({"snapshot": {"volume_id": volume, "ref": {"source-name": "foreign-snap"}, "name": "back"}});
+    let (code, body) = agent.call("POST", "/manageable_snapshots", Some(manage(&other)), Some("3.8"));
+    assert_eq!(code, 400, "{body}");
+    assert!(body["badRequest"]["message"].as_str().unwrap().contains("is a snapshot of"), "{body}");
+    let (code, body) = agent.call("POST", "/manageable_snapshots", Some(manage(&id)), Some("3.8"));
+    assert_eq!(code, 202, "{body}");
+    let snap = body["snapshot"]["id"].as_str().unwrap().to_string();
+    agent.wait_status("snapshots", &snap, "available");
+    let names = vg.lv_names();
+    assert!(names.contains(&format!("snap-{snap}")) && !names.contains(&"foreign-snap".to_string()), "{names:?}");
+    let mut tags = vg.lv_tags(&format!("snap-{snap}"));
+    tags.sort();
+    assert_eq!(tags, ["ember".to_string(), format!("ember.snapshot={snap}")]);
+    write(&dev, 1 << 20, b"YYY YYYYY");
+    let (code, body) = agent.call(
+        "POST",
+        &format!("/volumes/{id}/action"),
+        Some(json!({"revert": {"snapshot_id": snap}})),
+        Some("3.40"),
+    );
+    assert_eq!(code, 202, "{body}");
+    agent.wait_status("volumes", &id, "available");
+    assert_eq!(read(&dev, 1 << 20, 9), b"api bytes", "the managed snapshot holds the bytes");
+    let (code, body) = agent.call("DELETE", &format!("/volumes/{other}"), None, None);
+    assert_eq!(code, 202, "{body}");
+    agent.wait_status("volumes", &other, "gone");
+
     // Bad input never reaches the pool (the full sweep runs on the host tier).
     let lvs_before = vg.lv_names();
     for (body, version, want) in [

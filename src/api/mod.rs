@@ -157,6 +157,8 @@ const COLLECTIONS: &[&str] = &[
     "types",
     "manageable_volumes",
     "os-volume-manage",
+    "manageable_snapshots",
+    "os-snapshot-manage",
     "scheduler-stats",
     "messages",
     "attachments",

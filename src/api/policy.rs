@@ -147,6 +147,13 @@ pub const ROUTES: &[Route] = routes![
     GET ["manageable_volumes", "detail"] "volume_extension:list_manageable" Admin C, V3;
     POST ["os-volume-manage"] "volume_extension:volume_manage" Admin C, V3;
     GET ["os-volume-manage", "detail"] "volume_extension:list_manageable" Admin C, V3;
+    // As manageable_volumes, at every microversion (README).
+    GET ["manageable_snapshots"] "snapshot_extension:list_manageable" Admin C, V3;
+    POST ["manageable_snapshots"] "snapshot_extension:snapshot_manage" Admin C, V3;
+    GET ["manageable_snapshots", "detail"] "snapshot_extension:list_manageable" Admin C, V3;
+    GET ["os-snapshot-manage"] "snapshot_extension:list_manageable" Admin C, V3;
+    POST ["os-snapshot-manage"] "snapshot_extension:snapshot_manage" Admin C, V3;
+    GET ["os-snapshot-manage", "detail"] "snapshot_extension:list_manageable" Admin C, V3;
     GET ["scheduler-stats", "get_pools"] "scheduler_extension:scheduler_stats:get_pools" Admin C, V3;
     GET ["messages"] "message:get_all" Reader C, (3, 3);
     GET ["messages", "*"] "message:get" Reader M(1), (3, 3);

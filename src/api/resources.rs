@@ -16,7 +16,7 @@ use super::schema::{
 use super::views::{self, ViewContext};
 use super::{Reply, Req, bad_method};
 use crate::manager::{
-    ActionOutcome, CreateSnapshot, CreateVolume, ManageVolume, Manager, MetadataChange, UpdateVolume,
+    ActionOutcome, CreateSnapshot, CreateVolume, ManageSnapshot, ManageVolume, Manager, MetadataChange, UpdateVolume,
 };
 use crate::model::{DEFAULT_TYPE_NAME, SnapshotStatus, Volume};
 
@@ -107,6 +107,17 @@ pub fn route(m: &std::sync::Arc<Manager>, req: &Req, path: &[&str]) -> Result<Re
         ["manageable_volumes"] | ["manageable_volumes", "detail"] => match (method, path.len()) {
             (&Method::GET, n) => list_manageable(m, req, n == 2),
             (&Method::POST, 1) => manage_volume(m, req),
+            _ => Err(bad_method()),
+        },
+        // As manageable_volumes: every microversion (README, "Differences").
+        ["manageable_snapshots"] | ["manageable_snapshots", "detail"] => match (method, path.len()) {
+            (&Method::GET, n) => list_manageable_snapshots(m, req, n == 2),
+            (&Method::POST, 1) => manage_snapshot(m, req),
+            _ => Err(bad_method()),
+        },
+        ["os-snapshot-manage"] | ["os-snapshot-manage", "detail"] => match (method, path.len()) {
+            (&Method::GET, n) => list_manageable_snapshots(m, req, n == 2),
+            (&Method::POST, 1) => manage_snapshot(m, req),
             _ => Err(bad_method()),
         },
         ["os-volume-manage"] => only(method, Method::POST, || manage_volume(m, req)),
@@ -736,6 +747,83 @@ fn manage_volume(m: &std::sync::Arc<Manager>, req: &Req) -> Result<Reply> {
     Ok(Reply::accepted(Some(json!({"volume": views::volume_created(&ctx.view(), &volume)}))))
 }
 
+/// `host` is required, as Cinder's get_cluster_host asks (`cluster` names no
+/// cluster here: ember is one backend); a host that is not this agent's is 404.
+fn list_manageable_snapshots(m: &Manager, req: &Req, detail: bool) -> Result<Reply> {
+    let host = match (req.param("host"), req.param("cluster")) {
+        (Some(host), None) => host,
+        (None, Some(_)) => {
+            return Err(ApiError::bad_request("Invalid input received: this agent is not in a cluster; give host."));
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "Invalid input received: One and only one of cluster and host must be set.",
+            ));
+        }
+    };
+    if !m.serves_host(host) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("Service {host} could not be found.")));
+    }
+    let all = m.manageable_snapshots()?;
+    let (page, _, _) = paginate(
+        req,
+        all,
+        |x| x.name.clone(),
+        |x, k| {
+            Some(match k {
+                "size" => format!("{:020}", x.size_gib),
+                "reference" => x.name.clone(),
+                _ => return None,
+            })
+        },
+        &["size", "reference"],
+        ("reference", false),
+    )?;
+    let items: Vec<Value> = page.iter().map(|x| views::manageable_snapshot(x, detail)).collect();
+    Ok(Reply::ok(json!({"manageable-snapshots": items})))
+}
+
+/// Cinder's schema (schemas/snapshot_manage.py): `volume_id` and `ref` required,
+/// `name`, `description`, `metadata` optional and nullable, nothing else. `ref`
+/// names the pool's object by `source-name` (a string alone is taken as one, as
+/// the LVM driver does) or by `source-id` (ember's snapshot id of a snapshot
+/// unmanaged before: its name in the pool).
+fn manage_snapshot(m: &std::sync::Arc<Manager>, req: &Req) -> Result<Reply> {
+    let body = req.json()?;
+    let s = envelope(&body, "snapshot", &[])?;
+    closed("snapshot", s, &["volume_id", "ref", "name", "description", "metadata"])?;
+    let volume_id = uuid_like("volume_id", required("snapshot", s, "volume_id")?)?;
+    let reference = required("snapshot", s, "ref")?;
+    let source_name = match reference {
+        Value::String(_) => string("ref", reference, 1, 255)?,
+        Value::Object(o) => match (o.get("source-name"), o.get("source-id")) {
+            (Some(n), _) => string("source-name", n, 1, 255)?,
+            (None, Some(id)) => m.snapshot_name(&uuid_like("source-id", id)?),
+            (None, None) => {
+                return Err(field_error("ref", reference, "'source-name' or 'source-id' is required"));
+            }
+        },
+        Value::Null => {
+            return Err(ApiError::bad_request(
+                "Manage existing snapshot failed due to invalid backend reference None: a source-name is required.",
+            ));
+        }
+        other => return Err(field_error("ref", other, "is not of type 'object', 'null', 'string'")),
+    };
+    let opt = |key: &str| -> Result<Option<String>> {
+        s.get(key).map(|x| schema::nullable_string(key, x, 0, 255)).transpose().map(Option::flatten)
+    };
+    let metadata = match s.get("metadata") {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(_) => optional_metadata(s, "metadata")?,
+    };
+    let snapshot = m.manage_snapshot(
+        &req.caller(),
+        ManageSnapshot { volume_id, source_name, name: opt("name")?, description: opt("description")?, metadata },
+    )?;
+    Ok(Reply::accepted(Some(json!({"snapshot": views::snapshot_managed(&snapshot)}))))
+}
+
 // ---- snapshots -----------------------------------------------------------------
 
 fn list_snapshots(m: &Manager, req: &Req, detail: bool) -> Result<Reply> {
@@ -866,6 +954,12 @@ fn snapshot_action(m: &std::sync::Arc<Manager>, req: &Req, id: &str, project: &s
                 .map_err(|_| ApiError::bad_request(format!("Invalid input received: Invalid status '{status}'")))?;
             req.ctx.require_admin("volume_extension:snapshot_admin_actions:reset_status")?;
             m.reset_snapshot_status(&caller, id, status)?;
+            Ok(Reply::empty(StatusCode::ACCEPTED))
+        }
+        // Cinder's schema (snapshot_manage.unmanage) takes any value, null included.
+        "os-unmanage" => {
+            req.ctx.require_admin("snapshot_extension:snapshot_unmanage")?;
+            m.unmanage_snapshot(&caller, id)?;
             Ok(Reply::empty(StatusCode::ACCEPTED))
         }
         "os-force_delete" => {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Value, json};
 
 use super::microversion::Version;
-use crate::manager::{ManageableVolume, PoolStats, Settings};
+use crate::manager::{ManageableSnapshot, ManageableVolume, PoolStats, Settings};
 use crate::model::{AttachStatus, Snapshot, Volume, VolumeType};
 
 /// What a view needs besides the record.
@@ -170,6 +170,13 @@ pub fn snapshot_summary(s: &Snapshot) -> Value {
     })
 }
 
+/// What snapshot manage answers: Cinder's contrib snapshot view builder, which
+/// carries none of the snapshots controller's extensions nor later
+/// microversions' fields (tempest's `manage_snapshot` schema is closed).
+pub fn snapshot_managed(s: &Snapshot) -> Value {
+    snapshot_summary(s)
+}
+
 /// The extra specs Cinder shows callers who may not read them all
 /// (`volume_extension:types_extra_specs:read_sensitive`, admin by default).
 pub const USER_VISIBLE_EXTRA_SPECS: &[&str] = &["RESKEY:availability_zones", "multiattach", "replication_enabled"];
@@ -216,6 +223,23 @@ pub fn manageable(m: &ManageableVolume, detail: bool) -> Value {
         "reference": {"source-name": m.name},
         "size": m.size_gib,
         "safe_to_manage": m.safe_to_manage,
+    });
+    if detail {
+        out["reason_not_safe"] = json!(m.reason_not_safe);
+        out["cinder_id"] = json!(m.cinder_id);
+        out["extra_info"] = Value::Null;
+    }
+    out
+}
+
+/// One entry of `GET manageable_snapshots[/detail]` (Cinder's
+/// views/manageable_snapshots.py).
+pub fn manageable_snapshot(m: &ManageableSnapshot, detail: bool) -> Value {
+    let mut out = json!({
+        "reference": {"source-name": m.name},
+        "size": m.size_gib,
+        "safe_to_manage": m.safe_to_manage,
+        "source_reference": m.source_name.as_ref().map(|name| json!({"source-name": name})),
     });
     if detail {
         out["reason_not_safe"] = json!(m.reason_not_safe);

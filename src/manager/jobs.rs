@@ -57,6 +57,12 @@ enum Step {
         source_name: String,
     },
     Unmanage(String),
+    ManageSnapshot {
+        snapshot: String,
+        volume: String,
+        source_name: String,
+    },
+    UnmanageSnapshot(String),
     /// The volume's target configuration made to match the store (exports.rs).
     ReconcileExport(String),
     /// The volume's export taken down, still wanted (rebuilt by a reconcile).
@@ -90,6 +96,11 @@ fn steps(spec: &JobSpec) -> Vec<Step> {
         JobSpec::ManageVolume { volume, source_name } => vec![Step::Manage { volume, source_name }],
         // The volume stays where it is, under its name, for manage to find.
         JobSpec::UnmanageVolume { volume } => vec![Step::ReconcileExport(volume.clone()), Step::Unmanage(volume)],
+        JobSpec::ManageSnapshot { snapshot, volume, source_name } => {
+            vec![Step::ManageSnapshot { snapshot, volume, source_name }]
+        }
+        // The snapshot stays where it is, under its name, for manage to find.
+        JobSpec::UnmanageSnapshot { snapshot, .. } => vec![Step::UnmanageSnapshot(snapshot)],
         // Same pool, different type: nothing on the device changes (spec §3.12).
         JobSpec::RetypeVolume { .. } => vec![],
         JobSpec::ExportVolume { volume, .. } | JobSpec::ReconcileExport { volume } => {
@@ -134,6 +145,10 @@ impl Step {
             Step::CreateSnapshot { snapshot, volume } => pool.create_snapshot(snapshot, volume).map(drop)?,
             Step::Manage { volume, source_name } => pool.manage_existing(source_name, volume).map(drop)?,
             Step::Unmanage(volume) => pool.unmanage(volume)?,
+            Step::ManageSnapshot { snapshot, volume, source_name } => {
+                pool.manage_existing_snapshot(source_name, snapshot, volume).map(drop)?
+            }
+            Step::UnmanageSnapshot(snapshot) => pool.unmanage_snapshot(snapshot)?,
             Step::ReconcileExport(volume) => m.reconcile_volume(volume)?,
             Step::SuspendExport(volume) => m.suspend_export(volume)?,
             Step::RefreshExport(volume) => m.refresh_export(volume)?,
@@ -151,6 +166,10 @@ impl Step {
             Step::CreateSnapshot { snapshot, .. } => format!("create snapshot {snapshot}"),
             Step::Manage { volume, source_name } => format!("manage {source_name} as volume {volume}"),
             Step::Unmanage(v) => format!("unmanage volume {v}"),
+            Step::ManageSnapshot { snapshot, source_name, .. } => {
+                format!("manage {source_name} as snapshot {snapshot}")
+            }
+            Step::UnmanageSnapshot(s) => format!("unmanage snapshot {s}"),
             Step::ReconcileExport(v) => format!("reconcile the export of volume {v}"),
             Step::SuspendExport(v) => format!("suspend the export of volume {v}"),
             Step::RefreshExport(v) => format!("show volume {v}'s new size through its export"),
@@ -504,6 +523,16 @@ fn finish(tx: &Tx, spec: &JobSpec, ok: bool) -> Result<(), StoreError> {
         JobSpec::UnmanageVolume { volume } => match volume_in(volume, VolumeStatus::Unmanaging)? {
             Some(_) if ok => tx.delete_volume(volume),
             _ => settle(volume, VolumeStatus::Unmanaging, &|v| v.status = VolumeStatus::ErrorUnmanaging),
+        },
+        // Cinder: a failed manage leaves the snapshot in `error`, a failed unmanage
+        // (a delete that keeps the bytes) in `error_deleting`.
+        JobSpec::ManageSnapshot { snapshot, .. } => {
+            let status = if ok { SnapshotStatus::Available } else { SnapshotStatus::Error };
+            settle_snapshot(snapshot, SnapshotStatus::Creating, status)
+        }
+        JobSpec::UnmanageSnapshot { snapshot, .. } => match tx.snapshot(snapshot)? {
+            Some(s) if ok && s.status == SnapshotStatus::Unmanaging => tx.delete_snapshot(&s.id),
+            _ => settle_snapshot(snapshot, SnapshotStatus::Unmanaging, SnapshotStatus::ErrorDeleting),
         },
         JobSpec::RetypeVolume { volume, new_type } => settle(volume, VolumeStatus::Retyping, &|v| {
             if ok {

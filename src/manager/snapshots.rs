@@ -246,3 +246,194 @@ impl Manager {
         })
     }
 }
+
+/// A managed snapshot needs its volume as a new one does (Cinder's
+/// create_snapshot_in_db with force): available or in-use, not migrating.
+fn can_take_snapshot(v: &crate::model::Volume) -> Result<()> {
+    if !matches!(v.status, VolumeStatus::Available | VolumeStatus::InUse) {
+        return Err(ManagerError::Invalid(format!(
+            "Invalid volume: Volume {} status must be available or in-use, but current status is: {}.",
+            v.id, v.status
+        )));
+    }
+    if !not_migrating(v.migration_status.as_ref()) {
+        return Err(ManagerError::Invalid(format!("Invalid volume: Volume {} is migrating.", v.id)));
+    }
+    Ok(())
+}
+
+/// A snapshot in the pool, as GET manageable_snapshots lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManageableSnapshot {
+    pub name: String,
+    pub size_gib: u64,
+    pub safe_to_manage: bool,
+    pub reason_not_safe: Option<String>,
+    pub cinder_id: Option<String>,
+    /// The origin volume's name in the pool, where the backend records it.
+    pub source_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ManageSnapshot {
+    pub volume_id: String,
+    pub source_name: String,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Manager {
+    /// Whether `host` names this agent (`host`, `host@backend` or `host@backend#pool`).
+    pub fn serves_host(&self, host: &str) -> bool {
+        let ours = &self.settings.host;
+        let without_pool = ours.split('#').next().unwrap_or(ours);
+        let bare = without_pool.split('@').next().unwrap_or(without_pool);
+        host == ours || host == without_pool || host == bare
+    }
+
+    /// The pool's name of the snapshot with this id (what its unmanage leaves).
+    pub fn snapshot_name(&self, id: &str) -> String {
+        self.pool.snapshot_name(id)
+    }
+
+    /// The pool's snapshots, each marked safe to manage or not (Cinder's
+    /// get_manageable_snapshots).
+    pub fn manageable_snapshots(&self) -> Result<Vec<ManageableSnapshot>> {
+        let existing = self.pool.list_existing_snapshots()?;
+        let known = self.store.read(|tx| tx.snapshots(None, None))?;
+        Ok(existing
+            .into_iter()
+            .map(|s| {
+                let managed = known.iter().find(|k| self.pool.snapshot_name(&k.id) == s.name);
+                let reason = if managed.is_some() {
+                    Some("already managed".to_string())
+                } else if s.in_use {
+                    Some("snapshot in use".to_string())
+                } else {
+                    None
+                };
+                ManageableSnapshot {
+                    size_gib: s.size_bytes.div_ceil(crate::pool::GIB).max(1),
+                    cinder_id: managed.map(|k| k.id.clone()),
+                    safe_to_manage: reason.is_none(),
+                    reason_not_safe: reason,
+                    source_name: s.origin,
+                    name: s.name,
+                }
+            })
+            .collect())
+    }
+
+    /// POST os-snapshot-manage / manageable_snapshots: a snapshot record in
+    /// `creating`, and a job that renames and tags the pool's object.
+    pub fn manage_snapshot(self: &std::sync::Arc<Self>, caller: &Caller, req: ManageSnapshot) -> Result<Snapshot> {
+        // The volume first, as Cinder checks it before the backend sees the ref.
+        let volume = self.store.read(|tx| self.visible(tx, caller, &req.volume_id))?;
+        can_take_snapshot(&volume)?;
+        let candidate =
+            self.manageable_snapshots()?.into_iter().find(|m| m.name == req.source_name).ok_or_else(|| {
+                ManagerError::NotFound(format!(
+                    "Manage existing snapshot failed: '{}' not found in the pool.",
+                    req.source_name
+                ))
+            })?;
+        if let Some(reason) = &candidate.reason_not_safe {
+            return Err(ManagerError::Invalid(format!(
+                "Manage existing snapshot failed: '{}' is not safe to manage: {reason}.",
+                req.source_name
+            )));
+        }
+        let volume_name = self.pool.volume_name(&volume.id);
+        match &candidate.source_name {
+            Some(origin) if *origin != volume_name => {
+                return Err(ManagerError::Invalid(format!(
+                    "Manage existing snapshot failed: '{}' is a snapshot of '{origin}', not of volume {} ({volume_name}).",
+                    req.source_name, volume.id
+                )));
+            }
+            Some(_) => {}
+            // The pool records no origin (a file): it must hold the volume's bytes.
+            None if i64::try_from(candidate.size_gib).ok() != Some(volume.size) => {
+                return Err(ManagerError::Invalid(format!(
+                    "Manage existing snapshot failed: '{}' holds {} GiB but volume {} has {} GiB.",
+                    req.source_name, candidate.size_gib, volume.id, volume.size
+                )));
+            }
+            None => {}
+        }
+        super::check_metadata_limits("Metadata of the new snapshot", &req.metadata)?;
+        let (snapshot, job) = self.store.write(|tx| {
+            let v = self.visible(tx, caller, &req.volume_id)?;
+            can_take_snapshot(&v)?;
+            if tx.snapshots(None, None)?.iter().any(|k| self.pool.snapshot_name(&k.id) == req.source_name) {
+                return Err(ManagerError::Invalid(format!(
+                    "Manage existing snapshot failed: '{}' is not safe to manage: already managed.",
+                    req.source_name
+                )));
+            }
+            let type_name = super::quotas::type_name(tx, &v.volume_type_id)?;
+            let delta = super::quotas::QuotaDelta {
+                type_name: &type_name,
+                snapshots: 1,
+                gigabytes: v.size,
+                ..Default::default()
+            };
+            self.check_quota(tx, &v.project_id, &delta)?;
+            let snapshot = Snapshot {
+                id: uuid::Uuid::new_v4().to_string(),
+                volume_id: v.id.clone(),
+                project_id: v.project_id.clone(),
+                user_id: caller.user_id.clone(),
+                name: req.name.clone(),
+                description: req.description.clone(),
+                status: SnapshotStatus::Creating,
+                volume_size: v.size,
+                progress: "0%".to_string(),
+                volume_type_id: v.volume_type_id.clone(),
+                created_at: now(),
+                updated_at: None,
+                metadata: req.metadata.clone(),
+                group_snapshot_id: None,
+            };
+            tx.insert_snapshot(&snapshot)?;
+            let spec = JobSpec::ManageSnapshot {
+                snapshot: snapshot.id.clone(),
+                volume: v.id.clone(),
+                source_name: req.source_name.clone(),
+            };
+            let job = self.enqueue(tx, caller, &v.project_id, spec)?;
+            Ok::<_, ManagerError>((snapshot, job))
+        })?;
+        self.start(job);
+        Ok(snapshot)
+    }
+
+    /// Snapshot os-unmanage: as a delete (available or error), except that the
+    /// pool keeps the bytes under the snapshot's name, no longer marked ember's.
+    pub fn unmanage_snapshot(self: &std::sync::Arc<Self>, caller: &Caller, id: &str) -> Result<()> {
+        let job = self.store.write(|tx| {
+            // Unmanaging changes nothing on the backend: a frozen one allows it, as
+            // Cinder's delete with unmanage_only skips assert_not_frozen.
+            let old = self.visible_snapshot(tx, caller, id)?;
+            if !matches!(old.status, SnapshotStatus::Available | SnapshotStatus::Error) {
+                return Err(ManagerError::Invalid(format!(
+                    "Invalid snapshot: Snapshot {id} status must be available or error to unmanage, but it is {}.",
+                    old.status
+                )));
+            }
+            if old.group_snapshot_id.is_some() {
+                return Err(ManagerError::Invalid(format!(
+                    "Invalid snapshot: Snapshot {id} must not be part of a group."
+                )));
+            }
+            let mut new = old.clone();
+            new.status = SnapshotStatus::Unmanaging;
+            tx.update_snapshot(old.status, &new)?;
+            let spec = JobSpec::UnmanageSnapshot { snapshot: id.to_string(), volume: old.volume_id.clone() };
+            Ok::<_, ManagerError>(self.enqueue(tx, caller, &old.project_id, spec)?)
+        })?;
+        self.start(job);
+        Ok(())
+    }
+}

@@ -50,6 +50,16 @@ pub enum JobSpec {
     UnmanageVolume {
         volume: String,
     },
+    /// Takes the pool's snapshot `source_name` of `volume` over as `snapshot`.
+    ManageSnapshot {
+        snapshot: String,
+        volume: String,
+        source_name: String,
+    },
+    UnmanageSnapshot {
+        snapshot: String,
+        volume: String,
+    },
     /// Same pool, another type: the record changes, the bytes do not.
     RetypeVolume {
         volume: String,
@@ -96,6 +106,8 @@ impl JobSpec {
             JobSpec::DeleteSnapshot { .. } => "delete_snapshot",
             JobSpec::ManageVolume { .. } => "manage_volume",
             JobSpec::UnmanageVolume { .. } => "unmanage_volume",
+            JobSpec::ManageSnapshot { .. } => "manage_snapshot",
+            JobSpec::UnmanageSnapshot { .. } => "unmanage_snapshot",
             JobSpec::RetypeVolume { .. } => "retype_volume",
             JobSpec::ExportVolume { .. } => "export_volume",
             JobSpec::ReconcileExport { .. } => "reconcile_export",
@@ -111,6 +123,8 @@ impl JobSpec {
             | JobSpec::RevertVolume { volume, .. }
             | JobSpec::CreateSnapshot { volume, .. }
             | JobSpec::DeleteSnapshot { volume, .. }
+            | JobSpec::ManageSnapshot { volume, .. }
+            | JobSpec::UnmanageSnapshot { volume, .. }
             | JobSpec::ManageVolume { volume, .. }
             | JobSpec::UnmanageVolume { volume }
             | JobSpec::RetypeVolume { volume, .. }
@@ -124,7 +138,9 @@ impl JobSpec {
         match self {
             JobSpec::RevertVolume { snapshot, .. }
             | JobSpec::CreateSnapshot { snapshot, .. }
-            | JobSpec::DeleteSnapshot { snapshot, .. } => Some(snapshot),
+            | JobSpec::DeleteSnapshot { snapshot, .. }
+            | JobSpec::ManageSnapshot { snapshot, .. }
+            | JobSpec::UnmanageSnapshot { snapshot, .. } => Some(snapshot),
             _ => None,
         }
     }
@@ -151,7 +167,11 @@ impl JobSpec {
             JobSpec::RevertVolume { volume: v, snapshot: s } => vec![(volume(v), Write), (snapshot(s), Read)],
             // The snapshot is made from the volume's bytes, and removing a snapshot
             // touches its origin (LVM suspends it): both read the volume.
-            JobSpec::CreateSnapshot { snapshot: s, volume: v } | JobSpec::DeleteSnapshot { snapshot: s, volume: v } => {
+            // Renaming or retagging a snapshot LV touches its origin's metadata too.
+            JobSpec::CreateSnapshot { snapshot: s, volume: v }
+            | JobSpec::DeleteSnapshot { snapshot: s, volume: v }
+            | JobSpec::ManageSnapshot { snapshot: s, volume: v, .. }
+            | JobSpec::UnmanageSnapshot { snapshot: s, volume: v } => {
                 vec![(snapshot(s), Write), (volume(v), Read)]
             }
             JobSpec::ExtendVolume { volume: v, .. }
@@ -179,6 +199,8 @@ impl JobSpec {
             JobSpec::DeleteSnapshot { .. } => (MessageResource::Snapshot, A::SNAPSHOT_DELETE),
             JobSpec::ManageVolume { .. } => (MessageResource::Volume, A::MANAGE_VOLUME),
             JobSpec::UnmanageVolume { .. } => (MessageResource::Volume, A::UNMANAGE_VOLUME),
+            JobSpec::ManageSnapshot { .. } => (MessageResource::Snapshot, A::MANAGE_SNAPSHOT),
+            JobSpec::UnmanageSnapshot { .. } => (MessageResource::Snapshot, A::UNMANAGE_SNAPSHOT),
             JobSpec::RetypeVolume { .. } => (MessageResource::Volume, A::RETYPE_VOLUME),
             JobSpec::ExportVolume { .. } => (MessageResource::Volume, A::ATTACH_VOLUME),
             JobSpec::ReconcileExport { .. } => (MessageResource::Volume, A::DETACH_VOLUME),

@@ -70,6 +70,12 @@ impl MessageAction {
     pub const RETYPE_VOLUME: MessageAction =
         MessageAction { id: "104", text: "retype volume", detail: MessageDetail::UNKNOWN_ERROR };
     /// A job row that could not be decoded at start (a corrupt or foreign journal).
+    /// Cinder has no message action for snapshot manage or unmanage: ember's own,
+    /// numbered after its others.
+    pub const MANAGE_SNAPSHOT: MessageAction =
+        MessageAction { id: "107", text: "manage existing snapshot", detail: MessageDetail::UNKNOWN_ERROR };
+    pub const UNMANAGE_SNAPSHOT: MessageAction =
+        MessageAction { id: "108", text: "unmanage snapshot", detail: MessageDetail::UNKNOWN_ERROR };
     pub const RESUME_JOB: MessageAction =
         MessageAction { id: "105", text: "resume unfinished work", detail: MessageDetail::VOLUME_INVALID_STATE };
     pub const DETACH_VOLUME: MessageAction =

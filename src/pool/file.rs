@@ -12,7 +12,7 @@ use std::fs::{self, File};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::{Capacity, Created, GIB, Manageable, Pool, PoolError, Removed, Resized, Source};
+use super::{Capacity, Created, ExistingSnapshot, GIB, Manageable, Pool, PoolError, Removed, Resized, Source};
 use crate::blockdev::{blkid, copy, loopback};
 use crate::config::{FileConfig, VolumeClear};
 
@@ -138,6 +138,21 @@ impl FilePool {
         }
         Ok(self.volumes_dir.join(name))
     }
+
+    /// Plain files of `dir` (no `.partial` leftovers, no hidden files), sorted.
+    fn plain_files(dir: &Path) -> Result<Vec<(String, PathBuf, u64)>, PoolError> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(dir).map_err(|e| PoolError::io("list", dir, e))?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(meta) = entry.metadata() else { continue };
+            if !meta.is_file() || name.ends_with(PARTIAL) || name.starts_with('.') {
+                continue;
+            }
+            out.push((name, entry.path(), meta.len()));
+        }
+        out.sort();
+        Ok(out)
+    }
 }
 
 fn sync_dir(path: &Path) -> Result<(), PoolError> {
@@ -248,22 +263,14 @@ impl Pool for FilePool {
     }
 
     fn list_existing(&self) -> Result<Vec<Manageable>, PoolError> {
-        let mut out = Vec::new();
-        let entries = fs::read_dir(&self.volumes_dir).map_err(|e| PoolError::io("list", &self.volumes_dir, e))?;
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Ok(meta) = entry.metadata() else { continue };
-            if !meta.is_file() || name.ends_with(PARTIAL) || name.starts_with('.') {
-                continue;
-            }
-            out.push(Manageable {
-                in_use: !loopback::devices_backed_by(&entry.path()).is_empty(),
+        Ok(Self::plain_files(&self.volumes_dir)?
+            .into_iter()
+            .map(|(name, path, size_bytes)| Manageable {
+                in_use: !loopback::devices_backed_by(&path).is_empty(),
                 name,
-                size_bytes: meta.len(),
-            });
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+                size_bytes,
+            })
+            .collect())
     }
 
     fn attach_device(&self, id: &str) -> Result<PathBuf, PoolError> {
@@ -314,6 +321,55 @@ impl Pool for FilePool {
             set_size(&target, gib * GIB)?;
         }
         Ok(gib * GIB)
+    }
+
+    /// Every plain file of `snapshots/`. A file records no origin: the manage
+    /// request names the volume, and the file must hold exactly its bytes.
+    fn list_existing_snapshots(&self) -> Result<Vec<ExistingSnapshot>, PoolError> {
+        Ok(Self::plain_files(&self.snapshots_dir)?
+            .into_iter()
+            .map(|(name, path, size_bytes)| ExistingSnapshot {
+                in_use: !loopback::devices_backed_by(&path).is_empty(),
+                name,
+                size_bytes,
+                origin: None,
+            })
+            .collect())
+    }
+
+    fn snapshot_name(&self, id: &str) -> String {
+        format!("snapshot-{id}")
+    }
+
+    fn manage_existing_snapshot(&self, name: &str, new_id: &str, volume_id: &str) -> Result<u64, PoolError> {
+        let target = self.snapshot_path(new_id);
+        if name.is_empty() || name.contains('/') || name.starts_with('.') || name.ends_with(PARTIAL) {
+            return Err(PoolError::Refused(format!("'{name}' is not a file name in the pool")));
+        }
+        let source = self.snapshots_dir.join(name);
+        if !source.exists() && target.exists() {
+            // Renamed already by an earlier run of this job.
+            return file_size(&target);
+        }
+        let bytes = file_size(&source)?;
+        let volume_bytes = file_size(&self.volume_path(volume_id))?;
+        // A revert copies the snapshot over the volume byte for byte: only a file
+        // of the volume's size can be its snapshot.
+        if bytes != volume_bytes {
+            return Err(PoolError::Refused(format!(
+                "snapshot file {name} holds {bytes} bytes but volume {volume_id} has {volume_bytes}"
+            )));
+        }
+        if source != target {
+            fs::rename(&source, &target).map_err(|e| PoolError::io("rename", &source, e))?;
+            sync_dir(&target)?;
+        }
+        Ok(bytes)
+    }
+
+    fn unmanage_snapshot(&self, _id: &str) -> Result<(), PoolError> {
+        // As for volumes: a file carries no ownership mark.
+        Ok(())
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
-use super::{Capacity, Created, Manageable, Pool, PoolError, Removed, Resized, Source};
+use super::{Capacity, Created, ExistingSnapshot, Manageable, Pool, PoolError, Removed, Resized, Source};
 use crate::blockdev::{blkid, device};
 use crate::cmd::{self, CmdError};
 use crate::config::{LvmConfig, LvmType, VolumeClear};
@@ -543,6 +543,71 @@ impl Pool for LvmPool {
         let lv = volume_lv(id);
         if self.lv(&lv)?.is_some() {
             let tags = Self::owner_tags(&Tag::Volume(id.to_string()));
+            let full = self.full(&lv);
+            let mut args = vec!["lvchange"];
+            args.extend(tag_args("--deltag", &tags));
+            args.push(&full);
+            self.lvm(&args)?;
+        }
+        Ok(())
+    }
+
+    /// Snapshot LVs of the VG (thick COW snapshots and thin snapshots), each with
+    /// its origin, as `lvs` reports it.
+    fn list_existing_snapshots(&self) -> Result<Vec<ExistingSnapshot>, PoolError> {
+        Ok(self
+            .lvs()?
+            .into_iter()
+            .filter(|lv| lv.is_snapshot() && !lv.is_internal())
+            .map(|lv| ExistingSnapshot {
+                in_use: lv.is_open(),
+                size_bytes: lv.size,
+                origin: (!lv.origin.is_empty()).then(|| lv.origin.clone()),
+                name: lv.name,
+            })
+            .collect())
+    }
+
+    fn snapshot_name(&self, id: &str) -> String {
+        snapshot_lv(id)
+    }
+
+    /// Renames the LV to `snap-<id>` and tags it; refuses an LV that is not a
+    /// snapshot of the volume's LV. Each half is checked before it is done, so a
+    /// resumed job finds the rename (or both) done and finishes.
+    fn manage_existing_snapshot(&self, name: &str, new_id: &str, volume_id: &str) -> Result<u64, PoolError> {
+        let target = snapshot_lv(new_id);
+        let origin = volume_lv(volume_id);
+        let lv = match self.lv(&target)? {
+            Some(done) if name != target && self.lv(name)?.is_none() => done, // renamed by an earlier run
+            _ => self.lv(name)?.ok_or_else(|| PoolError::NotFound { what: self.full(name) })?,
+        };
+        if !lv.is_snapshot() || lv.origin != origin {
+            return Err(PoolError::Refused(format!(
+                "{}/{} is not a snapshot of {}/{origin} (its origin is '{}')",
+                self.vg, lv.name, self.vg, lv.origin
+            )));
+        }
+        if lv.name != target {
+            self.lvm(&["lvrename", &self.vg, &lv.name, &target])?;
+        }
+        let owner = Tag::Snapshot(new_id.to_string());
+        let missing: Vec<String> =
+            Self::owner_tags(&owner).into_iter().filter(|t| !lv.tags.iter().any(|have| have.text() == *t)).collect();
+        if !missing.is_empty() {
+            let full = self.full(&target);
+            let mut args = vec!["lvchange"];
+            args.extend(tag_args("--addtag", &missing));
+            args.push(&full);
+            self.lvm(&args)?;
+        }
+        Ok(lv.size)
+    }
+
+    fn unmanage_snapshot(&self, id: &str) -> Result<(), PoolError> {
+        let lv = snapshot_lv(id);
+        if self.lv(&lv)?.is_some() {
+            let tags = Self::owner_tags(&Tag::Snapshot(id.to_string()));
             let full = self.full(&lv);
             let mut args = vec!["lvchange"];
             args.extend(tag_args("--deltag", &tags));

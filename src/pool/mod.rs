@@ -94,6 +94,17 @@ pub struct Manageable {
     pub in_use: bool,
 }
 
+/// A snapshot in the pool, managed or not, and the volume it was taken of where
+/// the backend records that (an LVM snapshot's origin; a file has no such mark).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExistingSnapshot {
+    pub name: String,
+    pub size_bytes: u64,
+    /// The name of the origin volume in the pool, if the backend knows it.
+    pub origin: Option<String>,
+    pub in_use: bool,
+}
+
 pub trait Pool: Send + Sync {
     fn capacity(&self) -> Result<Capacity, PoolError>;
     /// Creates the volume of `size_gib` GiB from `source`.
@@ -121,4 +132,14 @@ pub trait Pool: Send + Sync {
     fn manage_existing(&self, name: &str, new_id: &str) -> Result<u64, PoolError>;
     /// Gives the volume up: it stays under `volume_name(id)`, no longer marked ember's.
     fn unmanage(&self, id: &str) -> Result<(), PoolError>;
+    /// Every snapshot in the pool, managed or not.
+    fn list_existing_snapshots(&self) -> Result<Vec<ExistingSnapshot>, PoolError>;
+    /// Name under which a snapshot with this id is kept (what unmanage leaves behind).
+    fn snapshot_name(&self, id: &str) -> String;
+    /// Takes the snapshot `name` of volume `volume_id` under management as
+    /// snapshot `new_id`; refuses one that is not of that volume. Returns its size
+    /// in bytes. A resumed job finds the rename done and gets the same answer.
+    fn manage_existing_snapshot(&self, name: &str, new_id: &str, volume_id: &str) -> Result<u64, PoolError>;
+    /// Gives the snapshot up: it stays under `snapshot_name(id)`, no longer ember's.
+    fn unmanage_snapshot(&self, id: &str) -> Result<(), PoolError>;
 }

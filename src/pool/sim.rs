@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::{Capacity, Created, GIB, Manageable, Pool, PoolError, Removed, Resized, Source};
+use super::{Capacity, Created, ExistingSnapshot, GIB, Manageable, Pool, PoolError, Removed, Resized, Source};
 
 /// The `Pool` methods, as faults and the call log name them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -30,6 +30,9 @@ pub enum Op {
     ListExisting,
     Manage,
     Unmanage,
+    ListExistingSnapshots,
+    ManageSnapshot,
+    UnmanageSnapshot,
 }
 
 /// What an injected fault does to the call it hits.
@@ -75,6 +78,10 @@ struct State {
     snapshots: BTreeMap<String, SimVolume>,
     /// Things in the pool that are no volume of ember's, by name.
     foreign: BTreeMap<String, SimVolume>,
+    /// Each snapshot's origin volume id (managed snapshots).
+    origins: BTreeMap<String, String>,
+    /// Snapshots in the pool that are no snapshot of ember's: name -> (bytes, origin name).
+    foreign_snapshots: BTreeMap<String, (SimVolume, String)>,
     attached: BTreeMap<String, PathBuf>,
     calls: HashMap<Op, usize>,
     /// (op, nth call or every call, fault)
@@ -98,6 +105,10 @@ impl Default for SimPool {
 
 fn volume_name(id: &str) -> String {
     format!("volume-{id}")
+}
+
+fn snapshot_name(id: &str) -> String {
+    format!("snapshot-{id}")
 }
 
 impl SimPool {
@@ -157,6 +168,13 @@ impl SimPool {
     /// Puts something that is not ember's into the pool, for manage to take.
     pub fn add_foreign(&self, name: &str, size: u64) {
         self.lock().foreign.insert(name.to_string(), SimVolume { size, bytes: Bytes::Data(0xf0) });
+    }
+
+    /// A snapshot nobody manages, named `name`, of the volume named `origin`.
+    pub fn add_foreign_snapshot(&self, name: &str, size: u64, origin: &str) {
+        self.lock()
+            .foreign_snapshots
+            .insert(name.to_string(), (SimVolume { size, bytes: Bytes::Data(0x5a) }, origin.to_string()));
     }
 
     pub fn calls(&self, op: Op) -> usize {
@@ -310,6 +328,7 @@ impl Pool for SimPool {
             let mut s = self.lock();
             let size = s.volumes.get(volume_id).map(|v| v.size).unwrap_or(0);
             s.snapshots.insert(snapshot_id.to_string(), SimVolume { size, bytes });
+            s.origins.insert(snapshot_id.to_string(), volume_id.to_string());
             Created::Created
         });
         self.leave(Op::CreateSnapshot, snapshot_id, after, result)
@@ -409,5 +428,67 @@ impl Pool for SimPool {
         }
         drop(s);
         self.leave(Op::Unmanage, id, after, Ok(()))
+    }
+
+    fn list_existing_snapshots(&self) -> Result<Vec<ExistingSnapshot>, PoolError> {
+        let after = self.enter(Op::ListExistingSnapshots, "")?;
+        let s = self.lock();
+        let mut out: Vec<ExistingSnapshot> = s
+            .snapshots
+            .iter()
+            .map(|(id, v)| ExistingSnapshot {
+                name: snapshot_name(id),
+                size_bytes: v.size,
+                origin: s.origins.get(id).map(|v| volume_name(v)),
+                in_use: false,
+            })
+            .chain(s.foreign_snapshots.iter().map(|(name, (v, origin))| ExistingSnapshot {
+                name: name.clone(),
+                size_bytes: v.size,
+                origin: Some(origin.clone()),
+                in_use: false,
+            }))
+            .collect();
+        drop(s);
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        self.leave(Op::ListExistingSnapshots, "", after, Ok(out))
+    }
+
+    fn snapshot_name(&self, id: &str) -> String {
+        snapshot_name(id)
+    }
+
+    fn manage_existing_snapshot(&self, name: &str, new_id: &str, volume_id: &str) -> Result<u64, PoolError> {
+        let after = self.enter(Op::ManageSnapshot, new_id)?;
+        let mut s = self.lock();
+        let result = match s.foreign_snapshots.get(name).cloned() {
+            Some((_, origin)) if origin != volume_name(volume_id) => {
+                Err(PoolError::Refused(format!("{name} is a snapshot of {origin}, not of volume {volume_id}")))
+            }
+            Some((v, _)) => {
+                s.foreign_snapshots.remove(name);
+                let size = v.size;
+                s.snapshots.insert(new_id.to_string(), v);
+                s.origins.insert(new_id.to_string(), volume_id.to_string());
+                Ok(size)
+            }
+            // Taken over by an earlier run of this job.
+            None => {
+                s.snapshots.get(new_id).map(|v| v.size).ok_or_else(|| PoolError::NotFound { what: name.to_string() })
+            }
+        };
+        drop(s);
+        self.leave(Op::ManageSnapshot, new_id, after, result)
+    }
+
+    fn unmanage_snapshot(&self, id: &str) -> Result<(), PoolError> {
+        let after = self.enter(Op::UnmanageSnapshot, id)?;
+        let mut s = self.lock();
+        if let Some(v) = s.snapshots.remove(id) {
+            let origin = s.origins.remove(id).map(|v| volume_name(&v)).unwrap_or_default();
+            s.foreign_snapshots.insert(snapshot_name(id), (v, origin));
+        }
+        drop(s);
+        self.leave(Op::UnmanageSnapshot, id, after, Ok(()))
     }
 }

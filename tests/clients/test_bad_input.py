@@ -206,7 +206,7 @@ class World:
 
     Keys usable in path/body templates: avail, snapped, err, attaching, attached,
     maint, ro, snapped_snap, err_snap, creating_snap, creating_snap_vol, vtype,
-    vtype_name, attachment, unknown.
+    vtype_name, attachment, host (the agent's host@backend#pool, quoted), unknown.
     """
 
     def __init__(self, agent):
@@ -217,7 +217,7 @@ class World:
               "err": "err", "err_snap": "err", "attaching": "attaching",
               "attached": "attached", "attachment": "attached", "maint": "maint",
               "ro": "ro", "creating_snap": "creating", "creating_snap_vol": "creating",
-              "vtype": "vtype", "vtype_name": "vtype", "gtype": "group", "group": "group"}
+              "vtype": "vtype", "vtype_name": "vtype", "gtype": "group", "group": "group", "host": "host"}
 
     def __getitem__(self, key):
         if key not in self.ids:
@@ -232,6 +232,11 @@ class World:
 
     def _vol(self, name):
         return self.agent.create_volume(1, name=f"bad-input-{name}")["id"]
+
+    def _build_host(self):
+        # for query strings: '#' would start the URL's fragment
+        host = self.agent.get_volume(self["avail"])["os-vol-host-attr:host"]
+        self.ids["host"] = host.replace("#", "%23")
 
     def _build_avail(self):
         self.ids["avail"] = self._vol("avail")
@@ -663,6 +668,9 @@ WRONG_METHODS = [
     ("PATCH", "/types/{vtype}"), ("DELETE", "/types/{vtype}/extra_specs"),
     ("PUT", "/types/{vtype}/extra_specs"), ("POST", "/types/default"),
     ("DELETE", "/manageable_volumes"), ("PUT", "/manageable_volumes"),
+    ("DELETE", "/manageable_snapshots"), ("PUT", "/manageable_snapshots"),
+    ("POST", "/manageable_snapshots/detail"), ("DELETE", "/os-snapshot-manage"),
+    ("POST", "/os-snapshot-manage/detail"),
     ("POST", "/os-quota-sets/" + PROJECT), ("PATCH", "/os-quota-sets/" + PROJECT),
     ("PUT", "/os-quota-sets/" + PROJECT + "/defaults"), ("DELETE", "/os-quota-class-sets/default"),
     ("POST", "/os-quota-class-sets/default"), ("POST", "/limits"), ("DELETE", "/limits"),
@@ -722,6 +730,9 @@ MEDIA_ROUTES = [
     ("POST", "/groups/{group}/action", {"reset_status": {"status": "error"}}),
     ("POST", "/groups/action", {"create-from-src": {"source_group_id": "{group}"}}),
     ("POST", "/group_snapshots", {"group_snapshot": {"group_id": "{group}"}}),
+    ("POST", "/os-snapshot-manage", {"snapshot": {"volume_id": "{avail}", "ref": {"source-name": "x"}}}),
+    ("POST", "/manageable_snapshots", {"snapshot": {"volume_id": "{avail}", "ref": {"source-name": "x"}}}),
+    ("POST", "/snapshots/{snapped_snap}/action", {"os-unmanage": None}),
 ]
 
 
@@ -1123,6 +1134,35 @@ MANAGE_BAD = [
                          "bogus": 1}),
 ]
 
+SNAP_MANAGE_OK = {"volume_id": "{avail}", "ref": {"source-name": "nosuch"}}
+SNAP_MANAGE_BAD = [
+    ("missing-snapshot", {}), ("snapshot-string", {"snapshot": "x"}), ("snapshot-null", {"snapshot": None}),
+    ("missing-volume_id", {"snapshot": {"ref": {"source-name": "x"}}}),
+    ("missing-ref", {"snapshot": {"volume_id": "{avail}"}}),
+    ("volume_id-int", {"snapshot": {**SNAP_MANAGE_OK, "volume_id": 1}}),
+    ("volume_id-not-uuid", {"snapshot": {**SNAP_MANAGE_OK, "volume_id": "not-a-uuid"}}),
+    ("ref-int", {"snapshot": {**SNAP_MANAGE_OK, "ref": 1}}),
+    ("ref-list", {"snapshot": {**SNAP_MANAGE_OK, "ref": ["x"]}}),
+    ("ref-null", {"snapshot": {**SNAP_MANAGE_OK, "ref": None}}),
+    ("ref-empty", {"snapshot": {**SNAP_MANAGE_OK, "ref": {}}}),
+    ("ref-source-name-int", {"snapshot": {**SNAP_MANAGE_OK, "ref": {"source-name": 1}}}),
+    ("ref-source-id-not-uuid", {"snapshot": {**SNAP_MANAGE_OK, "ref": {"source-id": "x"}}}),
+    ("name-int", {"snapshot": {**SNAP_MANAGE_OK, "name": 1}}),
+    ("name-256", {"snapshot": {**SNAP_MANAGE_OK, "name": "n" * 256}}),
+    ("metadata-string", {"snapshot": {**SNAP_MANAGE_OK, "metadata": "k=v"}}),
+    ("metadata-value-int", {"snapshot": {**SNAP_MANAGE_OK, "metadata": {"k": 1}}}),
+    ("unknown-key", {"snapshot": {**SNAP_MANAGE_OK, "bogus": 1}}),
+    ("host-not-a-key", {"snapshot": {**SNAP_MANAGE_OK, "host": "ember@file#file"}}),
+    ("extra-top-level", {"snapshot": SNAP_MANAGE_OK, "bogus": 1}),
+    # the volume is checked before the ref (Cinder's create_snapshot_in_db)
+    ("volume-in-error", {"snapshot": {**SNAP_MANAGE_OK, "volume_id": "{err}"}}),
+    ("volume-maintenance", {"snapshot": {**SNAP_MANAGE_OK, "volume_id": "{maint}"}}),
+    ("already-managed", {"snapshot": {"volume_id": "{snapped}", "ref": {"source-name": "snapshot-{snapped_snap}"}}}),
+    ("already-managed-by-id", {"snapshot": {"volume_id": "{snapped}", "ref": {"source-id": "{snapped_snap}"}}}),
+]
+SNAP_MANAGE_PATHS = [("/os-snapshot-manage", None), ("/manageable_snapshots", "3.8"),
+                     ("/manageable_snapshots", "latest")]
+
 ROUTE_CASES = (
     [rc(f"volumes-create-{i}", "POST", "/volumes", b) for i, b in VOLUME_CREATE_BAD]
     + [rc("volumes-create-unknown-key-3.53", "POST", "/volumes",
@@ -1188,6 +1228,26 @@ ROUTE_CASES = (
           version="3.8"),
        rc("manageable-detail-bad-sort-key", "GET", "/manageable_volumes/detail?sort_key=id",
           version="latest")]
+    + [rc(f"snapshot-manage-{i}-{p}@{v}", "POST", p, b, version=v)
+       for i, b in SNAP_MANAGE_BAD for p, v in SNAP_MANAGE_PATHS]
+    + [rc(f"snapshot-manage-volume-not-found-{p}@{v}", "POST", p,
+          {"snapshot": {**SNAP_MANAGE_OK, "volume_id": UNKNOWN}}, code=404, contains=UNKNOWN)
+       for p, v in SNAP_MANAGE_PATHS]
+    + [rc(f"snapshot-manage-ref-not-found-{p}@{v}", "POST", p, {"snapshot": SNAP_MANAGE_OK}, code=404,
+          contains="'nosuch' not found") for p, v in SNAP_MANAGE_PATHS]
+    + [rc("manageable-snapshots-no-host", "GET", "/manageable_snapshots", version="3.8",
+          contains="One and only one of cluster and host must be set"),
+       rc("manageable-snapshots-cluster", "GET", "/manageable_snapshots/detail?cluster=c", version="3.8"),
+       rc("manageable-snapshots-other-host", "GET", "/manageable_snapshots?host=elsewhere", code=404,
+          version="3.8"),
+       rc("manageable-snapshots-bad-sort-key", "GET", "/manageable_snapshots?host={host}&sort_key=bogus",
+          version="3.8"),
+       rc("manageable-snapshots-bad-sort-dir", "GET", "/os-snapshot-manage/detail?host={host}&sort_dir=up"),
+       rc("manageable-snapshots-bad-limit", "GET", "/manageable_snapshots?host={host}&limit=-1",
+          version="3.8"),
+       rc("snapshot-unmanage-creating", "POST", "/snapshots/{creating_snap}/action", {"os-unmanage": None},
+          contains="must be available or error to unmanage"),
+       rc("snapshot-unmanage-unknown", "POST", "/snapshots/{unknown}/action", {"os-unmanage": {}}, code=404)]
 )
 
 
@@ -1211,6 +1271,7 @@ BODY_ROUTES = [
     ("PUT", "/snapshots/{snapped_snap}", None), ("POST", "/snapshots/{snapped_snap}/action", None),
     ("POST", "/types", None), ("PUT", "/types/{vtype}", None),
     ("POST", "/types/{vtype}/extra_specs", None), ("POST", "/manageable_volumes", "3.8"),
+    ("POST", "/os-snapshot-manage", None), ("POST", "/manageable_snapshots", "3.8"),
     ("PUT", "/os-services/freeze", None), ("PUT", "/os-services/thaw", None),
     ("PUT", "/os-services/set-log", "3.32"), ("POST", "/qos-specs", None),
     ("PUT", "/qos-specs/{unknown}", None), ("PUT", "/qos-specs/{unknown}/delete_keys", None),

@@ -164,6 +164,8 @@ def test_group_snapshot_and_groups_made_from_sources_carry_the_data(agent, cinde
     # A snapshot of a group snapshot is not deleted on its own.
     r = agent.request("DELETE", f"/snapshots/{snaps[0]['id']}")
     assert r.status_code == 400 and "must not be part of a group" in r.text, r.text
+    r = agent.request("POST", f"/snapshots/{snaps[0]['id']}/action", {"os-unmanage": None})
+    assert r.status_code == 400 and "must not be part of a group" in r.text, "nor unmanaged on its own"
     # Writes after the group snapshot are not in the group made from it.
     write_at(agent.volume_file(a["id"]), 4096, b"later-bytes")
     for source in ({"group_snapshot_id": gs.id}, {"source_group_id": g.id}):

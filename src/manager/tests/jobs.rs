@@ -465,3 +465,108 @@ fn update_snapshot_status_waits_for_no_job_of_ember() {
     let after = s.snapshot(&snap.id).unwrap();
     assert_eq!((after.status, after.progress.as_str()), (SnapshotStatus::Error, "40%"));
 }
+
+// ---- snapshot manage and unmanage -------------------------------------------
+
+fn manage_snapshot_req(volume: &str, source: &str) -> crate::manager::ManageSnapshot {
+    crate::manager::ManageSnapshot { volume_id: volume.into(), source_name: source.into(), ..Default::default() }
+}
+
+/// Unmanage leaves the snapshot in the pool under its name, where the list finds
+/// it safe to manage; manage takes it back under a new id with its bytes, refuses
+/// it for another volume and, once managed, again.
+#[test]
+fn a_snapshot_unmanaged_is_listed_and_managed_back() {
+    let s = Sim::new();
+    let vol = s.ready_volume(1, 4);
+    let other = s.ready_volume(1, 5);
+    let snap = s.take_snapshot(&vol.id);
+    s.on(|m| m.unmanage_snapshot(&s.admin, &snap.id)).unwrap();
+    assert_eq!(s.snapshot(&snap.id).unwrap().status, SnapshotStatus::Unmanaging);
+    s.settle();
+    assert!(s.snapshot(&snap.id).is_none());
+    assert!(s.pool.snapshot(&snap.id).is_none());
+    let name = format!("snapshot-{}", snap.id);
+    let listed = s.m.manageable_snapshots().unwrap();
+    let entry = listed.iter().find(|e| e.name == name).expect("listed");
+    assert!(entry.safe_to_manage && entry.cinder_id.is_none());
+    assert_eq!(entry.source_name.as_deref(), Some(format!("volume-{}", vol.id).as_str()));
+
+    let wrong = s.on(|m| m.manage_snapshot(&s.admin, manage_snapshot_req(&other.id, &name))).unwrap_err();
+    assert!(matches!(&wrong, ManagerError::Invalid(t) if t.contains("is a snapshot of")), "{wrong:?}");
+    let missing = s.on(|m| m.manage_snapshot(&s.admin, manage_snapshot_req(&vol.id, "nosuch"))).unwrap_err();
+    assert!(matches!(missing, ManagerError::NotFound(_)));
+
+    let managed = s.on(|m| m.manage_snapshot(&s.admin, manage_snapshot_req(&vol.id, &name))).unwrap();
+    assert_eq!(managed.status, SnapshotStatus::Creating);
+    s.settle();
+    let got = s.snapshot(&managed.id).unwrap();
+    assert_eq!((got.status, got.volume_size, got.volume_id.as_str()), (SnapshotStatus::Available, 1, vol.id.as_str()));
+    assert_eq!(s.pool.snapshot(&managed.id).unwrap().bytes, Bytes::Data(4));
+    let listed = s.m.manageable_snapshots().unwrap();
+    let entry = listed.iter().find(|e| e.cinder_id.as_deref() == Some(managed.id.as_str())).unwrap();
+    assert_eq!(entry.reason_not_safe.as_deref(), Some("already managed"));
+    let twice = format!("snapshot-{}", managed.id);
+    let again = s.on(|m| m.manage_snapshot(&s.admin, manage_snapshot_req(&vol.id, &twice))).unwrap_err();
+    assert!(matches!(&again, ManagerError::Invalid(t) if t.contains("already managed")), "{again:?}");
+
+    // Only available or error snapshots are unmanaged.
+    s.on(|m| m.reset_snapshot_status(&s.admin, &managed.id, SnapshotStatus::Creating)).unwrap();
+    let busy = s.on(|m| m.unmanage_snapshot(&s.admin, &managed.id)).unwrap_err();
+    assert!(matches!(busy, ManagerError::Invalid(_)));
+    assert_eq!(s.snapshot(&managed.id).unwrap().status, SnapshotStatus::Creating);
+}
+
+#[test]
+fn failed_snapshot_manage_and_unmanage_leave_error_statuses_and_messages() {
+    let s = Sim::new();
+    let vol = s.ready_volume(1, 3);
+    let snap = s.take_snapshot(&vol.id);
+    s.pool.inject(Op::UnmanageSnapshot, Some(1), Fault::Fail("device on fire".into()));
+    s.on(|m| m.unmanage_snapshot(&s.admin, &snap.id)).unwrap();
+    s.settle();
+    assert_eq!(s.snapshot(&snap.id).unwrap().status, SnapshotStatus::ErrorDeleting);
+    let msg = s.messages().pop().unwrap();
+    assert_eq!(
+        (msg.resource_uuid.as_deref(), msg.event_id.as_str()),
+        (Some(snap.id.as_str()), "VOLUME_VOLUME_SNAPSHOT_108_001")
+    );
+
+    s.pool.add_foreign_snapshot("foreign-snap", 1 << 30, &format!("volume-{}", vol.id));
+    s.pool.inject(Op::ManageSnapshot, Some(1), Fault::Fail("device on fire".into()));
+    let managed = s.on(|m| m.manage_snapshot(&s.admin, manage_snapshot_req(&vol.id, "foreign-snap"))).unwrap();
+    s.settle();
+    assert_eq!(s.snapshot(&managed.id).unwrap().status, SnapshotStatus::Error);
+    let (state, reason) = s.last_job();
+    assert_eq!(state, JobState::Failed);
+    assert!(reason.unwrap().contains("device on fire"));
+    let msg = s.messages().pop().unwrap();
+    assert_eq!(
+        (msg.resource_uuid.as_deref(), msg.event_id.as_str()),
+        (Some(managed.id.as_str()), "VOLUME_VOLUME_SNAPSHOT_107_001")
+    );
+}
+
+/// A crash before or after the pool's rename (or untagging) resumes to the end
+/// the job would have reached.
+#[test]
+fn snapshot_manage_and_unmanage_resume_after_a_crash() {
+    for fault in [Fault::HangBefore, Fault::HangAfter] {
+        let mut s = Sim::new();
+        let vol = s.ready_volume(1, 6);
+        let snap = s.take_snapshot(&vol.id);
+        s.pool.add_foreign_snapshot("foreign-snap", 1 << 30, &format!("volume-{}", vol.id));
+        s.pool.inject(Op::UnmanageSnapshot, Some(1), fault.clone());
+        s.on(|m| m.unmanage_snapshot(&s.admin, &snap.id)).unwrap();
+        s.pool.inject(Op::ManageSnapshot, Some(1), fault.clone());
+        let managed = s.on(|m| m.manage_snapshot(&s.admin, manage_snapshot_req(&vol.id, "foreign-snap"))).unwrap();
+        s.pool.wait_hung(2);
+        assert_eq!(s.crash_and_restart(), 2, "{fault:?}");
+        s.settle();
+        assert!(s.snapshot(&snap.id).is_none(), "{fault:?}");
+        let got = s.snapshot(&managed.id).unwrap();
+        assert_eq!(got.status, SnapshotStatus::Available, "{fault:?}");
+        assert_eq!(s.pool.snapshot(&managed.id).unwrap().bytes, Bytes::Data(0x5a));
+        assert!(s.job_states().iter().all(|(st, _)| *st == JobState::Done), "{:?}", s.job_states());
+    }
+}

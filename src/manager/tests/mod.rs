@@ -547,3 +547,32 @@ async fn types_protect_the_default_and_types_in_use() {
     e.m.delete_extra_spec(&t.id, "k").unwrap();
     assert!(matches!(e.m.delete_extra_spec(&t.id, "k"), Err(ManagerError::NotFound(_))));
 }
+
+/// On the file pool a snapshot file records no origin: the request names the
+/// volume, and only a file of the volume's size is taken.
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshot_files_unmanage_then_manage_back() {
+    let e = env();
+    let v = e.volume(1).await;
+    let big = e.volume(2).await;
+    e.write_at(&v.id, 4096, b"snapped");
+    let s = e.snapshot(&v.id).await;
+    e.m.unmanage_snapshot(&e.admin, &s.id).unwrap();
+    e.settle().await;
+    assert!(e.m.snapshot(&e.admin, &s.id).is_err());
+    assert!(e.pool.snapshot_path(&s.id).exists(), "the file stays");
+    let name = format!("snapshot-{}", s.id);
+    let entry = e.m.manageable_snapshots().unwrap().into_iter().find(|m| m.name == name).expect("listed");
+    assert!(entry.safe_to_manage && entry.source_name.is_none() && entry.size_gib == 1);
+    let req =
+        |volume: &str| ManageSnapshot { volume_id: volume.into(), source_name: name.clone(), ..Default::default() };
+    is_invalid(e.m.manage_snapshot(&e.admin, req(&big.id)));
+    let managed = e.m.manage_snapshot(&e.admin, req(&v.id)).unwrap();
+    e.settle().await;
+    assert_eq!(e.m.snapshot(&e.admin, &managed.id).unwrap().status, SnapshotStatus::Available);
+    assert!(!e.pool.snapshot_path(&s.id).exists());
+    e.write_at(&v.id, 4096, b"changed");
+    e.act(&v.id, VolumeAction::Revert { snapshot_id: Some(managed.id.clone()) }).unwrap();
+    e.settle().await;
+    assert_eq!(e.read_at(&v.id, 4096, 7), b"snapped");
+}
