@@ -690,22 +690,49 @@ fn volume_action(m: &std::sync::Arc<Manager>, req: &Req, id: &str, project: &str
     }
 }
 
+/// What a manageable list sorts by: the object's name in the pool and its size.
+trait Manageable {
+    fn reference(&self) -> &str;
+    fn size_gib(&self) -> u64;
+}
+
+impl Manageable for crate::manager::ManageableVolume {
+    fn reference(&self) -> &str {
+        &self.name
+    }
+    fn size_gib(&self) -> u64 {
+        self.size_gib
+    }
+}
+
+impl Manageable for crate::manager::ManageableSnapshot {
+    fn reference(&self) -> &str {
+        &self.name
+    }
+    fn size_gib(&self) -> u64 {
+        self.size_gib
+    }
+}
+
+fn manageable_key<T: Manageable>(x: &T, key: &str) -> Option<String> {
+    Some(match key {
+        "size" => format!("{:020}", x.size_gib()),
+        "reference" => x.reference().to_string(),
+        _ => return None,
+    })
+}
+
+/// One page of what the pool holds, sorted by `reference` (the name, the
+/// default) or `size`, as Cinder's manageable lists are.
+fn manageable_page<T: Manageable>(req: &Req, all: Vec<T>) -> Result<Vec<T>> {
+    let sort_keys = &["size", "reference"];
+    let (page, _, _) =
+        paginate(req, all, |x| x.reference().to_string(), manageable_key::<T>, sort_keys, ("reference", false))?;
+    Ok(page)
+}
+
 fn list_manageable(m: &Manager, req: &Req, detail: bool) -> Result<Reply> {
-    let all = m.manageable_volumes()?;
-    let (page, _, _) = paginate(
-        req,
-        all,
-        |x| x.name.clone(),
-        |x, k| {
-            Some(match k {
-                "size" => format!("{:020}", x.size_gib),
-                "reference" => x.name.clone(),
-                _ => return None,
-            })
-        },
-        &["size", "reference"],
-        ("reference", false),
-    )?;
+    let page = manageable_page(req, m.manageable_volumes()?)?;
     let items: Vec<Value> = page.iter().map(|x| views::manageable(x, detail)).collect();
     Ok(Reply::ok(json!({"manageable-volumes": items})))
 }
@@ -764,21 +791,7 @@ fn list_manageable_snapshots(m: &Manager, req: &Req, detail: bool) -> Result<Rep
     if !m.serves_host(host) {
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("Service {host} could not be found.")));
     }
-    let all = m.manageable_snapshots()?;
-    let (page, _, _) = paginate(
-        req,
-        all,
-        |x| x.name.clone(),
-        |x, k| {
-            Some(match k {
-                "size" => format!("{:020}", x.size_gib),
-                "reference" => x.name.clone(),
-                _ => return None,
-            })
-        },
-        &["size", "reference"],
-        ("reference", false),
-    )?;
+    let page = manageable_page(req, m.manageable_snapshots()?)?;
     let items: Vec<Value> = page.iter().map(|x| views::manageable_snapshot(x, detail)).collect();
     Ok(Reply::ok(json!({"manageable-snapshots": items})))
 }

@@ -18,7 +18,7 @@ use crate::model::{
     AttachStatus, Group, GroupSnapshot, GroupSnapshotStatus, GroupStatus, GroupType, JobSpec, SnapshotStatus,
     VolumeStatus, VolumeType, now,
 };
-use crate::store::{StoreError, Tx};
+use crate::store::{Specs, StoreError, Tx};
 
 pub fn group_type_not_found(id: &str) -> ManagerError {
     ManagerError::NotFound(format!("Group type {id} could not be found."))
@@ -100,7 +100,7 @@ impl Manager {
                 group_specs: specs.clone(),
             };
             tx.save_group_type(&t)?;
-            tx.set_group_specs(&t.id, specs)?;
+            tx.set_specs(Specs::GroupType, &t.id, specs)?;
             Ok(t)
         })
     }
@@ -146,7 +146,7 @@ impl Manager {
     pub fn set_group_specs(&self, id: &str, specs: &BTreeMap<String, String>) -> Result<()> {
         self.store.write(|tx| {
             let t = tx.group_type(id)?.filter(|t| t.id == id).ok_or_else(|| group_type_not_found(id))?;
-            tx.set_group_specs(&t.id, specs)?;
+            tx.set_specs(Specs::GroupType, &t.id, specs)?;
             Ok(())
         })
     }
@@ -154,7 +154,7 @@ impl Manager {
     pub fn delete_group_spec(&self, id: &str, key: &str) -> Result<()> {
         self.store.write(|tx| {
             let t = tx.group_type(id)?.filter(|t| t.id == id).ok_or_else(|| group_type_not_found(id))?;
-            if !tx.delete_group_spec(&t.id, key)? {
+            if !tx.delete_spec(Specs::GroupType, &t.id, key)? {
                 return Err(ManagerError::NotFound(format!("Group Type {id} has no specs with key {key}.")));
             }
             Ok(())

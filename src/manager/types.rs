@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use super::{Caller, Manager, ManagerError, Result, type_not_found};
 use crate::model::{DEFAULT_TYPE_NAME, VolumeType};
-use crate::store::{StoreError, Tx};
+use crate::store::{Specs, StoreError, Tx};
 
 /// Which types a listing shows (Cinder's `is_public` filter; admins only, others
 /// always get `PublicOrShared`).
@@ -123,7 +123,7 @@ impl Manager {
             let id = uuid::Uuid::new_v4().to_string();
             let t = VolumeType { id, name, description, is_public, extra_specs, qos_specs_id: None, encrypted: false };
             tx.save_volume_type(&t)?;
-            tx.set_extra_specs(&t.id, &t.extra_specs)?;
+            tx.set_specs(Specs::VolumeType, &t.id, &t.extra_specs)?;
             Ok(t)
         })
     }
@@ -177,7 +177,7 @@ impl Manager {
     pub fn set_extra_specs(&self, id: &str, specs: BTreeMap<String, String>) -> Result<BTreeMap<String, String>> {
         self.store.write(|tx| {
             let t = type_by_id(tx, id)?;
-            tx.set_extra_specs(&t.id, &specs)?;
+            tx.set_specs(Specs::VolumeType, &t.id, &specs)?;
             Ok(specs)
         })
     }
@@ -185,7 +185,7 @@ impl Manager {
     pub fn delete_extra_spec(&self, id: &str, key: &str) -> Result<()> {
         self.store.write(|tx| {
             let t = type_by_id(tx, id)?;
-            if !tx.delete_extra_spec(&t.id, key)? {
+            if !tx.delete_spec(Specs::VolumeType, &t.id, key)? {
                 return Err(ManagerError::NotFound(format!("Volume Type {id} has no extra specs with key {key}.")));
             }
             Ok(())

@@ -921,13 +921,41 @@ impl Tx<'_> {
         Ok(())
     }
 
+    // ---- key/value specs of types and QoS specs ---------------------------------------
+
+    pub fn specs(&self, of: Specs, owner: &str) -> Result<BTreeMap<String, String>, StoreError> {
+        let (table, column) = of.table();
+        let mut stmt = self.0.prepare_cached(&format!("SELECT key, value FROM {table} WHERE {column} = ?1"))?;
+        let rows = stmt.query_map([owner], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Sets `specs` (each key added or overwritten; the others stay).
+    pub fn set_specs(&self, of: Specs, owner: &str, specs: &BTreeMap<String, String>) -> Result<(), StoreError> {
+        let (table, column) = of.table();
+        let mut stmt = self.0.prepare_cached(&format!(
+            "INSERT INTO {table} ({column}, key, value) VALUES (?1, ?2, ?3) \
+             ON CONFLICT ({column}, key) DO UPDATE SET value = excluded.value"
+        ))?;
+        for (key, value) in specs {
+            stmt.execute(params![owner, key, value])?;
+        }
+        Ok(())
+    }
+
+    /// False when there was no such key.
+    pub fn delete_spec(&self, of: Specs, owner: &str, key: &str) -> Result<bool, StoreError> {
+        let (table, column) = of.table();
+        let n =
+            self.0.execute(&format!("DELETE FROM {table} WHERE {column} = ?1 AND key = ?2"), params![owner, key])?;
+        Ok(n > 0)
+    }
+
     // ---- volume types ------------------------------------------------------------
 
     /// The type of a `TYPE_COLUMNS` row, with its extra specs.
     fn with_specs(&self, mut t: VolumeType) -> Result<VolumeType, StoreError> {
-        let mut stmt = self.0.prepare_cached("SELECT key, value FROM volume_type_extra_specs WHERE type_id = ?1")?;
-        let rows = stmt.query_map([&t.id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        t.extra_specs = rows.collect::<Result<_, _>>()?;
+        t.extra_specs = self.specs(Specs::VolumeType, &t.id)?;
         Ok(t)
     }
 
@@ -964,24 +992,6 @@ impl Tx<'_> {
             params![t.id, t.name, t.description, t.is_public, now()],
         )?;
         Ok(())
-    }
-
-    pub fn set_extra_specs(&self, type_id: &str, specs: &BTreeMap<String, String>) -> Result<(), StoreError> {
-        let mut stmt = self.0.prepare_cached(
-            "INSERT INTO volume_type_extra_specs (type_id, key, value) VALUES (?1, ?2, ?3) \
-             ON CONFLICT (type_id, key) DO UPDATE SET value = excluded.value",
-        )?;
-        for (key, value) in specs {
-            stmt.execute(params![type_id, key, value])?;
-        }
-        Ok(())
-    }
-
-    pub fn delete_extra_spec(&self, type_id: &str, key: &str) -> Result<bool, StoreError> {
-        let n = self
-            .0
-            .execute("DELETE FROM volume_type_extra_specs WHERE type_id = ?1 AND key = ?2", params![type_id, key])?;
-        Ok(n > 0)
     }
 
     pub fn delete_volume_type(&self, id: &str) -> Result<(), StoreError> {
@@ -1082,22 +1092,14 @@ impl Tx<'_> {
             "INSERT INTO qos_specs (id, name, consumer, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![q.id, q.name, q.consumer.as_str(), q.created_at],
         )?;
-        self.set_qos_values(&q.id, &q.specs)
+        self.set_specs(Specs::Qos, &q.id, &q.specs)
     }
 
-    /// Merges `specs` into the stored ones and sets the consumer.
+    /// Sets the consumer and replaces the specs.
     pub fn update_qos(&self, q: &QosSpecs) -> Result<(), StoreError> {
         self.0.execute("UPDATE qos_specs SET consumer = ?2 WHERE id = ?1", params![q.id, q.consumer.as_str()])?;
         self.0.execute("DELETE FROM qos_spec_values WHERE qos_id = ?1", [&q.id])?;
-        self.set_qos_values(&q.id, &q.specs)
-    }
-
-    fn set_qos_values(&self, id: &str, specs: &BTreeMap<String, String>) -> Result<(), StoreError> {
-        let mut stmt = self.0.prepare_cached("INSERT INTO qos_spec_values (qos_id, key, value) VALUES (?1, ?2, ?3)")?;
-        for (k, v) in specs {
-            stmt.execute(params![id, k, v])?;
-        }
-        Ok(())
+        self.set_specs(Specs::Qos, &q.id, &q.specs)
     }
 
     /// Every QoS spec (one by id with Some), newest first.
@@ -1108,10 +1110,9 @@ impl Tx<'_> {
         )?;
         let rows: Vec<(String, String, String, String)> =
             stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<Result<_, _>>()?;
-        let mut values = self.0.prepare_cached("SELECT key, value FROM qos_spec_values WHERE qos_id = ?1")?;
         rows.into_iter()
             .map(|(id, name, consumer, created_at)| {
-                let specs = values.query_map([&id], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+                let specs = self.specs(Specs::Qos, &id)?;
                 let consumer = consumer.parse().map_err(StoreError::Corrupt)?;
                 Ok(QosSpecs { id, name, consumer, specs, created_at })
             })
@@ -1232,9 +1233,7 @@ impl Tx<'_> {
     }
 
     fn fill_group_type(&self, mut t: GroupType) -> Result<GroupType, StoreError> {
-        let mut stmt = self.0.prepare_cached("SELECT key, value FROM group_type_specs WHERE group_type_id = ?1")?;
-        let rows = stmt.query_map([&t.id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        t.group_specs = rows.collect::<Result<_, _>>()?;
+        t.group_specs = self.specs(Specs::GroupType, &t.id)?;
         Ok(t)
     }
 
@@ -1247,25 +1246,6 @@ impl Tx<'_> {
             params![t.id, t.name, t.description, t.is_public],
         )?;
         Ok(())
-    }
-
-    pub fn set_group_specs(&self, type_id: &str, specs: &BTreeMap<String, String>) -> Result<(), StoreError> {
-        let mut stmt = self.0.prepare_cached(
-            "INSERT INTO group_type_specs (group_type_id, key, value) VALUES (?1, ?2, ?3) \
-             ON CONFLICT (group_type_id, key) DO UPDATE SET value = excluded.value",
-        )?;
-        for (key, value) in specs {
-            stmt.execute(params![type_id, key, value])?;
-        }
-        Ok(())
-    }
-
-    /// False when the type had no such spec.
-    pub fn delete_group_spec(&self, type_id: &str, key: &str) -> Result<bool, StoreError> {
-        let n = self
-            .0
-            .execute("DELETE FROM group_type_specs WHERE group_type_id = ?1 AND key = ?2", params![type_id, key])?;
-        Ok(n > 0)
     }
 
     pub fn delete_group_type(&self, id: &str) -> Result<(), StoreError> {
@@ -1821,6 +1801,26 @@ fn type_from_row(r: &rusqlite::Row) -> rusqlite::Result<VolumeType> {
         encrypted: r.get(5)?,
         extra_specs: BTreeMap::new(),
     })
+}
+
+/// The key/value tables one row owns: a volume type's extra specs, a group
+/// type's group specs, a QoS spec's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Specs {
+    VolumeType,
+    GroupType,
+    Qos,
+}
+
+impl Specs {
+    /// (table, owner column).
+    fn table(self) -> (&'static str, &'static str) {
+        match self {
+            Specs::VolumeType => ("volume_type_extra_specs", "type_id"),
+            Specs::GroupType => ("group_type_specs", "group_type_id"),
+            Specs::Qos => ("qos_spec_values", "qos_id"),
+        }
+    }
 }
 
 /// An admin's settings of a service (`os-services`).
