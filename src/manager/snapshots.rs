@@ -16,7 +16,42 @@ pub struct CreateSnapshot {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// A new record of a snapshot of `v`, `creating`, of `project` and `user`.
+fn new_snapshot(
+    v: &crate::model::Volume,
+    project: &str,
+    user: &str,
+    name: &Option<String>,
+    description: &Option<String>,
+    metadata: &BTreeMap<String, String>,
+) -> Snapshot {
+    Snapshot {
+        id: uuid::Uuid::new_v4().to_string(),
+        volume_id: v.id.clone(),
+        project_id: project.to_string(),
+        user_id: user.to_string(),
+        name: name.clone(),
+        description: description.clone(),
+        status: SnapshotStatus::Creating,
+        volume_size: v.size,
+        progress: "0%".to_string(),
+        volume_type_id: v.volume_type_id.clone(),
+        group_snapshot_id: None,
+        created_at: now(),
+        updated_at: None,
+        metadata: metadata.clone(),
+    }
+}
+
 impl Manager {
+    /// One more snapshot of `v`'s size, within the volume's project's quotas.
+    fn check_snapshot_quota(&self, tx: &Tx, v: &crate::model::Volume) -> Result<()> {
+        let type_name = super::quotas::type_name(tx, &v.volume_type_id)?;
+        let delta =
+            super::quotas::QuotaDelta { type_name: &type_name, snapshots: 1, gigabytes: v.size, ..Default::default() };
+        self.check_quota(tx, &v.project_id, &delta)
+    }
+
     pub fn snapshot(&self, caller: &Caller, id: &str) -> Result<Snapshot> {
         self.store.read(|tx| self.visible_snapshot(tx, caller, id))
     }
@@ -74,26 +109,11 @@ impl Manager {
         capacity: &crate::pool::Capacity,
     ) -> Result<(Snapshot, super::jobs::Pending)> {
         self.assert_not_frozen(tx)?;
-        let type_name = super::quotas::type_name(tx, &v.volume_type_id)?;
-        let delta =
-            super::quotas::QuotaDelta { type_name: &type_name, snapshots: 1, gigabytes: v.size, ..Default::default() };
-        self.check_quota(tx, &v.project_id, &delta)?;
+        self.check_snapshot_quota(tx, v)?;
         self.check_capacity(tx, capacity, v.size)?;
         let snapshot = Snapshot {
-            id: uuid::Uuid::new_v4().to_string(),
-            volume_id: v.id.clone(),
-            project_id: caller.project_id.clone(),
-            user_id: caller.user_id.clone(),
-            name: req.name.clone(),
-            description: req.description.clone(),
-            status: SnapshotStatus::Creating,
-            volume_size: v.size,
-            progress: "0%".to_string(),
-            volume_type_id: v.volume_type_id.clone(),
             group_snapshot_id: group_snapshot_id.map(str::to_string),
-            created_at: now(),
-            updated_at: None,
-            metadata: req.metadata.clone(),
+            ..new_snapshot(v, &caller.project_id, &caller.user_id, &req.name, &req.description, &req.metadata)
         };
         tx.insert_snapshot(&snapshot)?;
         let spec = JobSpec::CreateSnapshot { snapshot: snapshot.id.clone(), volume: v.id.clone() };
@@ -372,30 +392,8 @@ impl Manager {
                     req.source_name
                 )));
             }
-            let type_name = super::quotas::type_name(tx, &v.volume_type_id)?;
-            let delta = super::quotas::QuotaDelta {
-                type_name: &type_name,
-                snapshots: 1,
-                gigabytes: v.size,
-                ..Default::default()
-            };
-            self.check_quota(tx, &v.project_id, &delta)?;
-            let snapshot = Snapshot {
-                id: uuid::Uuid::new_v4().to_string(),
-                volume_id: v.id.clone(),
-                project_id: v.project_id.clone(),
-                user_id: caller.user_id.clone(),
-                name: req.name.clone(),
-                description: req.description.clone(),
-                status: SnapshotStatus::Creating,
-                volume_size: v.size,
-                progress: "0%".to_string(),
-                volume_type_id: v.volume_type_id.clone(),
-                created_at: now(),
-                updated_at: None,
-                metadata: req.metadata.clone(),
-                group_snapshot_id: None,
-            };
+            self.check_snapshot_quota(tx, &v)?;
+            let snapshot = new_snapshot(&v, &v.project_id, &caller.user_id, &req.name, &req.description, &req.metadata);
             tx.insert_snapshot(&snapshot)?;
             let spec = JobSpec::ManageSnapshot {
                 snapshot: snapshot.id.clone(),
