@@ -244,14 +244,18 @@ fn api_scenario(lvm_type: LvmType, tag: &str) {
     let snap = body["snapshot"]["id"].as_str().unwrap().to_string();
     agent.wait_status("snapshots", &snap, "available");
     write(&dev, 1 << 20, b"XXX XXXXX");
-    let (code, body) = agent.call(
-        "POST",
-        &format!("/volumes/{id}/action"),
-        Some(json!({"revert": {"snapshot_id": snap}})),
-        Some("3.40"),
-    );
-    assert_eq!(code, 202, "{body}");
-    agent.wait_status("volumes", &id, "available");
+    // Reverts the volume to `snap` (3.40) and waits until it is available again.
+    let revert = |snap: &str| {
+        let (code, body) = agent.call(
+            "POST",
+            &format!("/volumes/{id}/action"),
+            Some(json!({"revert": {"snapshot_id": snap}})),
+            Some("3.40"),
+        );
+        assert_eq!(code, 202, "{body}");
+        agent.wait_status("volumes", &id, "available");
+    };
+    revert(&snap);
     assert_eq!(read(&dev, 1 << 20, 9), b"api bytes");
 
     // Snapshot unmanage: the LV stays as snap-<id>, without ember's tags, and is
@@ -295,14 +299,7 @@ fn api_scenario(lvm_type: LvmType, tag: &str) {
     tags.sort();
     assert_eq!(tags, ["ember".to_string(), format!("ember.snapshot={snap}")]);
     write(&dev, 1 << 20, b"YYY YYYYY");
-    let (code, body) = agent.call(
-        "POST",
-        &format!("/volumes/{id}/action"),
-        Some(json!({"revert": {"snapshot_id": snap}})),
-        Some("3.40"),
-    );
-    assert_eq!(code, 202, "{body}");
-    agent.wait_status("volumes", &id, "available");
+    revert(&snap);
     assert_eq!(read(&dev, 1 << 20, 9), b"api bytes", "the managed snapshot holds the bytes");
     let (code, body) = agent.call("DELETE", &format!("/volumes/{other}"), None, None);
     assert_eq!(code, 202, "{body}");

@@ -177,24 +177,23 @@ pub(super) fn groups(m: &std::sync::Arc<Manager>, req: &Req, rest: &[&str], proj
 /// Cinder's sort keys for groups and group snapshots (newest first by default).
 const SORT_KEYS: &[&str] = &["created_at", "id", "name", "status"];
 
-fn group_sort_key(g: &Group, key: &str) -> Option<String> {
+/// The value of one of `SORT_KEYS` among a record's (created_at, id, name, status).
+fn record_sort_key(key: &str, created_at: &str, id: &str, name: &Option<String>, status: &str) -> Option<String> {
     Some(match key {
-        "created_at" => g.created_at.clone(),
-        "id" => g.id.clone(),
-        "name" => g.name.clone().unwrap_or_default(),
-        "status" => g.status.as_str().to_string(),
+        "created_at" => created_at.to_string(),
+        "id" => id.to_string(),
+        "name" => name.clone().unwrap_or_default(),
+        "status" => status.to_string(),
         _ => return None,
     })
 }
 
+fn group_sort_key(g: &Group, key: &str) -> Option<String> {
+    record_sort_key(key, &g.created_at, &g.id, &g.name, g.status.as_str())
+}
+
 fn group_snapshot_sort_key(g: &GroupSnapshot, key: &str) -> Option<String> {
-    Some(match key {
-        "created_at" => g.created_at.clone(),
-        "id" => g.id.clone(),
-        "name" => g.name.clone().unwrap_or_default(),
-        "status" => g.status.as_str().to_string(),
-        _ => return None,
-    })
+    record_sort_key(key, &g.created_at, &g.id, &g.name, g.status.as_str())
 }
 
 /// Sorted and paged as Cinder's common pagination; without next links, which
