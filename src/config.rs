@@ -23,6 +23,7 @@ pub struct Config {
     pub message_ttl: u64,
     pub auth: AuthConfig,
     pub pool: PoolConfig,
+    pub images: ImagesConfig,
     pub target: TargetConfig,
     pub http: HttpConfig,
     pub quota: QuotaConfig,
@@ -288,6 +289,7 @@ impl Default for Config {
             message_ttl: 2_592_000,
             auth: AuthConfig::default(),
             pool: PoolConfig::default(),
+            images: ImagesConfig::default(),
             target: TargetConfig::default(),
             http: HttpConfig::default(),
             quota: QuotaConfig::default(),
@@ -340,25 +342,95 @@ impl Default for LvmConfig {
     }
 }
 
+/// A section typed by its `backend` key (`[pool]`, `[images]`): the key's value
+/// (`default` when absent) and the rest of the table as text, parsed again by the
+/// caller so an error quotes the offending line and key.
+fn by_backend<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+    section: &str,
+    default: &str,
+) -> Result<(String, String), D::Error> {
+    let mut table = toml::Table::deserialize(deserializer)?;
+    let backend = match table.remove("backend") {
+        None => default.to_string(),
+        Some(toml::Value::String(name)) => name,
+        Some(other) => {
+            return Err(serde::de::Error::custom(format!("[{section}] backend must be a string, not {other}")));
+        }
+    };
+    let text = toml::to_string(&table).map_err(serde::de::Error::custom)?;
+    Ok((backend, text))
+}
+
+fn typed<E: serde::de::Error>(section: &str, backend: &str, e: toml::de::Error) -> E {
+    E::custom(format!("[{section}] with backend = \"{backend}\": {e}"))
+}
+
+fn unknown_backend<E: serde::de::Error>(section: &str, backend: &str, known: &str) -> E {
+    E::custom(format!("[{section}] backend = \"{backend}\" is not a backend of this ember ({known})"))
+}
+
 impl<'de> Deserialize<'de> for PoolConfig {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let mut table = toml::Table::deserialize(deserializer)?;
-        let backend = match table.remove("backend") {
-            None => "file".to_string(),
-            Some(toml::Value::String(name)) => name,
-            Some(other) => {
-                return Err(serde::de::Error::custom(format!("[pool] backend must be a string, not {other}")));
-            }
-        };
-        // Parsed again from text, so an error quotes the offending line and key.
-        let text = toml::to_string(&table).map_err(serde::de::Error::custom)?;
-        let typed = |e: toml::de::Error| serde::de::Error::custom(format!("[pool] with backend = \"{backend}\": {e}"));
+        let (backend, text) = by_backend(deserializer, "pool", "file")?;
         match backend.as_str() {
-            "file" => toml::from_str(&text).map(PoolConfig::File).map_err(typed),
-            "lvm" => toml::from_str(&text).map(PoolConfig::Lvm).map_err(typed),
-            other => Err(serde::de::Error::custom(format!(
-                "[pool] backend = \"{other}\" is not a backend of this ember (file, lvm)"
-            ))),
+            "file" => toml::from_str(&text).map(PoolConfig::File).map_err(|e| typed("pool", &backend, e)),
+            "lvm" => toml::from_str(&text).map(PoolConfig::Lvm).map_err(|e| typed("pool", &backend, e)),
+            other => Err(unknown_backend("pool", other, "file, lvm")),
+        }
+    }
+}
+
+/// `[images]`: where images live. `dir` (the default) keeps them under
+/// `<data-dir>/images`; `glance` talks to a Glance v2 endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImagesConfig {
+    Dir(DirImagesConfig),
+    Glance(GlanceConfig),
+}
+
+/// The `dir` image store.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DirImagesConfig {
+    /// Where the images and their records are kept (`<data-dir>/images` unset).
+    pub path: Option<PathBuf>,
+}
+
+/// The `glance` image store: Glance's image API v2.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlanceConfig {
+    /// Glance's endpoint, e.g. `http://127.0.0.1:9292` (the `/v2` is added).
+    pub url: String,
+    /// A token sent as `X-Auth-Token` when the caller's own cannot be used
+    /// (noauth callers); unset sends the caller's.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Seconds a request to Glance may take to answer (not to stream).
+    #[serde(default = "GlanceConfig::default_timeout")]
+    pub timeout: u64,
+}
+
+impl GlanceConfig {
+    fn default_timeout() -> u64 {
+        30
+    }
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        ImagesConfig::Dir(DirImagesConfig::default())
+    }
+}
+
+impl<'de> Deserialize<'de> for ImagesConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (backend, text) = by_backend(deserializer, "images", "dir")?;
+        match backend.as_str() {
+            "dir" => toml::from_str(&text).map(ImagesConfig::Dir).map_err(|e| typed("images", &backend, e)),
+            "glance" => toml::from_str(&text).map(ImagesConfig::Glance).map_err(|e| typed("images", &backend, e)),
+            other => Err(unknown_backend("images", other, "dir, glance")),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod datadir;
 pub mod doctor;
 pub mod http;
+pub mod image;
 pub mod logging;
 pub mod manager;
 pub mod metrics;
