@@ -6,6 +6,7 @@
 //! `blockdev` only ever sees guest bytes and zero runs.
 
 pub mod dir;
+pub mod qcow2;
 
 use std::collections::BTreeMap;
 use std::io::{self, Read};
