@@ -202,21 +202,25 @@ fn qcow2_reads_sparse_and_zero_clusters_like_qemu() {
     for (compat, cluster) in [("1.1", "65536"), ("0.10", "65536"), ("1.1", "512")] {
         let s = Scratch::new("sparse");
         let img = s.path("sparse.qcow2");
-        run("qemu-img", &["create", "-f", "qcow2", "-o", &format!("compat={compat},cluster_size={cluster}"), p(&img), "3G"]);
+        run("qemu-img", &["create", "-f", "qcow2", "-o", &format!("compat={compat},cluster_size={cluster}"), p(&img), "300M"]);
         let mut io = vec!["-f", "qcow2"];
-        let cmds = ["write -P 0xaa 0 1M", "write -P 0x55 1G 192k", "write -P 0x11 3071M 1M", "write -P 0x22 2G 4k"];
+        let cmds = ["write -P 0xaa 0 1M", "write -P 0x55 100M 192k", "write -P 0x11 299M 1M", "write -P 0x22 200M 4k"];
         for c in &cmds {
             io.extend(["-c", c]);
         }
         if compat == "1.1" {
             // The zero flag: over allocated data and over nothing.
-            io.extend(["-c", "write -z 64k 128k", "-c", "write -z 1536M 1M"]);
+            io.extend(["-c", "write -z 64k 128k", "-c", "write -z 150M 1M"]);
         }
         io.push(p(&img));
         run("qemu-io", &io);
         let q = open_file(&img).unwrap();
         let extents: Vec<Extent> = q.extents().map(Result::unwrap).collect();
-        assert!(extents.len() < 64, "zero runs are merged: {}", extents.len());
+        let zero_pairs = extents.windows(2).filter(|w| w.iter().all(|e| e.kind == ExtentKind::Zero)).count();
+        assert_eq!(zero_pairs, 0, "zero runs are merged");
+        if cluster == "65536" {
+            assert!(extents.len() < 32, "{} extents", extents.len());
+        }
         let data: u64 = extents.iter().filter(|e| !matches!(e.kind, ExtentKind::Zero)).map(|e| e.len).sum();
         assert!(data <= (3 << 20) + (192 << 10), "only the written clusters are data: {data}");
         assert_reads_like_qemu(&s, &img);
@@ -411,18 +415,18 @@ fn qcow2_refuses_features_and_damage() {
     let first_data = (0..512).map(|i| get64(&good, l2_offset + 8 * i)).find(|e| e & L2_OFFSET_MASK != 0 && e & 1 == 0);
     let first_data = first_data.unwrap();
     let mut b = good.clone();
-    put64(&mut b, l2_offset + 8 * 100, first_data);
-    put64(&mut b, l2_offset + 8 * 101, first_data);
+    put64(&mut b, l2_offset + 8 * 40, first_data);
+    put64(&mut b, l2_offset + 8 * 41, first_data);
     corrupt_somewhere(b, "a data cluster referenced twice");
     let mut b = good.clone();
-    put64(&mut b, l2_offset + 8 * 100, (l2_offset as u64) | (1 << 63));
+    put64(&mut b, l2_offset + 8 * 40, (l2_offset as u64) | (1 << 63));
     corrupt_somewhere(b, "a data cluster on its own L2 table");
     let mut b = good.clone();
-    put64(&mut b, l2_offset + 8 * 100, 0);
-    put64(&mut b, l2_offset + 8 * 100, (1 << 63) | (1 << 44));
+    put64(&mut b, l2_offset + 8 * 40, 0);
+    put64(&mut b, l2_offset + 8 * 40, (1 << 63) | (1 << 44));
     corrupt_somewhere(b, "a data cluster past the end");
     let mut b = good.clone();
-    put64(&mut b, l2_offset + 8 * 100, (1 << 62) | ((good.len() as u64) + 9));
+    put64(&mut b, l2_offset + 8 * 40, (1 << 62) | ((good.len() as u64) + 9));
     corrupt_somewhere(b, "a compressed cluster past the end");
 
     let mut b = good.clone();
@@ -435,10 +439,11 @@ fn qcow2_refuses_features_and_damage() {
     b[36..40].copy_from_slice(&u32::MAX.to_be_bytes());
     corrupt_somewhere(b, "huge l1_size");
     let mut b = good.clone();
-    b[100..104].copy_from_slice(&4000u32.to_be_bytes());
+    b[100..104].copy_from_slice(&8192u32.to_be_bytes());
     corrupt_somewhere(b, "header_length past the cluster");
     let mut b = good.clone();
     let hl = usize::try_from(be32(&good, 100)).unwrap();
+    b[hl..hl + 4].copy_from_slice(&0x1234_5678u32.to_be_bytes());
     b[hl + 4..hl + 8].copy_from_slice(&5000u32.to_be_bytes());
     corrupt_somewhere(b, "extension past the cluster");
     let mut b = good;
@@ -488,6 +493,9 @@ fn qcow2_survives_mutations() {
                 _ => 0..b.len(),
             };
             let at = region.start + usize::try_from(rng.next()).unwrap() % (region.end - region.start);
+            if at >= b.len() {
+                continue;
+            }
             match rng.next() % 4 {
                 0 => b[at] ^= 1 << (rng.next() % 8),
                 1 => b[at] = rng.next() as u8,
