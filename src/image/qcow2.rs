@@ -245,7 +245,8 @@ impl Qcow2 {
         let unknown = incompatible & !known;
         if unknown != 0 {
             let bit = unknown.trailing_zeros();
-            let name = u8::try_from(bit).ok().and_then(|b| feature_names.get(&b)).map(String::as_str).unwrap_or("unnamed");
+            let name =
+                u8::try_from(bit).ok().and_then(|b| feature_names.get(&b)).map(String::as_str).unwrap_or("unnamed");
             return Err(Qcow2Error::Unsupported(format!("unknown incompatible feature bit {bit} ({name})")));
         }
 
@@ -328,14 +329,7 @@ impl Qcow2 {
     /// exactly. L2 tables are read as the walk reaches them; after an error the
     /// iterator ends.
     pub fn extents(&self) -> Extents<'_> {
-        Extents {
-            image: self,
-            next_guest: 0,
-            l2: None,
-            pending: None,
-            claimed: self.metadata.clone(),
-            failed: false,
-        }
+        Extents { image: self, next_guest: 0, l2: None, pending: None, claimed: self.metadata.clone(), failed: false }
     }
 
     /// Reads an extent's guest bytes into `buf` (`buf.len() == extent.len`).
@@ -476,7 +470,9 @@ impl Extents<'_> {
             let host_offset = entry & ((1u64 << x) - 1);
             let sectors = ((entry & !(L2_COMPRESSED | L2_COPIED)) >> x) + 1;
             if host_offset >= q.file_len {
-                return corrupt(format!("compressed cluster at guest {g}: host offset {host_offset} past the file's end"));
+                return corrupt(format!(
+                    "compressed cluster at guest {g}: host offset {host_offset} past the file's end"
+                ));
             }
             let compressed_len = (sectors * 512 - (host_offset & 511)).min(q.file_len - host_offset);
             ExtentKind::Compressed { host_offset, compressed_len }
@@ -607,7 +603,9 @@ impl<W: FileExt> Qcow2Writer<W> {
         let len = u64::try_from(data.len()).map_err(|e| invalid(e.to_string()))?;
         let end = guest_offset.checked_add(len).filter(|&e| e <= self.virtual_size);
         if guest_offset % WRITER_CLUSTER != 0 || end.is_none() {
-            return Err(invalid(format!("write of {len} bytes at {guest_offset} not cluster aligned or past the disk")));
+            return Err(invalid(format!(
+                "write of {len} bytes at {guest_offset} not cluster aligned or past the disk"
+            )));
         }
         if len % WRITER_CLUSTER != 0 && end != Some(self.virtual_size) {
             return Err(invalid(format!("write of {len} bytes at {guest_offset}: not whole clusters")));

@@ -111,10 +111,10 @@ fn mixed(len: usize, seed: u64) -> Vec<u8> {
     for (i, chunk) in v.chunks_mut(16 << 10).enumerate() {
         match rng.next() % 4 {
             0 => {}
-            1 => chunk.iter_mut().for_each(|b| *b = rng.next() as u8),
+            1 => chunk.iter_mut().for_each(|b| *b = rng.byte()),
             2 => chunk.iter_mut().enumerate().for_each(|(j, b)| *b = b"ember qcow2 "[(i + j) % 12]),
             _ => {
-                let fill = rng.next() as u8 | 1;
+                let fill = rng.byte() | 1;
                 chunk[..512].fill(fill);
             }
         }
@@ -130,6 +130,9 @@ impl Rng {
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
+    }
+    fn byte(&mut self) -> u8 {
+        self.next().to_le_bytes()[0]
     }
 }
 
@@ -202,7 +205,10 @@ fn qcow2_reads_sparse_and_zero_clusters_like_qemu() {
     for (compat, cluster) in [("1.1", "65536"), ("0.10", "65536"), ("1.1", "512")] {
         let s = Scratch::new("sparse");
         let img = s.path("sparse.qcow2");
-        run("qemu-img", &["create", "-f", "qcow2", "-o", &format!("compat={compat},cluster_size={cluster}"), p(&img), "300M"]);
+        run(
+            "qemu-img",
+            &["create", "-f", "qcow2", "-o", &format!("compat={compat},cluster_size={cluster}"), p(&img), "300M"],
+        );
         let mut io = vec!["-f", "qcow2"];
         let cmds = ["write -P 0xaa 0 1M", "write -P 0x55 100M 192k", "write -P 0x11 299M 1M", "write -P 0x22 200M 4k"];
         for c in &cmds {
@@ -262,7 +268,7 @@ fn qcow2_writer_output_is_clean_and_identical() {
         ("mixed", mixed((9 << 20) + 4096, 5)),
         ("random", {
             let mut r = Rng(99);
-            (0..(2 << 20) + 65536).map(|_| r.next() as u8).collect()
+            (0..(2 << 20) + 65536).map(|_| r.byte()).collect()
         }),
         ("zero", vec![0u8; 4 << 20]),
         ("zero and random", zero_random),
@@ -498,7 +504,7 @@ fn qcow2_survives_mutations() {
             }
             match rng.next() % 4 {
                 0 => b[at] ^= 1 << (rng.next() % 8),
-                1 => b[at] = rng.next() as u8,
+                1 => b[at] = rng.byte(),
                 2 if at + 8 <= b.len() => {
                     let interesting = [0, 1, u64::MAX, 1 << 63, 1 << 62, 512, good.len() as u64, rng.next()];
                     put64(&mut b, at & !7, interesting[usize::try_from(rng.next() % 8).unwrap()]);
