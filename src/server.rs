@@ -33,7 +33,8 @@ pub async fn serve(config: Config) -> Result<(), String> {
         quota: config.quota.clone(),
     };
     let exporter = Exporter::open(&config.target)?;
-    let manager = Manager::new(store, pool, exporter, settings);
+    let images = crate::image::open_store(&config.images, &config.data_dir).map_err(|e| e.to_string())?;
+    let manager = Manager::new(store, pool, exporter, settings, images);
     manager.ensure_default_type().map_err(|e| e.to_string())?;
     let resumed = manager.recover().map_err(|e| e.to_string())?;
     // Expired messages and long-ended jobs go hourly (and at every start).

@@ -67,6 +67,7 @@ impl From<ManagerError> for ApiError {
             ManagerError::OverLimit(m) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, m),
             ManagerError::NotImplemented(m) => ApiError::new(StatusCode::NOT_IMPLEMENTED, m),
             ManagerError::PreconditionFailed(m) => ApiError::new(StatusCode::PRECONDITION_FAILED, m),
+            ManagerError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, m),
             ManagerError::Backend(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m),
             other => {
                 tracing::error!(error = %other, "internal error");

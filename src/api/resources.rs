@@ -477,15 +477,21 @@ fn create_volume(m: &std::sync::Arc<Manager>, req: &Req) -> Result<Reply> {
             "Invalid input received: volume_type must be provided when creating a volume in a group.",
         ));
     }
-    for key in ["imageRef", "image_id"] {
-        if v.get(key).is_some_and(|x| !x.is_null()) {
-            string(key, &v[key], 0, 255)?;
-            return Err(ApiError::new(
-                StatusCode::NOT_IMPLEMENTED,
-                "Creating a volume from an image needs the image store and the streaming copy engine; they arrive \
-                 with the image issue.",
-            ));
+    // imageRef (and image_id, its older name) must be an image id; the
+    // image itself is checked by the manager before anything is written.
+    let image_id = match (id_field("imageRef")?, id_field("image_id")?) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(ApiError::bad_request("Invalid input received: imageRef and image_id name different images."));
         }
+        (a, b) => a.or(b),
+    };
+    if image_id.is_some() && (snapshot_id.is_some() || source_volid.is_some()) {
+        return Err(ApiError::bad_request(
+            "Invalid input received: imageRef is mutually exclusive with snapshot_id and source_volid.",
+        ));
+    }
+    if image_id.is_some() && size.is_none() {
+        return Err(field_error("size", &Value::Null, "size is required when creating a volume from an image"));
     }
     if v.get("backup_id").is_some_and(|x| !x.is_null()) {
         return Err(ApiError::new(StatusCode::NOT_IMPLEMENTED, "ember has no backup service."));
@@ -510,6 +516,7 @@ fn create_volume(m: &std::sync::Arc<Manager>, req: &Req) -> Result<Reply> {
             source_volid,
             availability_zone: zone,
             group_id,
+            image_id,
         },
     )?;
     let ctx = view_ctx(m, req)?;
@@ -687,6 +694,25 @@ fn volume_action(m: &std::sync::Arc<Manager>, req: &Req, id: &str, project: &str
             Ok(Reply { status: code, body: Some(json!({"connection_info": info})), etag: None })
         }
         ActionOutcome::Done => Ok(Reply::empty(code)),
+        ActionOutcome::Uploading(up) => {
+            let ctx = view_ctx(m, req)?;
+            let image = &up.image;
+            let body = json!({"os-volume_upload_image": {
+                "id": up.volume.id,
+                "updated_at": up.volume.updated_at,
+                "status": up.volume.status.as_str(),
+                "display_description": up.volume.description,
+                "size": up.volume.size,
+                "volume_type": up.volume_type.as_ref().map(|t| views::volume_type(&ctx.view(), t)),
+                "image_id": image.id,
+                "container_format": image.container_format,
+                "disk_format": image.disk_format,
+                "image_name": image.name,
+                "protected": image.protected,
+                "visibility": image.visibility.as_str(),
+            }});
+            Ok(Reply { status: code, body: Some(body), etag: None })
+        }
     }
 }
 

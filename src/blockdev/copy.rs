@@ -68,6 +68,15 @@ pub fn data_ranges(file: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
     Ok(ranges)
 }
 
+/// The first data range at or after `pos` as (data, hole), None if only holes remain.
+pub fn data_after(file: &File, pos: u64, len: u64) -> io::Result<Option<(u64, u64)>> {
+    let Some(data) = seek(file, pos, Whence::SeekData)?.filter(|&d| d < len) else {
+        return Ok(None);
+    };
+    let hole = seek(file, data, Whence::SeekHole)?.unwrap_or(len).min(len);
+    Ok(Some((data, hole)))
+}
+
 fn seek(file: &File, pos: u64, whence: Whence) -> io::Result<Option<u64>> {
     let offset = i64::try_from(pos).map_err(io::Error::other)?;
     match lseek(file, offset, whence) {

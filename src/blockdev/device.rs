@@ -1,9 +1,8 @@
-//! Block-device operations: whole-device clearing with BLKZEROOUT / BLKDISCARD and a
-//! plain device-to-device copy (for pools whose volumes are block devices).
+//! Block-device operations: whole-device clearing with BLKZEROOUT / BLKDISCARD
+//! (device copies are the copy engine's, `engine.rs`).
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::{BlockError, block_device_size};
@@ -37,30 +36,6 @@ pub fn discard(path: &Path) -> Result<(), BlockError> {
     file.sync_all().map_err(|e| BlockError::io("sync", path, e))
 }
 
-/// Copies the first `len` bytes of block device `src` to block device `dst` in
-/// 1 MiB chunks, then flushes `dst`. `dst` is zeroed first (BLKZEROOUT, which the
-/// kernel offloads where it can), so chunks of zeros are skipped, not written.
-/// Used where no reflink or snapshot can serve.
-pub fn copy_device(src: &Path, dst: &Path, len: u64) -> Result<(), BlockError> {
-    zero_out(dst)?;
-    let input = File::open(src).map_err(|e| BlockError::io("open", src, e))?;
-    let output = OpenOptions::new().write(true).open(dst).map_err(|e| BlockError::io("open", dst, e))?;
-    let mut buf = vec![0u8; 1 << 20];
-    // Slice equality on bytes is a memcmp: fast even in unoptimised builds.
-    let zeros = vec![0u8; buf.len()];
-    let mut done = 0u64;
-    while done < len {
-        let want = usize::try_from((len - done).min(buf.len() as u64)).unwrap_or(buf.len());
-        input.read_exact_at(&mut buf[..want], done).map_err(|e| BlockError::io("read", src, e))?;
-        if buf[..want] != zeros[..want] {
-            output.write_all_at(&buf[..want], done).map_err(|e| BlockError::io("write", dst, e))?;
-            crate::metrics::metrics().copy_bytes.inc_by(want as u64);
-        }
-        done += want as u64;
-    }
-    output.sync_all().map_err(|e| BlockError::io("sync", dst, e))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,7 +54,9 @@ mod tests {
         let da = loopback::attach(&a, false).unwrap();
         let db = loopback::attach(&b, false).unwrap();
         let result = std::panic::catch_unwind(|| {
-            copy_device(&da.device, &db.device, 4 << 20).unwrap();
+            use crate::blockdev::engine::{CopyOptions, DeviceSink, DeviceSource, ZeroPolicy, copy};
+            let mut sink = DeviceSink::open(&db.device, ZeroPolicy::ZeroOut).unwrap();
+            copy(&mut DeviceSource::open(&da.device).unwrap(), &mut sink, &CopyOptions::default()).unwrap();
             assert!(std::fs::read(&db.device).unwrap() == pattern, "zeros where the source has zeros, bytes elsewhere");
             zero_out(&db.device).unwrap();
             assert!(std::fs::read(&db.device).unwrap().iter().all(|&x| x == 0));

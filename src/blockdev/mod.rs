@@ -5,6 +5,7 @@
 pub mod blkid;
 pub mod copy;
 pub mod device;
+pub mod engine;
 pub mod loopback;
 
 use std::io;

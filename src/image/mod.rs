@@ -151,6 +151,11 @@ pub trait ImageData: Send + Sync {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
     /// The bytes from the start, sequentially (a single streaming download for Glance).
     fn stream(&self) -> io::Result<Box<dyn Read + Send>>;
+    /// The local file holding the bytes, where there is one (the `dir` store):
+    /// the copy engine then reads it with O_DIRECT and skips its holes.
+    fn path(&self) -> Option<&std::path::Path> {
+        None
+    }
 }
 
 /// The two image stores (`dir`, `glance`). Calls block: the manager makes them
@@ -204,6 +209,22 @@ impl<R: Read> Read for Hashing<R> {
         self.sha512.update(&buf[..n]);
         self.bytes += n as u64;
         Ok(n)
+    }
+}
+
+/// The store `[images]` configures, under `data_dir` for `dir`.
+pub fn open_store(
+    config: &crate::config::ImagesConfig,
+    data_dir: &std::path::Path,
+) -> Result<std::sync::Arc<dyn ImageStore>, ImageError> {
+    match config {
+        crate::config::ImagesConfig::Dir(dir) => {
+            let path = dir.path.clone().unwrap_or_else(|| data_dir.join("images"));
+            Ok(std::sync::Arc::new(dir::DirStore::open(&path)?))
+        }
+        crate::config::ImagesConfig::Glance(_) => Err(ImageError::Unavailable(
+            "the glance image store is not built yet; use [images] backend = \"dir\"".to_string(),
+        )),
     }
 }
 

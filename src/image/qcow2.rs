@@ -329,7 +329,20 @@ impl Qcow2 {
     /// exactly. L2 tables are read as the walk reaches them; after an error the
     /// iterator ends.
     pub fn extents(&self) -> Extents<'_> {
-        Extents { image: self, next_guest: 0, l2: None, pending: None, claimed: self.metadata.clone(), failed: false }
+        Extents {
+            image: Walked::Borrowed(self),
+            next_guest: 0,
+            l2: None,
+            pending: None,
+            claimed: self.metadata.clone(),
+            failed: false,
+        }
+    }
+
+    /// The same walk, owning its image (for a copy source that outlives the borrow).
+    pub fn into_extents(self: Arc<Self>) -> Extents<'static> {
+        let claimed = self.metadata.clone();
+        Extents { image: Walked::Shared(self), next_guest: 0, l2: None, pending: None, claimed, failed: false }
     }
 
     /// Reads an extent's guest bytes into `buf` (`buf.len() == extent.len`).
@@ -434,7 +447,7 @@ impl Bitset {
 
 /// The walk over the guest disk; see [`Qcow2::extents`].
 pub struct Extents<'a> {
-    image: &'a Qcow2,
+    image: Walked<'a>,
     next_guest: u64,
     /// The L2 table in hand: its L1 index and entries.
     l2: Option<(usize, Vec<u64>)>,
@@ -443,10 +456,26 @@ pub struct Extents<'a> {
     failed: bool,
 }
 
+/// The image an `Extents` walks: borrowed, or shared with its reader.
+enum Walked<'a> {
+    Borrowed(&'a Qcow2),
+    Shared(Arc<Qcow2>),
+}
+
+impl std::ops::Deref for Walked<'_> {
+    type Target = Qcow2;
+    fn deref(&self) -> &Qcow2 {
+        match self {
+            Walked::Borrowed(q) => q,
+            Walked::Shared(q) => q,
+        }
+    }
+}
+
 impl Extents<'_> {
     /// The next piece at `next_guest`: one cluster, or a whole unallocated L2 range.
     fn piece(&mut self) -> Result<Extent, Qcow2Error> {
-        let q = self.image;
+        let q: &Qcow2 = &self.image;
         let cs = q.cluster_size();
         let g = self.next_guest;
         let l1_span = cs * q.l2_entries();

@@ -21,7 +21,7 @@ use crate::model::{
     VolumeStatus, now, timestamp,
 };
 use crate::pool::PoolError;
-use crate::store::{JobRow, StoreError, Tx};
+use crate::store::{JobRow, MetaKind, StoreError, Tx};
 use crate::target::TargetError;
 
 /// A journaled job, queued on its locks, not yet started.
@@ -69,6 +69,18 @@ enum Step {
     SuspendExport(String),
     /// Connected initiators told the volume's new size.
     RefreshExport(String),
+    /// The image's bytes onto the volume, then its glance metadata and bootable
+    /// flag; `fresh`: the volume was just created blank.
+    Download {
+        volume: String,
+        image: String,
+        fresh: bool,
+    },
+    /// The volume's bytes into the queued image.
+    Upload {
+        volume: String,
+        image: String,
+    },
 }
 
 /// The steps of a job, in order.
@@ -106,6 +118,12 @@ fn steps(spec: &JobSpec) -> Vec<Step> {
         JobSpec::ExportVolume { volume, .. } | JobSpec::ReconcileExport { volume } => {
             vec![Step::ReconcileExport(volume)]
         }
+        JobSpec::CreateVolumeFromImage { volume, size_gib, image } => vec![
+            Step::CreateVolume { volume: volume.clone(), size_gib, source: VolumeSource::Blank },
+            Step::Download { volume, image, fresh: true },
+        ],
+        JobSpec::Reimage { volume, image } => vec![Step::Download { volume, image, fresh: false }],
+        JobSpec::UploadImage { volume, image, .. } => vec![Step::Upload { volume, image }],
     }
 }
 
@@ -118,6 +136,13 @@ pub enum StepError {
     Target(#[from] TargetError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+    /// A copy a crash or stop cut short: it is not continued where it stopped
+    /// (the bytes before that point are not known to be durable), so the job
+    /// fails and may be retried.
+    #[error("interrupted by a restart of the agent")]
+    Interrupted,
 }
 
 impl StepError {
@@ -127,12 +152,16 @@ impl StepError {
             StepError::Pool(e) => e.user_reason(),
             StepError::Target(e) => e.user_reason(),
             StepError::Store(_) => "the agent could not record its work".to_string(),
+            StepError::Image(crate::image::ImageError::Invalid(m)) => m.clone(),
+            StepError::Image(crate::image::ImageError::NotFound(id)) => format!("image {id} was not found"),
+            StepError::Image(_) => "the image service failed".to_string(),
+            StepError::Interrupted => "the copy was interrupted by a restart of the agent; try again".to_string(),
         }
     }
 }
 
 impl Step {
-    fn run(&self, m: &Manager) -> Result<(), StepError> {
+    fn run(&self, m: &Manager, job: &Job) -> Result<(), StepError> {
         let pool = m.pool.as_ref();
         match self {
             Step::CreateVolume { volume, size_gib, source } => {
@@ -152,6 +181,28 @@ impl Step {
             Step::ReconcileExport(volume) => m.reconcile_volume(volume)?,
             Step::SuspendExport(volume) => m.suspend_export(volume)?,
             Step::RefreshExport(volume) => m.refresh_export(volume)?,
+            Step::Download { .. } | Step::Upload { .. } if job.resumed => return Err(StepError::Interrupted),
+            Step::Download { volume, image, fresh } => {
+                let status = if *fresh { VolumeStatus::Creating } else { VolumeStatus::Downloading };
+                m.store.write(|tx| match tx.volume(volume)? {
+                    // Cinder shows a create from an image as `downloading` while it copies.
+                    Some(v) if v.status == status && *fresh => {
+                        tx.update_volume(status, &Volume { status: VolumeStatus::Downloading, ..v.clone() })
+                    }
+                    _ => Ok(()),
+                })?;
+                let (record, _) = m.download(job, volume, image, *fresh)?;
+                m.store.write(|tx| {
+                    tx.set_volume_meta(volume, MetaKind::Image, &super::images::glance_metadata(&record), true)?;
+                    match tx.volume(volume)? {
+                        Some(v) => tx.update_volume(v.status, &Volume { bootable: true, ..v.clone() }),
+                        None => Ok(()),
+                    }
+                })?;
+            }
+            Step::Upload { volume, image } => {
+                m.upload(job, volume, image)?;
+            }
         }
         Ok(())
     }
@@ -173,6 +224,8 @@ impl Step {
             Step::ReconcileExport(v) => format!("reconcile the export of volume {v}"),
             Step::SuspendExport(v) => format!("suspend the export of volume {v}"),
             Step::RefreshExport(v) => format!("show volume {v}'s new size through its export"),
+            Step::Download { volume, image, .. } => format!("write image {image} onto volume {volume}"),
+            Step::Upload { volume, image } => format!("upload volume {volume} to image {image}"),
         }
     }
 }
@@ -314,7 +367,7 @@ impl Manager {
             if self.stopping() {
                 return Outcome::Interrupted;
             }
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step.run(self)))
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step.run(self, job)))
                 .unwrap_or_else(|_| Err(StepError::Pool(PoolError::Refused("step panicked".to_string()))));
             if self.stopping() {
                 // Shutting down: whatever this step did, the resumed job does again.
@@ -364,6 +417,10 @@ impl Manager {
                     if let Err(e) = self.reconcile_volume(volume) {
                         tracing::error!(job = job.id, %volume, error = %e, "could not roll back a failed export");
                     }
+                }
+                // A failed upload leaves no half-made image behind.
+                if let JobSpec::UploadImage { image, .. } = &job.spec {
+                    self.discard_image(&job.project_id, image);
                 }
                 Outcome::Failed(f)
             }
@@ -552,6 +609,25 @@ fn finish(tx: &Tx, spec: &JobSpec, ok: bool) -> Result<(), StoreError> {
             Ok(())
         }
         JobSpec::ReconcileExport { .. } => Ok(()),
+        // The create ran as `creating`, then `downloading` once the copy began.
+        JobSpec::CreateVolumeFromImage { volume, .. } => {
+            for status in [VolumeStatus::Downloading, VolumeStatus::Creating] {
+                settle(volume, status, &|v| v.status = outcome(VolumeStatus::Available, VolumeStatus::Error))?;
+            }
+            Ok(())
+        }
+        JobSpec::Reimage { volume, .. } => settle(volume, VolumeStatus::Downloading, &|v| {
+            // A reimaged volume is whole again: one that was in error is available.
+            v.status = match v.previous_status {
+                _ if !ok => VolumeStatus::Error,
+                Some(VolumeStatus::Reserved) => VolumeStatus::Reserved,
+                _ => VolumeStatus::Available,
+            };
+        }),
+        // Done or not, the volume is as it was: available or in-use by its attachments.
+        JobSpec::UploadImage { volume, .. } => {
+            settle(volume, VolumeStatus::Uploading, &|v| v.status = derived_attach_state(&v.attachments).1)
+        }
     }
 }
 

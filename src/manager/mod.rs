@@ -16,6 +16,7 @@ mod actions;
 mod attachments;
 mod exports;
 mod groups;
+mod images;
 mod jobs;
 mod locks;
 mod messages;
@@ -36,6 +37,7 @@ pub use actions::*;
 pub use attachments::AttachmentView;
 pub use exports::{ExportSettings, Exporter, connector_initiator, portal};
 pub use groups::{CreateGroup, GroupSource, UpdateGroup, group_type_not_found};
+pub use images::{DISK_FORMATS, RunningCopy, image_source};
 pub use qos::QosUpdate;
 pub use quotas::{QuotaUsage, check_quota_keys};
 pub use scheduler::capabilities;
@@ -72,6 +74,8 @@ pub enum ManagerError {
     NotImplemented(String),
     #[error("{0}")]
     PreconditionFailed(String),
+    #[error("{0}")]
+    Forbidden(String),
     /// The device or target work failed (Cinder's 500 "Unable to … from backend").
     #[error("{0}")]
     Backend(String),
@@ -116,14 +120,36 @@ pub struct Manager {
     exporter: Exporter,
     settings: Settings,
     locks: Arc<locks::LockTable>,
+    images: Arc<dyn crate::image::ImageStore>,
+    /// The copies running now, by job (the jobs resource shows them).
+    copies: std::sync::Mutex<BTreeMap<i64, RunningCopy>>,
     /// Set on shutdown: running jobs stop at their next step boundary, recording
     /// nothing more, and resume from the journal at the next start.
     stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Manager {
-    pub fn new(store: Arc<Store>, pool: Arc<dyn Pool>, exporter: Exporter, settings: Settings) -> Arc<Manager> {
-        Arc::new(Manager { store, pool, exporter, settings, locks: Arc::default(), stopping: Default::default() })
+    pub fn new(
+        store: Arc<Store>,
+        pool: Arc<dyn Pool>,
+        exporter: Exporter,
+        settings: Settings,
+        images: Arc<dyn crate::image::ImageStore>,
+    ) -> Arc<Manager> {
+        Arc::new(Manager {
+            store,
+            pool,
+            exporter,
+            settings,
+            locks: Arc::default(),
+            images,
+            copies: Default::default(),
+            stopping: Default::default(),
+        })
+    }
+
+    pub fn images(&self) -> &dyn crate::image::ImageStore {
+        self.images.as_ref()
     }
 
     /// Asks running jobs to stop after their current step (shutdown): what they

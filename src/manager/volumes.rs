@@ -24,6 +24,8 @@ pub struct CreateVolume {
     pub availability_zone: Option<String>,
     /// The group the volume joins (3.13); its type must be one of the group's.
     pub group_id: Option<String>,
+    /// The image whose bytes the volume is made of (`imageRef`).
+    pub image_id: Option<String>,
 }
 
 /// A validated `PUT /volumes/{id}` body.
@@ -51,6 +53,17 @@ impl Manager {
 
     pub fn create_volume(self: &std::sync::Arc<Self>, caller: &Caller, req: CreateVolume) -> Result<Volume> {
         self.check_zone(req.availability_zone.as_deref())?;
+        // The image is looked at before the transaction (the store may be remote).
+        if let Some(image_id) = &req.image_id {
+            let image = self.images.show(&super::actions::image_caller(caller), image_id)?;
+            let size = req.size.ok_or_else(|| {
+                ManagerError::Invalid("Volume size must be given when creating a volume from an image.".to_string())
+            })?;
+            super::images::usable_image(&image, size).map_err(|e| match e {
+                ManagerError::Invalid(m) => ManagerError::Invalid(format!("Invalid image: {m}")),
+                other => other,
+            })?;
+        }
         let capacity = self.pool.capacity()?;
         let (volume, job) = self.store.write(|tx| self.create_volume_in(tx, caller, &req, &capacity))?;
         if let Some(job) = job {
@@ -162,7 +175,14 @@ impl Manager {
             }
             self.check_capacity(tx, capacity, size)?;
             tx.insert_volume(&volume)?;
-            let spec = JobSpec::CreateVolume { volume: volume.id.clone(), size_gib: gib(size), source };
+            let spec = match &req.image_id {
+                Some(image) => JobSpec::CreateVolumeFromImage {
+                    volume: volume.id.clone(),
+                    size_gib: gib(size),
+                    image: image.clone(),
+                },
+                None => JobSpec::CreateVolume { volume: volume.id.clone(), size_gib: gib(size), source },
+            };
             let job = self.enqueue(tx, caller, &volume.project_id, spec)?;
             Ok((volume, Some(job)))
         }

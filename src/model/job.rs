@@ -78,6 +78,23 @@ pub enum JobSpec {
     ReconcileExport {
         volume: String,
     },
+    /// A blank volume, then the image's bytes written onto it.
+    CreateVolumeFromImage {
+        volume: String,
+        size_gib: u64,
+        image: String,
+    },
+    /// The image's bytes written over the volume (os-reimage).
+    Reimage {
+        volume: String,
+        image: String,
+    },
+    /// The volume's bytes streamed into the (queued) image `image`.
+    UploadImage {
+        volume: String,
+        image: String,
+        disk_format: String,
+    },
 }
 
 /// Something a job locks.
@@ -111,6 +128,9 @@ impl JobSpec {
             JobSpec::RetypeVolume { .. } => "retype_volume",
             JobSpec::ExportVolume { .. } => "export_volume",
             JobSpec::ReconcileExport { .. } => "reconcile_export",
+            JobSpec::CreateVolumeFromImage { .. } => "create_volume_from_image",
+            JobSpec::Reimage { .. } => "reimage",
+            JobSpec::UploadImage { .. } => "upload_image",
         }
     }
 
@@ -129,7 +149,10 @@ impl JobSpec {
             | JobSpec::UnmanageVolume { volume }
             | JobSpec::RetypeVolume { volume, .. }
             | JobSpec::ExportVolume { volume, .. }
-            | JobSpec::ReconcileExport { volume } => volume,
+            | JobSpec::ReconcileExport { volume }
+            | JobSpec::CreateVolumeFromImage { volume, .. }
+            | JobSpec::Reimage { volume, .. }
+            | JobSpec::UploadImage { volume, .. } => volume,
         }
     }
 
@@ -179,7 +202,11 @@ impl JobSpec {
             | JobSpec::UnmanageVolume { volume: v }
             | JobSpec::RetypeVolume { volume: v, .. }
             | JobSpec::ExportVolume { volume: v, .. }
-            | JobSpec::ReconcileExport { volume: v } => vec![(volume(v), Write)],
+            | JobSpec::ReconcileExport { volume: v }
+            | JobSpec::CreateVolumeFromImage { volume: v, .. }
+            | JobSpec::Reimage { volume: v, .. } => vec![(volume(v), Write)],
+            // An upload only reads the volume (its status keeps writers away).
+            JobSpec::UploadImage { volume: v, .. } => vec![(volume(v), Read)],
         };
         // Sorted by resource, the write first where one appears twice; keep that one.
         locks.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
@@ -204,6 +231,9 @@ impl JobSpec {
             JobSpec::RetypeVolume { .. } => (MessageResource::Volume, A::RETYPE_VOLUME),
             JobSpec::ExportVolume { .. } => (MessageResource::Volume, A::ATTACH_VOLUME),
             JobSpec::ReconcileExport { .. } => (MessageResource::Volume, A::DETACH_VOLUME),
+            JobSpec::CreateVolumeFromImage { .. } => (MessageResource::Volume, A::COPY_IMAGE_TO_VOLUME),
+            JobSpec::Reimage { .. } => (MessageResource::Volume, A::REIMAGE_VOLUME),
+            JobSpec::UploadImage { .. } => (MessageResource::Volume, A::COPY_VOLUME_TO_IMAGE),
         }
     }
 }
@@ -223,6 +253,8 @@ pub struct Job {
     /// The request that asked for the work, and whose it is (for its messages).
     pub request_id: String,
     pub project_id: String,
+    /// Read back from the journal at start (a crash or stop interrupted it).
+    pub resumed: bool,
 }
 
 #[cfg(test)]

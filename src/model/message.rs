@@ -39,6 +39,8 @@ impl MessageDetail {
     pub const SNAPSHOT_DELETE_ERROR: MessageDetail = MessageDetail { id: "016", text: "Snapshot failed to delete." };
     pub const ATTACH_ERROR: MessageDetail = MessageDetail { id: "021", text: "Failed to attach volume." };
     pub const DETACH_ERROR: MessageDetail = MessageDetail { id: "022", text: "Failed to detach volume." };
+    pub const FAILED_TO_UPLOAD_VOLUME: MessageDetail =
+        MessageDetail { id: "004", text: "Failed to upload volume to image at backend." };
     pub const VOLUME_INVALID_STATE: MessageDetail = MessageDetail { id: "027", text: "Volume status is invalid." };
 }
 
@@ -47,6 +49,12 @@ impl MessageAction {
         MessageAction { id: "001", text: "schedule allocate volume", detail: MessageDetail::NO_BACKEND_AVAILABLE };
     pub const ATTACH_VOLUME: MessageAction =
         MessageAction { id: "002", text: "attach volume", detail: MessageDetail::ATTACH_ERROR };
+    pub const COPY_VOLUME_TO_IMAGE: MessageAction =
+        MessageAction { id: "003", text: "copy volume to image", detail: MessageDetail::FAILED_TO_UPLOAD_VOLUME };
+    pub const COPY_IMAGE_TO_VOLUME: MessageAction =
+        MessageAction { id: "005", text: "copy image to volume", detail: MessageDetail::UNKNOWN_ERROR };
+    pub const REIMAGE_VOLUME: MessageAction =
+        MessageAction { id: "016", text: "reimage volume", detail: MessageDetail::UNKNOWN_ERROR };
     pub const UNMANAGE_VOLUME: MessageAction =
         MessageAction { id: "006", text: "unmanage volume", detail: MessageDetail::UNKNOWN_ERROR };
     pub const EXTEND_VOLUME: MessageAction =

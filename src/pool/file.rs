@@ -13,6 +13,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::{Capacity, Created, ExistingSnapshot, GIB, Manageable, Pool, PoolError, Removed, Resized, Source};
+use crate::blockdev::engine::{self, CopyOptions, CopySummary, DeviceSink, DeviceSource, ZeroPolicy};
 use crate::blockdev::{blkid, copy, loopback};
 use crate::config::{FileConfig, VolumeClear};
 
@@ -370,6 +371,45 @@ impl Pool for FilePool {
     fn unmanage_snapshot(&self, _id: &str) -> Result<(), PoolError> {
         // As for volumes: a file carries no ownership mark.
         Ok(())
+    }
+
+    fn write_volume(
+        &self,
+        id: &str,
+        source: &mut dyn engine::Source,
+        options: &CopyOptions,
+        fresh: bool,
+    ) -> Result<CopySummary, PoolError> {
+        let path = self.volume_path(id);
+        if !path.exists() {
+            return Err(PoolError::NotFound { what: format!("volume {id}") });
+        }
+        // A bound loop device may cache the file's pages: write through it then
+        // (it punches holes for zero runs itself), else into the file.
+        let (target, policy) = match self.bound_device(id) {
+            Some(device) => (device, ZeroPolicy::ZeroOut),
+            None if fresh => (path, ZeroPolicy::AlreadyZero),
+            None => (path, ZeroPolicy::Punch),
+        };
+        let mut sink = DeviceSink::open(&target, policy).map_err(|e| PoolError::io("open for writing", &target, e))?;
+        let options = CopyOptions { dest_len: Some(sink.len()), ..options.clone() };
+        let summary = engine::copy(source, &mut sink, &options);
+        self.forget_allocated();
+        Ok(summary?)
+    }
+
+    fn read_volume(
+        &self,
+        id: &str,
+        sink: &mut dyn engine::Sink,
+        options: &CopyOptions,
+    ) -> Result<CopySummary, PoolError> {
+        let path = self.volume_path(id);
+        if !path.exists() {
+            return Err(PoolError::NotFound { what: format!("volume {id}") });
+        }
+        let mut source = DeviceSource::open(&path).map_err(|e| PoolError::io("open for reading", &path, e))?;
+        Ok(engine::copy(&mut source, sink, options)?)
     }
 }
 

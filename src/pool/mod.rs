@@ -13,6 +13,7 @@ pub mod sim;
 use std::path::PathBuf;
 
 use crate::blockdev::BlockError;
+use crate::blockdev::engine::{self, CopyError, CopyOptions, CopySummary};
 pub use crate::model::VolumeSource as Source;
 
 pub const GIB: u64 = 1 << 30;
@@ -32,6 +33,8 @@ pub enum PoolError {
     Block(#[from] BlockError),
     #[error("{0}")]
     Refused(String),
+    #[error(transparent)]
+    Copy(#[from] CopyError),
 }
 
 impl PoolError {
@@ -51,6 +54,7 @@ impl PoolError {
             PoolError::Io { source, .. } | PoolError::Block(BlockError::Io { source, .. }) => os(source),
             PoolError::Block(BlockError::Blkid { .. }) => "probing the device for signatures failed".to_string(),
             PoolError::Refused(_) => "the storage backend refused the operation".to_string(),
+            PoolError::Copy(e) => e.user_reason(),
         }
     }
 }
@@ -142,4 +146,21 @@ pub trait Pool: Send + Sync {
     fn manage_existing_snapshot(&self, name: &str, new_id: &str, volume_id: &str) -> Result<u64, PoolError>;
     /// Gives the snapshot up: it stays under `snapshot_name(id)`, no longer ember's.
     fn unmanage_snapshot(&self, id: &str) -> Result<(), PoolError>;
+    /// Writes `source` over the volume through the copy engine; the volume past
+    /// the source's end reads zeros. `fresh`: the volume was just created blank,
+    /// so zero runs need no writing.
+    fn write_volume(
+        &self,
+        id: &str,
+        source: &mut dyn engine::Source,
+        options: &CopyOptions,
+        fresh: bool,
+    ) -> Result<CopySummary, PoolError>;
+    /// Streams the volume's bytes into `sink` through the copy engine.
+    fn read_volume(
+        &self,
+        id: &str,
+        sink: &mut dyn engine::Sink,
+        options: &CopyOptions,
+    ) -> Result<CopySummary, PoolError>;
 }

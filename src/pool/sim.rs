@@ -13,7 +13,12 @@ use std::path::PathBuf;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::{Capacity, Created, ExistingSnapshot, GIB, Manageable, Pool, PoolError, Removed, Resized, Source};
+use crate::blockdev::engine::{self, Chunk};
+
+use super::{
+    Capacity, CopyOptions, CopySummary, Created, ExistingSnapshot, GIB, Manageable, Pool, PoolError, Removed, Resized,
+    Source,
+};
 
 /// The `Pool` methods, as faults and the call log name them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,6 +38,8 @@ pub enum Op {
     ListExistingSnapshots,
     ManageSnapshot,
     UnmanageSnapshot,
+    WriteVolume,
+    ReadVolume,
 }
 
 /// What an injected fault does to the call it hits.
@@ -57,6 +64,8 @@ pub enum Bytes {
     Data(u64),
     /// A copy whose source changed or disappeared while it was read.
     Torn,
+    /// What the copy engine wrote, by its checksum.
+    Copied(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -490,5 +499,68 @@ impl Pool for SimPool {
         }
         drop(s);
         self.leave(Op::UnmanageSnapshot, id, after, Ok(()))
+    }
+
+    /// Runs the real engine from `source` into a sink that keeps only the checksum.
+    fn write_volume(
+        &self,
+        id: &str,
+        source: &mut dyn engine::Source,
+        options: &CopyOptions,
+        _fresh: bool,
+    ) -> Result<CopySummary, PoolError> {
+        let after = self.enter(Op::WriteVolume, id)?;
+        let size =
+            self.lock().volumes.get(id).map(|v| v.size).ok_or_else(|| PoolError::NotFound { what: id.into() })?;
+        let options = CopyOptions { dest_len: Some(size), ..options.clone() };
+        let result = engine::copy(source, &mut engine::WriterSink::new(std::io::sink()), &options);
+        if let Ok(summary) = &result {
+            if let Some(v) = self.lock().volumes.get_mut(id) {
+                v.bytes = Bytes::Copied(summary.checksum.clone());
+            }
+        }
+        self.leave(Op::WriteVolume, id, after, result.map_err(PoolError::from))
+    }
+
+    /// The volume as 64 KiB of a byte pattern (its `Data` value), then zeros.
+    fn read_volume(
+        &self,
+        id: &str,
+        sink: &mut dyn engine::Sink,
+        options: &CopyOptions,
+    ) -> Result<CopySummary, PoolError> {
+        let after = self.enter(Op::ReadVolume, id)?;
+        let v = self.volume(id).ok_or_else(|| PoolError::NotFound { what: id.into() })?;
+        let fill = match v.bytes {
+            Bytes::Data(n) => (n % 255) as u8 + 1,
+            _ => 0x42,
+        };
+        struct Pattern {
+            size: u64,
+            fill: u8,
+            at: u64,
+        }
+        impl engine::Source for Pattern {
+            fn len(&self) -> u64 {
+                self.size
+            }
+            fn next(&mut self, buf: &mut [u8]) -> std::io::Result<Option<Chunk>> {
+                let chunk = match self.at {
+                    0 => {
+                        buf[..engine::GRANULE].fill(self.fill);
+                        Chunk::Data { offset: 0, len: engine::GRANULE }
+                    }
+                    at if at < self.size => Chunk::Zero { offset: at, len: self.size - at },
+                    _ => return Ok(None),
+                };
+                self.at = match chunk {
+                    Chunk::Data { len, .. } => len as u64,
+                    Chunk::Zero { .. } => self.size,
+                };
+                Ok(Some(chunk))
+            }
+        }
+        let result = engine::copy(&mut Pattern { size: v.size, fill, at: 0 }, sink, options);
+        self.leave(Op::ReadVolume, id, after, result.map_err(PoolError::from))
     }
 }

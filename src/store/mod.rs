@@ -1584,6 +1584,7 @@ impl Tx<'_> {
             step: 0,
             request_id: request_id.to_string(),
             project_id: project_id.to_string(),
+            resumed: false,
         })
     }
 
@@ -1928,7 +1929,14 @@ impl JobRow {
         let spec: JobSpec = serde_json::from_str(&self.spec)
             .map_err(|e| format!("job {} ({}): spec does not decode: {e}", self.id, self.kind))?;
         let step = usize::try_from(self.step).map_err(|_| format!("job {}: negative step {}", self.id, self.step))?;
-        Ok(Job { id: self.id, spec, step, request_id: self.request_id.clone(), project_id: self.project_id.clone() })
+        Ok(Job {
+            id: self.id,
+            spec,
+            step,
+            request_id: self.request_id.clone(),
+            project_id: self.project_id.clone(),
+            resumed: true,
+        })
     }
 }
 

@@ -14,6 +14,8 @@ mod attach;
 mod change;
 mod connection;
 mod image;
+pub(crate) use image::image_caller;
+pub use image::{UploadImage, Uploading};
 mod metadata;
 
 use std::collections::BTreeMap;
@@ -71,9 +73,7 @@ pub enum VolumeAction {
     },
     ForceDelete,
     SetBootable(bool),
-    UploadImage {
-        force: bool,
-    },
+    UploadImage(image::UploadImage),
     Reserve,
     Unreserve,
     BeginDetaching,
@@ -86,6 +86,7 @@ pub enum VolumeAction {
     },
     UpdateReadonly(bool),
     Reimage {
+        image_id: String,
         reimage_reserved: bool,
     },
     ExtendVolumeCompletion,
@@ -98,6 +99,8 @@ pub enum ActionOutcome {
     Metadata(BTreeMap<String, String>),
     /// os-initialize_connection: `connection_info` (spec §4).
     Connection(serde_json::Value),
+    /// os-volume_upload_image: what its 202 shows.
+    Uploading(Box<image::Uploading>),
 }
 
 impl Manager {
@@ -132,7 +135,7 @@ impl Manager {
             }
             A::ForceDelete => self.force_delete(caller, id),
             A::SetBootable(bootable) => self.set_bootable(caller, id, bootable),
-            A::UploadImage { force } => self.upload_image(caller, id, force),
+            A::UploadImage(req) => self.upload_image(caller, id, req),
             A::Reserve => self.reserve(caller, id),
             A::Unreserve => self.unreserve(caller, id),
             A::BeginDetaching => self.begin_detaching(caller, id),
@@ -140,7 +143,7 @@ impl Manager {
             A::TerminateConnection { connector } => self.terminate_connection(caller, id, &connector),
             A::InitializeConnection { connector } => self.initialize_connection(caller, id, &connector),
             A::UpdateReadonly(readonly) => self.update_readonly(caller, id, readonly),
-            A::Reimage { reimage_reserved } => self.reimage(caller, id, reimage_reserved),
+            A::Reimage { image_id, reimage_reserved } => self.reimage(caller, id, &image_id, reimage_reserved),
             A::ExtendVolumeCompletion => self.extend_volume_completion(caller, id),
         }
     }

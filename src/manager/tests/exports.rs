@@ -251,6 +251,7 @@ fn connection_info_formats() {
             s.pool.clone(),
             Exporter { iscsi: None, nvme: None, settings },
             super::settings(1.0),
+            super::images(&s.dir),
         )
     };
     let v2 =

@@ -38,10 +38,15 @@ fn env_with(ratio: f64) -> Env {
     std::fs::create_dir_all(&dir).unwrap();
     let store = Arc::new(Store::open(&dir.join("ember.db")).unwrap());
     let pool = Arc::new(FilePool::open(&dir, &FileConfig::default()).unwrap());
-    let m = Manager::new(store, pool.clone(), Exporter::default(), settings(ratio));
+    let m = Manager::new(store, pool.clone(), Exporter::default(), settings(ratio), images(&dir));
     m.ensure_default_type().unwrap();
     let admin = caller("admin", "p1", true);
     Env { m, pool, dir, admin }
+}
+
+/// A `dir` image store under the test's directory.
+fn images(dir: &std::path::Path) -> Arc<dyn crate::image::ImageStore> {
+    Arc::new(crate::image::dir::DirStore::open(&dir.join("images")).unwrap())
 }
 
 /// The settings of a test agent.

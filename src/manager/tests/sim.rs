@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{caller, settings};
+use super::{caller, images, settings};
 use crate::manager::{Caller, CreateSnapshot, CreateVolume, ExportSettings, Exporter, Manager, VolumeAction};
 use crate::model::{JobState, Message, Snapshot, TargetBackend, Volume, VolumeStatus};
 use crate::pool::sim::SimPool;
@@ -17,7 +17,7 @@ pub const V342: (u16, u16) = (3, 42);
 
 /// A store, a simulated pool, and the current life of the agent over them.
 pub struct Sim {
-    dir: std::path::PathBuf,
+    pub dir: std::path::PathBuf,
     pub store: Arc<Store>,
     pub pool: Arc<SimPool>,
     /// The iSCSI target, when the agent has one.
@@ -55,7 +55,7 @@ impl Sim {
         let store = Arc::new(Store::open(&dir.join("ember.db")).unwrap());
         let pool = Arc::new(SimPool::default());
         let rt = runtime();
-        let m = Manager::new(store.clone(), pool.clone(), exporter(&target), settings(1.0));
+        let m = Manager::new(store.clone(), pool.clone(), exporter(&target), settings(1.0), images(&dir));
         m.ensure_default_type().unwrap();
         Sim { dir, store, pool, target, rt: Some(rt), m, admin: caller("admin", "p1", true) }
     }
@@ -79,7 +79,13 @@ impl Sim {
         self.pool.release();
         self.pool.clear_faults();
         self.rt = Some(runtime());
-        self.m = Manager::new(self.store.clone(), self.pool.clone(), exporter(&self.target), settings(1.0));
+        self.m = Manager::new(
+            self.store.clone(),
+            self.pool.clone(),
+            exporter(&self.target),
+            settings(1.0),
+            images(&self.dir),
+        );
         self.on(|m| m.recover()).unwrap()
     }
 
