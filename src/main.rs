@@ -1,4 +1,4 @@
-//! The `ember` command: `serve`, `doctor`, `version`.
+//! The `ember` command: `serve`, `doctor`, `image`, `version`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,7 +47,87 @@ enum Command {
         json: bool,
     },
     /// Print the version and the API microversions served.
+    /// The `dir` image store's images: import, list, show, delete.
+    Image {
+        #[arg(long, env = "EMBER_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        action: ImageAction,
+    },
     Version,
+}
+
+#[derive(Subcommand)]
+enum ImageAction {
+    /// Stores FILE (raw or qcow2, found from its bytes) as an active image.
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        name: Option<String>,
+        /// raw or qcow2; must match what the file holds.
+        #[arg(long)]
+        disk_format: Option<String>,
+        /// public (the default for an operator's images), community, shared or private.
+        #[arg(long, default_value = "public")]
+        visibility: String,
+        /// The owning project.
+        #[arg(long, default_value = "admin")]
+        project: String,
+        #[arg(long, default_value_t = 0)]
+        min_disk: u64,
+        #[arg(long)]
+        protected: bool,
+        /// Draw the progress bar even when stderr is not a terminal.
+        #[arg(long)]
+        progress: bool,
+        /// Print the stored record as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    List,
+    Show {
+        id: String,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+fn image_command(cfg: &Config, action: ImageAction) -> Result<(), String> {
+    use ember::image::{Visibility, cli};
+    let store = ember::image::open_store(&cfg.images, &cfg.data_dir).map_err(|e| e.to_string())?;
+    match action {
+        ImageAction::Import { file, name, disk_format, visibility, project, min_disk, protected, progress, json } => {
+            let visibility = match visibility.as_str() {
+                "public" => Visibility::Public,
+                "community" => Visibility::Community,
+                "shared" => Visibility::Shared,
+                "private" => Visibility::Private,
+                other => return Err(format!("--visibility {other}: one of public, community, shared, private")),
+            };
+            use std::io::IsTerminal;
+            let progress = progress || std::io::stderr().is_terminal();
+            let req = cli::Import { file: &file, name, disk_format, visibility, project, min_disk, protected, progress };
+            let record = cli::import(store.as_ref(), &req)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&record).map_err(|e| e.to_string())?);
+            } else {
+                println!("{}", record.id);
+            }
+            Ok(())
+        }
+        ImageAction::List => {
+            cli::list_lines(store.as_ref())?.iter().for_each(|l| println!("{l}"));
+            Ok(())
+        }
+        ImageAction::Show { id } => {
+            println!("{}", cli::show(store.as_ref(), &id)?);
+            Ok(())
+        }
+        ImageAction::Delete { id } => cli::delete(store.as_ref(), &id),
+    }
 }
 
 fn load(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<Config, String> {
@@ -87,6 +167,7 @@ fn main() -> ExitCode {
             }
             if healthy { Ok(()) } else { Err("what the configuration needs is missing (see above)".to_string()) }
         }),
+        Command::Image { config, data_dir, action } => load(config, data_dir).and_then(|cfg| image_command(&cfg, action)),
         Command::Version => {
             println!("ember {} (Cinder API v3, microversions 3.0-3.71)", env!("CARGO_PKG_VERSION"));
             Ok(())

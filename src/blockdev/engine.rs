@@ -110,6 +110,9 @@ pub trait Source: Send {
     }
 }
 
+/// Zeros to compare with and to write from.
+static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
+
 /// A length known to be below a buffer's (or a granule's) size, as an index.
 fn small(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
@@ -163,6 +166,16 @@ impl Progress {
         let rate = done.saturating_mul(1000) / millis;
         let eta = (rate > 0).then(|| (total - done) / rate);
         ProgressReport { done, total, rate, eta }
+    }
+
+    /// For copies made outside the engine (an import): the bytes to expect…
+    pub fn set_total(&self, total: u64) {
+        self.total.store(total, Ordering::Relaxed);
+    }
+
+    /// …and the bytes done.
+    pub fn advance(&self, bytes: u64) {
+        self.done.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Asks the copy to stop; it ends with `CopyError::Cancelled` at its next chunk.
@@ -367,10 +380,10 @@ fn split(data: &[u8], offset: u64, out: &mut Vec<Segment>) {
     }
 }
 
-/// Whether every byte is zero; or-folds 4 KiB at a time (which vectorises) and
-/// stops at the first block holding data.
+/// Whether every byte is zero: compared with a static block of zeros, which is a
+/// memcmp (fast in debug builds too), stopping at the first block holding data.
 pub fn is_zero(bytes: &[u8]) -> bool {
-    bytes.chunks(4096).all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0)
+    bytes.chunks(4096).all(|block| block == &ZEROS[..block.len()])
 }
 
 /// The writer (the calling thread): writes segments, returns buffers, counts
@@ -686,7 +699,6 @@ impl DeviceSink {
     }
 
     fn write_zeros(&mut self, mut offset: u64, len: u64) -> io::Result<()> {
-        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
         let end = offset + len;
         let file = self.buffered()?;
         while offset < end {
@@ -770,7 +782,6 @@ impl<W: Write + Send> WriterSink<W> {
     }
 
     fn zeros_to(&mut self, offset: u64) -> io::Result<()> {
-        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
         while self.pos < offset {
             let n = small((offset - self.pos).min(ZEROS.len() as u64));
             self.writer.write_all(&ZEROS[..n])?;

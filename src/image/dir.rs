@@ -102,29 +102,48 @@ pub fn now() -> String {
     format!("{}Z", &cinder[..19])
 }
 
-/// `io::copy` with 1 MiB pieces (its own 8 KiB ones cost a syscall each).
+/// `io::copy` with 1 MiB pieces (its own 8 KiB ones cost a syscall each);
+/// pieces of zeros are skipped, so the stored file is as sparse as its data.
 fn copy_in_large_pieces(from: &mut dyn Read, to: &mut File) -> io::Result<u64> {
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        to.write_all(&buf[..n])?;
+        let mut n = 0;
+        while n < buf.len() {
+            match from.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(got) => n += got,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if n == 0 {
+            to.set_len(total)?;
+            return Ok(total);
+        }
+        if !crate::blockdev::engine::is_zero(&buf[..n]) {
+            to.write_all_at(&buf[..n], total)?;
+        }
         total += n as u64;
     }
 }
 
-struct DirImage {
+/// A local file's bytes as image data (the store's images, `ember image import`).
+pub struct FileImage {
     file: File,
     len: u64,
     path: PathBuf,
 }
 
-impl ImageData for DirImage {
+impl FileImage {
+    pub fn open(path: &Path) -> io::Result<FileImage> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        Ok(FileImage { file, len, path: path.to_path_buf() })
+    }
+}
+
+impl ImageData for FileImage {
     fn len(&self) -> u64 {
         self.len
     }
@@ -160,9 +179,8 @@ impl ImageStore for DirStore {
             return Err(ImageError::Invalid(format!("Image {id} is not active.")));
         }
         let path = self.bytes_path(id);
-        let file = File::open(&path).map_err(|e| ImageError::io("open image", path.display().to_string(), e))?;
-        let len = file.metadata().map_err(|e| ImageError::io("stat image", path.display().to_string(), e))?.len();
-        Ok(Box::new(DirImage { file, len, path }))
+        let image = FileImage::open(&path).map_err(|e| ImageError::io("open image", path.display().to_string(), e))?;
+        Ok(Box::new(image))
     }
 
     fn create(&self, caller: &Caller, new: &NewImage) -> Result<ImageRecord, ImageError> {

@@ -5,6 +5,7 @@
 //! Formats are read here too (raw, and qcow2 natively), so the copy engine in
 //! `blockdev` only ever sees guest bytes and zero runs.
 
+pub mod cli;
 pub mod dir;
 pub mod qcow2;
 
