@@ -10,6 +10,7 @@ mod encryption;
 mod fault;
 mod groups;
 mod health;
+mod jobs;
 mod messages;
 mod microversion;
 mod policy;
@@ -325,6 +326,8 @@ async fn pipeline(
         // router (only the version document, `/v3/`, takes one).
         ["v3", _, ..] if uri.path().ends_with('/') => return Err(ApiError::resource_not_found().into()),
         ["v3", ..] => {}
+        // ember's own resources (the jobs): no project in the path, no microversions.
+        ["ember", "v1", _, ..] => {}
         [what @ ("healthz" | "readyz" | "metrics")] => {
             return Err(Early::Response(health::answer(state, method, headers, what).await?));
         }
@@ -333,14 +336,15 @@ async fn pipeline(
     let header_value =
         headers.get_all("openstack-api-version").iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(",");
     *version = microversion::negotiate((!header_value.is_empty()).then_some(header_value.as_str()))?;
-    let rest = &segments[1..];
+    let ember = segments[0] == "ember";
+    let rest = &segments[if ember { 2 } else { 1 }..];
     if rest.is_empty() {
         if *method != Method::GET {
             return Err(bad_method().into());
         }
         return Ok(Reply::ok(views::versions(&base)).encode());
     }
-    let (url_project, rest) = if COLLECTIONS.contains(&rest[0]) {
+    let (url_project, rest) = if ember || COLLECTIONS.contains(&rest[0]) {
         (None, rest)
     } else {
         let project = rest[0];
@@ -420,7 +424,10 @@ async fn pipeline(
         let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
         // Encoded here too: a listing's JSON is megabytes, not for an async worker.
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            resources::route(&manager, &req, &rest).map(Reply::encode)
+            match ember {
+                true => jobs::route(&manager, &req, &rest).map(Reply::encode),
+                false => resources::route(&manager, &req, &rest).map(Reply::encode),
+            }
         }))
     })
     .await;

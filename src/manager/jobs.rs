@@ -428,6 +428,68 @@ impl Manager {
     }
 }
 
+/// A job as the jobs resource shows it (`GET /ember/v1/jobs/{id}`).
+#[derive(Debug, Clone)]
+pub struct JobView {
+    pub status: crate::store::JobStatus,
+    /// How many steps the job has (`status.row.step` of them are done).
+    pub steps: usize,
+    /// Its copy, while one runs.
+    pub copy: Option<super::RunningCopy>,
+}
+
+impl Manager {
+    fn job_view(&self, status: crate::store::JobStatus) -> JobView {
+        let steps = status.row.decode().map(|j| steps(&j.spec).len()).unwrap_or(0);
+        let copy = self.running_copies().into_iter().find(|c| c.job == status.row.id);
+        JobView { status, steps, copy }
+    }
+
+    /// The running jobs the caller may see (an admin: all; others: their project's).
+    pub fn running_job_views(&self, caller: &Caller) -> Result<Vec<JobView>, ManagerError> {
+        let ids: Vec<i64> = self
+            .store
+            .read(|tx| tx.running_jobs())?
+            .into_iter()
+            .filter(|r| caller.is_admin || r.project_id == caller.project_id)
+            .map(|r| r.id)
+            .collect();
+        let mut views = Vec::new();
+        for id in ids {
+            if let Some(status) = self.store.read(|tx| tx.job(id))? {
+                views.push(self.job_view(status));
+            }
+        }
+        Ok(views)
+    }
+
+    /// One job the caller may see (another project's is not found).
+    pub fn job_view_of(&self, caller: &Caller, id: i64) -> Result<JobView, ManagerError> {
+        self.store
+            .read(|tx| tx.job(id))?
+            .filter(|s| caller.is_admin || s.row.project_id == caller.project_id)
+            .map(|s| self.job_view(s))
+            .ok_or_else(|| ManagerError::NotFound(format!("Job {id} could not be found.")))
+    }
+
+    /// Cancels a running job's copy (admin): the job then fails as its kind
+    /// fails (a reimage or create from image ends in `error`, an upload restores
+    /// the volume and deletes the image).
+    pub fn cancel_job(&self, caller: &Caller, id: i64) -> Result<(), ManagerError> {
+        let view = self.job_view_of(caller, id)?;
+        if view.status.state != JobState::Running.as_str() {
+            return Err(ManagerError::Conflict(format!("Job {id} is {}, not running.", view.status.state)));
+        }
+        if !self.cancel_copy(id) {
+            return Err(ManagerError::Conflict(format!(
+                "Job {id} is running no copy; only copies (images, clones, migrations) can be cancelled."
+            )));
+        }
+        tracing::warn!(job = id, user = %caller.user_id, request_id = %caller.request_id, "job cancelled by an admin");
+        Ok(())
+    }
+}
+
 /// A user message about `job`'s failure, for the project whose volume it is.
 fn leave_message(tx: &Tx, job: &Job, settings: &super::Settings, reason: &str) -> Result<(), StoreError> {
     let (resource, action) = job.spec.message_action();

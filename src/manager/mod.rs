@@ -38,6 +38,7 @@ pub use attachments::AttachmentView;
 pub use exports::{ExportSettings, Exporter, connector_initiator, portal};
 pub use groups::{CreateGroup, GroupSource, UpdateGroup, group_type_not_found};
 pub use images::{DISK_FORMATS, RunningCopy, image_source};
+pub use jobs::JobView;
 pub use qos::QosUpdate;
 pub use quotas::{QuotaUsage, check_quota_keys};
 pub use scheduler::capabilities;

@@ -1653,6 +1653,36 @@ impl Tx<'_> {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// One job, whatever its state, with how it stands (the jobs resource).
+    pub fn job(&self, id: i64) -> Result<Option<JobStatus>, StoreError> {
+        self.0
+            .query_row(
+                "SELECT id, kind, spec, volume_id, snapshot_id, step, request_id, project_id, state, last_error, \
+                 created_at, finished_at FROM jobs WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(JobStatus {
+                        row: JobRow {
+                            id: r.get(0)?,
+                            kind: r.get(1)?,
+                            spec: r.get(2)?,
+                            volume_id: r.get(3)?,
+                            snapshot_id: r.get(4)?,
+                            step: r.get(5)?,
+                            request_id: r.get(6)?,
+                            project_id: r.get(7)?,
+                        },
+                        state: r.get(8)?,
+                        last_error: r.get(9)?,
+                        created_at: r.get(10)?,
+                        finished_at: r.get(11)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(StoreError::from)
+    }
+
     /// Removes ended jobs that finished before `before` (an ISO timestamp).
     pub fn prune_jobs(&self, before: &str) -> Result<usize, StoreError> {
         Ok(self.0.execute("DELETE FROM jobs WHERE state != 'running' AND finished_at < ?1", [before])?)
@@ -1921,6 +1951,16 @@ pub struct JobRow {
     pub step: i64,
     pub request_id: String,
     pub project_id: String,
+}
+
+/// A job row with its state, failure and times.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobStatus {
+    pub row: JobRow,
+    pub state: String,
+    pub last_error: Option<String>,
+    pub created_at: String,
+    pub finished_at: Option<String>,
 }
 
 impl JobRow {
