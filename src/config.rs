@@ -27,6 +27,16 @@ pub struct Config {
     pub target: TargetConfig,
     pub http: HttpConfig,
     pub quota: QuotaConfig,
+    pub copy: CopyConfig,
+}
+
+/// `[copy]`: the copy engine (images onto and from volumes, thick clones).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CopyConfig {
+    /// Data bytes per second each copy may write at most (0: no limit), so
+    /// that image copies leave the disks to the guests.
+    pub max_bytes_per_second: u64,
 }
 
 /// `[quota]`: the default quota class (what a project may hold until an admin
@@ -293,6 +303,7 @@ impl Default for Config {
             target: TargetConfig::default(),
             http: HttpConfig::default(),
             quota: QuotaConfig::default(),
+            copy: CopyConfig::default(),
         }
     }
 }

@@ -109,7 +109,8 @@ fn image_command(cfg: &Config, action: ImageAction) -> Result<(), String> {
             };
             use std::io::IsTerminal;
             let progress = progress || std::io::stderr().is_terminal();
-            let req = cli::Import { file: &file, name, disk_format, visibility, project, min_disk, protected, progress };
+            let req =
+                cli::Import { file: &file, name, disk_format, visibility, project, min_disk, protected, progress };
             let record = cli::import(store.as_ref(), &req)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&record).map_err(|e| e.to_string())?);
@@ -167,7 +168,9 @@ fn main() -> ExitCode {
             }
             if healthy { Ok(()) } else { Err("what the configuration needs is missing (see above)".to_string()) }
         }),
-        Command::Image { config, data_dir, action } => load(config, data_dir).and_then(|cfg| image_command(&cfg, action)),
+        Command::Image { config, data_dir, action } => {
+            load(config, data_dir).and_then(|cfg| image_command(&cfg, action))
+        }
         Command::Version => {
             println!("ember {} (Cinder API v3, microversions 3.0-3.71)", env!("CARGO_PKG_VERSION"));
             Ok(())

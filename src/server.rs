@@ -31,6 +31,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
         max_over_subscription_ratio: config.pool.max_over_subscription_ratio(),
         message_ttl: std::time::Duration::from_secs(config.message_ttl),
         quota: config.quota.clone(),
+        copy_rate_limit: Some(config.copy.max_bytes_per_second).filter(|&b| b > 0),
     };
     let exporter = Exporter::open(&config.target)?;
     let images = crate::image::open_store(&config.images, &config.data_dir).map_err(|e| e.to_string())?;

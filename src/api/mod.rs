@@ -423,11 +423,9 @@ async fn pipeline(
         let _request = span.enter();
         let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
         // Encoded here too: a listing's JSON is megabytes, not for an async worker.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            match ember {
-                true => jobs::route(&manager, &req, &rest).map(Reply::encode),
-                false => resources::route(&manager, &req, &rest).map(Reply::encode),
-            }
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match ember {
+            true => jobs::route(&manager, &req, &rest).map(Reply::encode),
+            false => resources::route(&manager, &req, &rest).map(Reply::encode),
         }))
     })
     .await;

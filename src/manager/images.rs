@@ -135,6 +135,24 @@ pub fn image_source(
     }
 }
 
+/// Image data shared by the request's two looks at it.
+struct Shared(Arc<dyn ImageData>);
+
+impl ImageData for Shared {
+    fn len(&self) -> u64 {
+        self.0.len()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.0.read_at(buf, offset)
+    }
+    fn stream(&self) -> io::Result<Box<dyn Read + Send>> {
+        self.0.stream()
+    }
+    fn path(&self) -> Option<&std::path::Path> {
+        self.0.path()
+    }
+}
+
 fn qcow2_refusal(id: &str, e: Qcow2Error) -> ImageError {
     match e {
         Qcow2Error::Io(e) => ImageError::io("read", format!("image {id}"), e),
@@ -202,6 +220,36 @@ impl Drop for Registered<'_> {
 }
 
 impl Manager {
+    /// The request-time checks of an image a volume is to be made of: its
+    /// record (`usable_image`), then its bytes' first structures (the format it
+    /// declares is the one it holds; a qcow2's header, features and tables are
+    /// sound), so a hostile image is a 400 before any status moves.
+    pub(super) fn check_image(&self, caller: &image::Caller, image_id: &str, size_gib: i64) -> Result<ImageRecord> {
+        let invalid_image = |e: ManagerError| match e {
+            ManagerError::Invalid(m) => ManagerError::Invalid(format!("Invalid image: {m}")),
+            other => other,
+        };
+        let record = self.images.show(caller, image_id)?;
+        usable_image(&record, size_gib).map_err(invalid_image)?;
+        let data: Arc<dyn ImageData> = Arc::from(self.images.open(caller, image_id)?);
+        let source = image_source(&record, Box::new(Shared(Arc::clone(&data)))).map_err(|e| invalid_image(e.into()))?;
+        // A qcow2's every L2 entry is checked now (inside the file, no cluster
+        // twice, none on metadata): reading its tables is cheap next to its data.
+        if record.disk_format.as_deref() == Some("qcow2") {
+            let q = Qcow2::open(data).map_err(|e| invalid_image(qcow2_refusal(image_id, e).into()))?;
+            if let Some(Err(e)) = q.extents().find(|x| x.is_err()) {
+                return Err(invalid_image(qcow2_refusal(image_id, e).into()));
+            }
+        }
+        if source.len() > u64::try_from(size_gib).unwrap_or(0).saturating_mul(GIB) {
+            return Err(ManagerError::Invalid(format!(
+                "Invalid image: image {image_id} holds a disk of {} bytes, larger than the volume size {size_gib}GB.",
+                source.len()
+            )));
+        }
+        Ok(record)
+    }
+
     pub(super) fn register_copy(&self, job: &crate::model::Job, volume: &str, image: &str) -> Registered<'_> {
         let progress = Arc::new(Progress::default());
         let entry = RunningCopy {
@@ -245,7 +293,11 @@ impl Manager {
         let data = self.images.open(&caller, image_id)?;
         let mut source = image_source(&record, data)?;
         let copy = self.register_copy(job, volume, image_id);
-        let options = CopyOptions { progress: Arc::clone(&copy.progress), ..CopyOptions::default() };
+        let options = CopyOptions {
+            progress: Arc::clone(&copy.progress),
+            rate_limit: self.settings.copy_rate_limit,
+            ..CopyOptions::default()
+        };
         tracing::info!(%volume, image = %image_id, bytes = source.len(), "writing the image onto the volume");
         let summary = self.pool.write_volume(volume, source.as_mut(), &options, fresh)?;
         tracing::info!(
@@ -264,7 +316,11 @@ impl Manager {
     ) -> std::result::Result<ImageRecord, super::jobs::StepError> {
         let caller = job_caller(&job.project_id);
         let copy = self.register_copy(job, volume, image_id);
-        let options = CopyOptions { progress: Arc::clone(&copy.progress), ..CopyOptions::default() };
+        let options = CopyOptions {
+            progress: Arc::clone(&copy.progress),
+            rate_limit: self.settings.copy_rate_limit,
+            ..CopyOptions::default()
+        };
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
         let (copied, stored) = std::thread::scope(|scope| {
             let reader = scope.spawn(|| {

@@ -113,6 +113,8 @@ pub struct Settings {
     pub message_ttl: Duration,
     /// The default quota class, before any `os-quota-class-sets` update.
     pub quota: crate::config::QuotaConfig,
+    /// Data bytes per second a copy may write (None: no limit).
+    pub copy_rate_limit: Option<u64>,
 }
 
 pub struct Manager {

@@ -55,14 +55,10 @@ impl Manager {
         self.check_zone(req.availability_zone.as_deref())?;
         // The image is looked at before the transaction (the store may be remote).
         if let Some(image_id) = &req.image_id {
-            let image = self.images.show(&super::actions::image_caller(caller), image_id)?;
             let size = req.size.ok_or_else(|| {
                 ManagerError::Invalid("Volume size must be given when creating a volume from an image.".to_string())
             })?;
-            super::images::usable_image(&image, size).map_err(|e| match e {
-                ManagerError::Invalid(m) => ManagerError::Invalid(format!("Invalid image: {m}")),
-                other => other,
-            })?;
+            self.check_image(&super::actions::image_caller(caller), image_id, size)?;
         }
         let capacity = self.pool.capacity()?;
         let (volume, job) = self.store.write(|tx| self.create_volume_in(tx, caller, &req, &capacity))?;

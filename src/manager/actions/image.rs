@@ -3,7 +3,6 @@
 
 use super::{ActionOutcome, invalid};
 use crate::image::{self, ImageRecord, NewImage, Visibility};
-use crate::manager::images::usable_image;
 use crate::manager::{Caller, Manager, ManagerError, Result};
 use crate::model::{JobSpec, Volume, VolumeStatus, VolumeType};
 
@@ -122,11 +121,7 @@ impl Manager {
                 v.status
             )));
         }
-        let image = self.images.show(&image_caller(caller), image_id)?;
-        usable_image(&image, v.size).map_err(|e| match e {
-            ManagerError::Invalid(m) => invalid(format!("Invalid image: {m}")),
-            other => other,
-        })?;
+        let image = self.check_image(&image_caller(caller), image_id, v.size)?;
         let job = self.store.write(|tx| {
             let v = self.visible(tx, caller, id)?;
             if !allowed(v.status) || v.attachments.len() > 1 {

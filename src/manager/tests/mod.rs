@@ -58,6 +58,7 @@ fn settings(max_over_subscription_ratio: f64) -> Settings {
         max_over_subscription_ratio,
         message_ttl: Duration::from_secs(3600),
         quota: crate::config::QuotaConfig::default(),
+        copy_rate_limit: None,
     }
 }
 
