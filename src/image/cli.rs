@@ -102,7 +102,7 @@ fn draw(progress: &Progress, done: &std::sync::atomic::AtomicBool, id: &str) {
         let finished = done.load(std::sync::atomic::Ordering::Relaxed);
         let r = progress.report();
         let width = 30usize;
-        let filled = if r.total == 0 { width } else { usize::try_from(r.done * 30 / r.total).unwrap_or(width) };
+        let filled = (r.done * 30).checked_div(r.total).map_or(width, |f| usize::try_from(f).unwrap_or(width));
         let eta = r.eta.map_or_else(|| "-".to_string(), |s| format!("{s}s"));
         let _ = write!(
             err,
