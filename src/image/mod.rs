@@ -7,6 +7,8 @@
 
 pub mod cli;
 pub mod dir;
+pub mod glance;
+mod http;
 pub mod qcow2;
 
 use std::collections::BTreeMap;
@@ -223,9 +225,7 @@ pub fn open_store(
             let path = dir.path.clone().unwrap_or_else(|| data_dir.join("images"));
             Ok(std::sync::Arc::new(dir::DirStore::open(&path)?))
         }
-        crate::config::ImagesConfig::Glance(_) => Err(ImageError::Unavailable(
-            "the glance image store is not built yet; use [images] backend = \"dir\"".to_string(),
-        )),
+        crate::config::ImagesConfig::Glance(g) => Ok(std::sync::Arc::new(glance::GlanceStore::open(g)?)),
     }
 }
 
