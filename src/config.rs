@@ -37,6 +37,9 @@ pub struct CopyConfig {
     /// Data bytes per second each copy may write at most (0: no limit), so
     /// that image copies leave the disks to the guests.
     pub max_bytes_per_second: u64,
+    /// Compress qcow2 uploads (Cinder's `image_compress_on_upload`): smaller
+    /// images, slower uploads.
+    pub compress_qcow2_uploads: bool,
 }
 
 /// `[quota]`: the default quota class (what a project may hold until an admin

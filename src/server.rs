@@ -32,7 +32,11 @@ pub async fn serve(config: Config) -> Result<(), String> {
         message_ttl: std::time::Duration::from_secs(config.message_ttl),
         quota: config.quota.clone(),
         copy_rate_limit: Some(config.copy.max_bytes_per_second).filter(|&b| b > 0),
+        compress_qcow2_uploads: config.copy.compress_qcow2_uploads,
+        scratch_dir: config.data_dir.join("tmp"),
     };
+    // What an interrupted qcow2 upload left behind (its job fails on resume).
+    let _ = std::fs::remove_dir_all(&settings.scratch_dir);
     let exporter = Exporter::open(&config.target)?;
     let images = crate::image::open_store(&config.images, &config.data_dir).map_err(|e| e.to_string())?;
     let manager = Manager::new(store, pool, exporter, settings, images);

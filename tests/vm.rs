@@ -339,10 +339,114 @@ fn api_scenario(lvm_type: LvmType, tag: &str) {
     let (code, body) = agent.call("DELETE", &format!("/volumes/{id}?cascade=true"), None, None);
     assert_eq!(code, 202, "{body}");
     agent.wait_status("volumes", &id, "gone");
+    timed("images: create from qcow2, reimage from raw, upload", || image_scenario(&agent, &vg, &data_dir));
     agent.stop();
     let ours: Vec<String> =
         vg.lv_names().into_iter().filter(|n| n.starts_with("volume-") || n.starts_with("snap-")).collect();
     assert!(ours.is_empty(), "LVs left behind: {ours:?}");
+}
+
+/// The image paths on LVM (the host tier covers the file pool): a compressed
+/// qcow2 and a sparse raw image made and converted by qemu-img (the reference),
+/// written onto LVs through O_DIRECT, every byte compared, and an upload whose
+/// checksum matches the LV's bytes.
+fn image_scenario(agent: &Agent, vg: &TestVg, data_dir: &Path) {
+    use ember::image::cli::{Import, import};
+    use ember::image::{Visibility, dir::DirStore};
+    let work = vg.dir.join("images-work");
+    std::fs::create_dir_all(&work).unwrap();
+    let raw = work.join("disk.raw");
+    let f = std::fs::File::create(&raw).unwrap();
+    f.set_len(24 << 20).unwrap();
+    let pattern: Vec<u8> = (0..(3u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    f.write_all_at(&pattern, (1 << 20) + 512).unwrap();
+    f.write_all_at(b"the end of the image", (24 << 20) - 20).unwrap();
+    drop(f);
+    let qemu_img = cmd::resolve("qemu-img").expect("qemu-img (the host's, through the 9p root)");
+    let t = Duration::from_secs(120);
+    let qcow2 = work.join("disk.qcow2");
+    let arg = |p: &Path| p.to_str().unwrap().to_string();
+    cmd::run(&qemu_img, &["convert", "-f", "raw", "-O", "qcow2", "-c", &arg(&raw), &arg(&qcow2)], t).unwrap();
+    let reference = work.join("reference.raw");
+    cmd::run(&qemu_img, &["convert", "-f", "qcow2", "-O", "raw", &arg(&qcow2), &arg(&reference)], t).unwrap();
+    let want = std::fs::read(&reference).unwrap();
+    assert_eq!(want, std::fs::read(&raw).unwrap(), "qemu-img's round trip");
+    let store = DirStore::open(&data_dir.join("images")).unwrap();
+    let imported = |path: &Path| {
+        let req = Import {
+            file: path,
+            name: None,
+            disk_format: None,
+            visibility: Visibility::Public,
+            project: "admin".into(),
+            min_disk: 0,
+            protected: false,
+            progress: false,
+        };
+        import(&store, &req).unwrap().id
+    };
+    let (qcow2_id, raw_id) = (imported(&qcow2), imported(&raw));
+    let device = |id: &str| {
+        PathBuf::from(format!("/dev/mapper/{}-volume--{}", vg.name.replace('-', "--"), id.replace('-', "--")))
+    };
+    // The image's bytes, then zeros in samples of the rest of the 1 GiB volume.
+    let holds = |dev: &Path, what: &str| {
+        assert!(read(dev, 0, want.len()) == want, "{what}: the LV differs from qemu-img's conversion");
+        for at in [want.len() as u64, 100 << 20, 700 << 20, GIB - (1 << 20)] {
+            assert!(read(dev, at, 1 << 20).iter().all(|&b| b == 0), "{what}: non-zero bytes at {at}");
+        }
+    };
+    let (code, body) = agent.call("POST", "/volumes", Some(json!({"volume": {"size": 1, "imageRef": qcow2_id}})), None);
+    assert_eq!(code, 202, "{body}");
+    let vid = body["volume"]["id"].as_str().unwrap().to_string();
+    let v = agent.wait_status("volumes", &vid, "available");
+    assert_eq!(v["bootable"], "true", "{v}");
+    assert_eq!(v["volume_image_metadata"]["image_id"], qcow2_id.as_str(), "{v}");
+    holds(&device(&vid), "create from compressed qcow2");
+    // Old data, inside and past the image, gone after a reimage from raw.
+    write(&device(&vid), 2 << 20, &[0xee; 4096]);
+    write(&device(&vid), 700 << 20, b"old tenant data");
+    let (code, body) = agent.call(
+        "POST",
+        &format!("/volumes/{vid}/action"),
+        Some(json!({"os-reimage": {"image_id": raw_id}})),
+        Some("3.68"),
+    );
+    assert_eq!(code, 202, "{body}");
+    wait_until(120, "reimage", || {
+        let (_, v) = agent.call("GET", &format!("/volumes/{vid}"), None, None);
+        (v["volume"]["status"] == "available" && v["volume"]["volume_image_metadata"]["image_id"] == raw_id.as_str())
+            .then_some(())
+    });
+    holds(&device(&vid), "reimage from sparse raw");
+    let (code, body) = agent.call(
+        "POST",
+        &format!("/volumes/{vid}/action"),
+        Some(json!({"os-volume_upload_image": {"image_name": "up"}})),
+        None,
+    );
+    assert_eq!(code, 202, "{body}");
+    let image_id = body["os-volume_upload_image"]["image_id"].as_str().unwrap().to_string();
+    // Hashing 1 GiB twice (md5, sha512) is slow under the VM's emulated CPU.
+    timed("upload of 1 GiB", || {
+        wait_until(900, "upload", || {
+            let (_, v) = agent.call("GET", &format!("/volumes/{vid}"), None, None);
+            (v["volume"]["status"] == "available").then_some(())
+        })
+    });
+    let stored = data_dir.join("images").join(&image_id);
+    let md5sum = |p: &Path| cmd::run(&cmd::resolve("md5sum").unwrap(), &[p.to_str().unwrap()], t).unwrap();
+    let record: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(data_dir.join("images").join(format!("{image_id}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record["status"], "active", "{record}");
+    let lv_md5 = md5sum(&device(&vid)).split_whitespace().next().unwrap().to_string();
+    assert_eq!(record["checksum"], lv_md5.as_str(), "the upload's md5 is the LV's");
+    assert_eq!(md5sum(&stored).split_whitespace().next().unwrap(), lv_md5, "the stored image is the LV's bytes");
+    let (code, body) = agent.call("DELETE", &format!("/volumes/{vid}"), None, None);
+    assert_eq!(code, 202, "{body}");
+    agent.wait_status("volumes", &vid, "gone");
 }
 
 #[test]

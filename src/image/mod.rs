@@ -206,10 +206,21 @@ impl<R: Read> Hashing<R> {
 }
 
 impl<R: Read> Read for Hashing<R> {
+    /// Large reads are hashed by two threads, md5 beside sha512: each runs at
+    /// about the speed of a disk, one after the other they would not.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.md5.update(&buf[..n]);
-        self.sha512.update(&buf[..n]);
+        let data = &buf[..n];
+        if n >= 256 << 10 {
+            let md5 = &mut self.md5;
+            std::thread::scope(|s| {
+                s.spawn(|| md5.update(data));
+                self.sha512.update(data);
+            });
+        } else {
+            self.md5.update(data);
+            self.sha512.update(data);
+        }
         self.bytes += n as u64;
         Ok(n)
     }

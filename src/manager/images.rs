@@ -307,13 +307,19 @@ impl Manager {
         Ok((record, summary))
     }
 
-    /// Streams the volume into the queued image (raw).
+    /// Streams the volume into the queued image: raw straight through, qcow2
+    /// written natively into a scratch file first (its tables come last), then
+    /// streamed.
     pub(super) fn upload(
         &self,
         job: &crate::model::Job,
         volume: &str,
         image_id: &str,
+        disk_format: &str,
     ) -> std::result::Result<ImageRecord, super::jobs::StepError> {
+        if disk_format == "qcow2" {
+            return self.upload_qcow2(job, volume, image_id);
+        }
         let caller = job_caller(&job.project_id);
         let copy = self.register_copy(job, volume, image_id);
         let options = CopyOptions {
@@ -344,11 +350,125 @@ impl Manager {
         Ok(record)
     }
 
+    fn upload_qcow2(
+        &self,
+        job: &crate::model::Job,
+        volume: &str,
+        image_id: &str,
+    ) -> std::result::Result<ImageRecord, super::jobs::StepError> {
+        let caller = job_caller(&job.project_id);
+        let scratch = &self.settings.scratch_dir;
+        std::fs::create_dir_all(scratch).map_err(|e| PoolError::io("create", scratch, e))?;
+        let path = scratch.join(format!("upload-{image_id}.qcow2"));
+        let _cleanup = RemoveOnDrop(path.clone());
+        let size = {
+            let copy = self.register_copy(job, volume, image_id);
+            let options = CopyOptions {
+                progress: Arc::clone(&copy.progress),
+                rate_limit: self.settings.copy_rate_limit,
+                ..CopyOptions::default()
+            };
+            let file = std::fs::File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .map_err(|e| PoolError::io("create", &path, e))?;
+            let volume_bytes = self.volume_bytes(volume)?;
+            let writer =
+                crate::image::qcow2::Qcow2Writer::new(file, volume_bytes, self.settings.compress_qcow2_uploads)
+                    .map_err(|e| PoolError::Refused(format!("qcow2 writer: {e}")))?;
+            let mut sink = Qcow2Sink { writer: Some(writer), pending: None };
+            self.pool.read_volume(volume, &mut sink, &options)?;
+            volume_bytes
+        };
+        let mut file = std::fs::File::open(&path).map_err(|e| PoolError::io("open", &path, e))?;
+        let record = self.images.upload(&caller, image_id, &mut file, Some(size))?;
+        tracing::info!(%volume, image = %image_id, bytes = record.size, "volume uploaded as qcow2");
+        Ok(record)
+    }
+
+    /// The volume's size in bytes, from the store.
+    fn volume_bytes(&self, volume: &str) -> std::result::Result<u64, super::jobs::StepError> {
+        let v = self.store.read(|tx| tx.volume(volume))?.ok_or_else(|| PoolError::NotFound { what: volume.into() })?;
+        Ok(u64::try_from(v.size).unwrap_or(0) * GIB)
+    }
+
     /// Deletes an image an upload could not finish (best effort: logged).
     pub(super) fn discard_image(&self, project_id: &str, image_id: &str) {
         if let Err(e) = self.images.delete(&job_caller(project_id), image_id) {
             tracing::warn!(image = %image_id, error = %e, "could not delete the image of a failed upload");
         }
+    }
+}
+
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The engine's writes as a qcow2 image: whole 64 KiB clusters to the writer
+/// (a partial one is gathered first), zero runs left unallocated.
+struct Qcow2Sink {
+    writer: Option<crate::image::qcow2::Qcow2Writer<std::fs::File>>,
+    /// A cluster being gathered: its offset and bytes.
+    pending: Option<(u64, Vec<u8>)>,
+}
+
+const CLUSTER: u64 = 64 << 10;
+
+impl Qcow2Sink {
+    fn writer(&mut self) -> io::Result<&mut crate::image::qcow2::Qcow2Writer<std::fs::File>> {
+        self.writer.as_mut().ok_or_else(|| io::Error::other("the qcow2 image is finished"))
+    }
+
+    fn flush_pending(&mut self) -> io::Result<()> {
+        if let Some((at, bytes)) = self.pending.take() {
+            self.writer()?.write(at, &bytes).map_err(io::Error::other)?;
+        }
+        Ok(())
+    }
+}
+
+impl engine::Sink for Qcow2Sink {
+    fn write(&mut self, mut offset: u64, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let cluster = offset - offset % CLUSTER;
+            let into = usize::try_from(offset - cluster).unwrap_or(0);
+            let take = (usize::try_from(CLUSTER).unwrap_or(0) - into).min(data.len());
+            if self.pending.as_ref().is_some_and(|(at, _)| *at != cluster) {
+                self.flush_pending()?;
+            }
+            if into == 0 && take as u64 == CLUSTER {
+                // Whole clusters in one go, as many as there are.
+                let whole = data.len() - data.len() % usize::try_from(CLUSTER).unwrap_or(1);
+                self.writer()?.write(offset, &data[..whole]).map_err(io::Error::other)?;
+                offset += whole as u64;
+                data = &data[whole..];
+                continue;
+            }
+            let (_, bytes) =
+                self.pending.get_or_insert_with(|| (cluster, vec![0u8; usize::try_from(CLUSTER).unwrap_or(0)]));
+            bytes[into..into + take].copy_from_slice(&data[..take]);
+            offset += take as u64;
+            data = &data[take..];
+        }
+        Ok(())
+    }
+
+    fn zero(&mut self, _offset: u64, _len: u64) -> io::Result<()> {
+        // Unallocated clusters read as zeros; a gathered cluster is zero-filled.
+        Ok(())
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        self.flush_pending()?;
+        let writer = self.writer.take().ok_or_else(|| io::Error::other("finished twice"))?;
+        writer.finish().map_err(io::Error::other).map(drop)
     }
 }
 

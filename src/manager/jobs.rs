@@ -80,6 +80,7 @@ enum Step {
     Upload {
         volume: String,
         image: String,
+        disk_format: String,
     },
 }
 
@@ -123,7 +124,7 @@ fn steps(spec: &JobSpec) -> Vec<Step> {
             Step::Download { volume, image, fresh: true },
         ],
         JobSpec::Reimage { volume, image } => vec![Step::Download { volume, image, fresh: false }],
-        JobSpec::UploadImage { volume, image, .. } => vec![Step::Upload { volume, image }],
+        JobSpec::UploadImage { volume, image, disk_format } => vec![Step::Upload { volume, image, disk_format }],
     }
 }
 
@@ -200,8 +201,8 @@ impl Step {
                     }
                 })?;
             }
-            Step::Upload { volume, image } => {
-                m.upload(job, volume, image)?;
+            Step::Upload { volume, image, disk_format } => {
+                m.upload(job, volume, image, disk_format)?;
             }
         }
         Ok(())
@@ -225,7 +226,9 @@ impl Step {
             Step::SuspendExport(v) => format!("suspend the export of volume {v}"),
             Step::RefreshExport(v) => format!("show volume {v}'s new size through its export"),
             Step::Download { volume, image, .. } => format!("write image {image} onto volume {volume}"),
-            Step::Upload { volume, image } => format!("upload volume {volume} to image {image}"),
+            Step::Upload { volume, image, disk_format } => {
+                format!("upload volume {volume} to {disk_format} image {image}")
+            }
         }
     }
 }

@@ -115,6 +115,10 @@ pub struct Settings {
     pub quota: crate::config::QuotaConfig,
     /// Data bytes per second a copy may write (None: no limit).
     pub copy_rate_limit: Option<u64>,
+    /// qcow2 uploads are compressed (Cinder's `image_compress_on_upload`).
+    pub compress_qcow2_uploads: bool,
+    /// Where a qcow2 upload is assembled before it is streamed (`<data-dir>/tmp`).
+    pub scratch_dir: std::path::PathBuf,
 }
 
 pub struct Manager {

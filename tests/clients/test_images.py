@@ -206,6 +206,29 @@ def test_upload_then_create_gives_the_same_bytes(agent, cinder, images):
     assert_volume_holds(agent, again.id, reference(images["qcow2"], "qcow2"))
 
 
+def test_upload_as_qcow2_is_a_clean_image_of_the_volume(agent, cinder, images):
+    """ember writes qcow2 itself; qemu-img (the reference) checks the image and
+    compares it with the volume's bytes."""
+    record = import_image(agent, images["zero-clusters"])
+    vol = wait_status(cinder, cinder.volumes.create(1, imageRef=record["id"]).id, "available")
+    r = agent.action(vol.id, {"os-volume_upload_image": {"image_name": "as-qcow2", "disk_format": "qcow2"}})
+    assert r.status_code == 202, r.text
+    body = r.json()["os-volume_upload_image"]
+    assert body["disk_format"] == "qcow2"
+    image = wait_for(lambda: (i := show_image(agent, body["image_id"]))["status"] == "active" and i, what="active")
+    wait_status(cinder, vol.id, "available")
+    stored = agent.data_dir / "images" / body["image_id"]
+    run("qemu-img", "check", "-f", "qcow2", stored)
+    run("qemu-img", "compare", "-f", "qcow2", "-F", "raw", stored, agent.volume_file(vol.id))
+    assert image["virtual_size"] == GiB and image["size"] < 8 * MiB, image
+    assert not list((agent.data_dir / "tmp").glob("*")), "the scratch file stayed"
+    again = wait_status(cinder, cinder.volumes.create(1, imageRef=body["image_id"]).id, "available")
+    assert_volume_holds(agent, again.id, reference(images["zero-clusters"], "qcow2"))
+    r = agent.action(vol.id, {"os-volume_upload_image": {"image_name": "x", "disk_format": "vmdk"}})
+    assert r.status_code == 400 and "vmdk" in r.text, r.text
+    assert cinder.volumes.get(vol.id).status == "available"
+
+
 def show_image(agent, image_id):
     return json.loads(run(ember_binary(), "image", "show", "--data-dir", agent.data_dir, image_id).stdout)
 

@@ -46,14 +46,20 @@ impl Manager {
                 v.status
             )));
         }
-        if req.disk_format != "raw" {
+        if !crate::manager::DISK_FORMATS.contains(&req.disk_format.as_str()) {
             return Err(invalid(format!(
-                "Invalid input received: ember uploads raw images; disk_format {} is not supported yet.",
+                "Invalid input received: ember uploads raw and qcow2 images; disk_format {} is not supported.",
                 req.disk_format
             )));
         }
+        if !["bare", "ovf"].contains(&req.container_format.as_str()) {
+            return Err(invalid(format!(
+                "Invalid input received: container_format {} is not supported (bare, ovf).",
+                req.container_format
+            )));
+        }
         let vtype = self.store.read(|tx| tx.volume_type(&v.volume_type_id))?;
-        if vtype.as_ref().is_some_and(|t| t.encrypted) && req.container_format != "bare" {
+        if vtype.as_ref().is_some_and(|t| t.encrypted) && (req.container_format != "bare" || req.disk_format != "raw") {
             return Err(invalid(
                 "Invalid input received: an encrypted volume uploads only as a raw, bare image.".to_string(),
             ));

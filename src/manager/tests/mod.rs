@@ -4,6 +4,7 @@
 
 mod exports;
 mod groups;
+mod images;
 mod jobs;
 mod sim;
 
@@ -59,6 +60,8 @@ fn settings(max_over_subscription_ratio: f64) -> Settings {
         message_ttl: Duration::from_secs(3600),
         quota: crate::config::QuotaConfig::default(),
         copy_rate_limit: None,
+        compress_qcow2_uploads: false,
+        scratch_dir: std::env::temp_dir().join(format!("ember-scratch-{}", uuid::Uuid::new_v4())),
     }
 }
 
