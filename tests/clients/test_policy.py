@@ -474,3 +474,28 @@ def test_a_private_type_needs_access_granted(api):
         r = api.call("admin", "POST", f"/types/{pt}/action", bad)
         assert r.status_code == 400, (bad, r.text)
     assert api.ok("GET", f"/types/{pt}/os-volume-type-access") == {"volume_type_access": []}
+
+
+def test_the_jobs_resource_follows_its_own_table(api, shared):
+    """/ember/v1/jobs (src/api/jobs.rs ROUTES): readers and members list and show
+    their project's jobs, another project's are hidden, only admins cancel."""
+    table = (ROOT / "src" / "api" / "jobs.rs").read_text()
+    assert re.findall(r'\("(GET|DELETE)", &\[([^\]]*)\]', table) == [
+        ("GET", '"jobs"'), ("GET", '"jobs", "*"'), ("DELETE", '"jobs", "*"')], "a route without a case here"
+    root = api.agent.root + "/ember/v1"
+
+    def call(who, method, path):
+        return requests.request(method, root + path, headers={"X-Auth-Token": TOKENS[who][0]}, timeout=30)
+    # A finished job of P1: the create of the shared volume.
+    job = max(j for j in range(1, 200) if call("admin", "GET", f"/jobs/{j}").status_code == 200)
+    for who in ("admin", "member", "reader"):
+        assert call(who, "GET", "/jobs").status_code == 200, who
+        r = call(who, "GET", f"/jobs/{job}")
+        assert r.status_code == 200 and r.json()["job"]["project_id"] == P1, (who, r.text)
+    assert call("other", "GET", f"/jobs/{job}").status_code == 404
+    assert call("other", "GET", "/jobs").json()["jobs"] == []
+    assert call("norole", "GET", "/jobs").status_code == 403
+    for who in ("member", "reader", "other", "norole"):
+        assert call(who, "DELETE", f"/jobs/{job}").status_code == 403, who
+    assert call("admin", "DELETE", f"/jobs/{job}").status_code == 409  # done: nothing to cancel
+    assert requests.get(root + "/jobs", timeout=30).status_code == 401
