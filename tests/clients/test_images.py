@@ -168,6 +168,12 @@ def test_cinder_cli_creates_from_image_and_reimages(agent, images, tmp_path):
     wait_for(lambda: getattr(c.volumes.get(vid), "volume_image_metadata", {}).get("image_id") == other["id"], what="reimage")
     wait_status(c, vid, "available")
     assert_volume_holds(agent, vid, reference(images["compressed"], "qcow2"))
+    out = cli("upload-to-image", "--disk-format", "qcow2", vid, "cli-upload").stdout
+    image_id = next(line.split("|")[2].strip() for line in out.splitlines() if line.startswith("| image_id "))
+    wait_for(lambda: show_image(agent, image_id)["status"] == "active", what="the CLI's upload active")
+    wait_status(c, vid, "available")
+    run("qemu-img", "compare", "-f", "qcow2", "-F", "raw", agent.data_dir / "images" / image_id,
+        agent.volume_file(vid))
 
 
 def test_reimage_replaces_every_byte_and_the_metadata(agent, cinder, images):
