@@ -42,6 +42,14 @@ pub(super) fn usable_image(image: &ImageRecord, size_gib: i64) -> Result<()> {
     if image.status != ImageStatus::Active {
         return Err(ManagerError::Invalid(format!("Image {id} is not active.")));
     }
+    // A Nova snapshot of a volume-backed instance holds no bytes, only the
+    // mapping to a Cinder snapshot (Cinder copies that snapshot instead).
+    if image.properties.contains_key("block_device_mapping") {
+        return Err(ManagerError::Invalid(format!(
+            "Image {id} is a snapshot of a volume-backed instance (block_device_mapping); ember cannot make a \
+             volume of it yet."
+        )));
+    }
     let format = image.disk_format.as_deref().unwrap_or("");
     if !DISK_FORMATS.contains(&format) {
         return Err(ManagerError::Invalid(format!(

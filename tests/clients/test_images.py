@@ -307,6 +307,9 @@ def test_image_checks(agent, cinder, images):
     big_min_disk = put_record(agent, images["raw"], "raw", min_disk=5)
     with pytest.raises(cexc.BadRequest, match="min_disk"):
         rc.volumes.reimage(vol, big_min_disk)
+    nova = put_record(agent, images["raw"], "raw", properties={"block_device_mapping": "[]", "bdm_v2": "True"})
+    with pytest.raises(cexc.BadRequest, match="volume-backed"):
+        rc.volumes.reimage(vol, nova)
     queued = put_record(agent, images["raw"], "raw", status="queued")
     with pytest.raises(cexc.BadRequest, match="not active"):
         rc.volumes.reimage(vol, queued)
