@@ -394,6 +394,11 @@ impl Manager {
                 "job failed"
             ),
         }
+        // A failed upload leaves no half-made image behind, and is gone before
+        // the volume is seen restored.
+        if let (Some(_), JobSpec::UploadImage { image, .. }) = (&failure, &job.spec) {
+            self.discard_image(&job.project_id, image);
+        }
         let ended = self.store.write(|tx| {
             // The member's group is read before its row may go, settled after.
             let touched = super::groups::Touched::of(tx, &job.spec)?;
@@ -421,10 +426,7 @@ impl Manager {
                         tracing::error!(job = job.id, %volume, error = %e, "could not roll back a failed export");
                     }
                 }
-                // A failed upload leaves no half-made image behind.
-                if let JobSpec::UploadImage { image, .. } = &job.spec {
-                    self.discard_image(&job.project_id, image);
-                }
+
                 Outcome::Failed(f)
             }
         }

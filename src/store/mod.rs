@@ -1634,51 +1634,25 @@ impl Tx<'_> {
     /// The unfinished jobs, oldest first, as stored: decoding is the caller's, so a
     /// row that does not decode can be reported rather than skipped.
     pub fn running_jobs(&self) -> Result<Vec<JobRow>, StoreError> {
-        let mut stmt = self.0.prepare(
-            "SELECT id, kind, spec, volume_id, snapshot_id, step, request_id, project_id FROM jobs \
-             WHERE state = 'running' ORDER BY id",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(JobRow {
-                id: r.get(0)?,
-                kind: r.get(1)?,
-                spec: r.get(2)?,
-                volume_id: r.get(3)?,
-                snapshot_id: r.get(4)?,
-                step: r.get(5)?,
-                request_id: r.get(6)?,
-                project_id: r.get(7)?,
-            })
-        })?;
+        let mut stmt =
+            self.0.prepare(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'running' ORDER BY id"))?;
+        let rows = stmt.query_map([], job_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// One job, whatever its state, with how it stands (the jobs resource).
     pub fn job(&self, id: i64) -> Result<Option<JobStatus>, StoreError> {
+        let sql = format!("SELECT {JOB_COLUMNS}, state, last_error, created_at, finished_at FROM jobs WHERE id = ?1");
         self.0
-            .query_row(
-                "SELECT id, kind, spec, volume_id, snapshot_id, step, request_id, project_id, state, last_error, \
-                 created_at, finished_at FROM jobs WHERE id = ?1",
-                [id],
-                |r| {
-                    Ok(JobStatus {
-                        row: JobRow {
-                            id: r.get(0)?,
-                            kind: r.get(1)?,
-                            spec: r.get(2)?,
-                            volume_id: r.get(3)?,
-                            snapshot_id: r.get(4)?,
-                            step: r.get(5)?,
-                            request_id: r.get(6)?,
-                            project_id: r.get(7)?,
-                        },
-                        state: r.get(8)?,
-                        last_error: r.get(9)?,
-                        created_at: r.get(10)?,
-                        finished_at: r.get(11)?,
-                    })
-                },
-            )
+            .query_row(&sql, [id], |r| {
+                Ok(JobStatus {
+                    row: job_row(r)?,
+                    state: r.get(8)?,
+                    last_error: r.get(9)?,
+                    created_at: r.get(10)?,
+                    finished_at: r.get(11)?,
+                })
+            })
             .optional()
             .map_err(StoreError::from)
     }
@@ -1951,6 +1925,22 @@ pub struct JobRow {
     pub step: i64,
     pub request_id: String,
     pub project_id: String,
+}
+
+/// The columns `job_row` reads, in its order.
+const JOB_COLUMNS: &str = "id, kind, spec, volume_id, snapshot_id, step, request_id, project_id";
+
+fn job_row(r: &rusqlite::Row) -> rusqlite::Result<JobRow> {
+    Ok(JobRow {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        spec: r.get(2)?,
+        volume_id: r.get(3)?,
+        snapshot_id: r.get(4)?,
+        step: r.get(5)?,
+        request_id: r.get(6)?,
+        project_id: r.get(7)?,
+    })
 }
 
 /// A job row with its state, failure and times.

@@ -353,6 +353,15 @@ def test_progress_is_visible_and_an_admin_cancels(agent, cinder, images):
     assert agent.session.put(f"{agent.root}/ember/v1/jobs/1", timeout=10).status_code == 405
 
 
+def kill_while_copying(a, volume_id):
+    """kill -9 once the volume's copy has written something; the agent restarted."""
+    wait_for(lambda: any(j["volume_id"] == volume_id and j["copy"] and j["copy"]["bytes_done"] > 0
+                         for j in jobs(a)), what="a copy under way")
+    a.proc.send_signal(signal.SIGKILL)
+    a.proc.wait()
+    return start_agent(CONFIG, data_dir=str(a.data_dir))
+
+
 def test_kill_during_reimage_and_upload_ends_cleanly(images):
     """kill -9 in the middle of each copy; after the restart the reimage is in
     error (retry by reimaging again), the upload's volume is available again and
@@ -363,11 +372,7 @@ def test_kill_during_reimage_and_upload_ends_cleanly(images):
         record = import_image(a, images["dense"])
         target = wait_status(c, c.volumes.create(1).id, "available")
         make_cinder(a, version="3.68").volumes.reimage(target, record["id"])
-        wait_for(lambda: any(j["volume_id"] == target.id and j["copy"] and j["copy"]["bytes_done"] > 0
-                             for j in jobs(a)), what="reimage copying")
-        a.proc.send_signal(signal.SIGKILL)
-        a.proc.wait()
-        a = start_agent(CONFIG, data_dir=str(a.data_dir))
+        a = kill_while_copying(a, target.id)
         c = make_cinder(a)
         wait_status(c, target.id, "error")
         msgs = make_cinder(a, version="3.5").messages.list()
@@ -379,11 +384,7 @@ def test_kill_during_reimage_and_upload_ends_cleanly(images):
         r = a.action(target.id, {"os-volume_upload_image": {"image_name": "half"}})
         assert r.status_code == 202, r.text
         image_id = r.json()["os-volume_upload_image"]["image_id"]
-        wait_for(lambda: any(j["volume_id"] == target.id and j["copy"] and j["copy"]["bytes_done"] > 0
-                             for j in jobs(a)), what="upload copying")
-        a.proc.send_signal(signal.SIGKILL)
-        a.proc.wait()
-        a = start_agent(CONFIG, data_dir=str(a.data_dir))
+        a = kill_while_copying(a, target.id)
         c = make_cinder(a)
         wait_status(c, target.id, "available")
         leftovers = [p.name for p in (a.data_dir / "images").iterdir() if p.name.startswith(image_id)]
