@@ -606,9 +606,17 @@ impl Source for DeviceSource {
             got += n;
         }
         if self.sparse {
-            // Best effort: the pages just read are not needed again.
+            // Best effort: the pages just read are not needed again, the next
+            // two buffers' of this data range are (read ahead while the writer works).
+            use nix::fcntl::{PosixFadviseAdvice as Advice, posix_fadvise};
             let (at, n) = (i64::try_from(self.pos).unwrap_or(0), i64::try_from(want).unwrap_or(0));
-            let _ = nix::fcntl::posix_fadvise(&self.file, at, n, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+            let _ = posix_fadvise(&self.file, at, n, Advice::POSIX_FADV_DONTNEED);
+            // Only data: read-ahead over a hole would fill the cache with zeros.
+            let ahead = (self.data_end.saturating_sub(self.pos + want as u64)).min(2 * BUF_LEN as u64);
+            if ahead > 0 {
+                let ahead = i64::try_from(ahead).unwrap_or(0);
+                let _ = posix_fadvise(&self.file, at + n, ahead, Advice::POSIX_FADV_WILLNEED);
+            }
         }
         let chunk = Chunk::Data { offset: self.pos, len: want };
         self.pos += want as u64;
