@@ -105,16 +105,17 @@ pub(super) fn glance_metadata(image: &ImageRecord) -> BTreeMap<String, String> {
     meta
 }
 
-/// An image's guest bytes as a copy source: raw images as they are (a local file
-/// with O_DIRECT and its holes skipped, a stream otherwise), qcow2 through the
-/// native reader. The declared format must be the one the bytes hold: a "raw"
+/// The formats ember reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Raw,
+    Qcow2,
+}
+
+/// The format the record declares, once the bytes are seen to hold it: a "raw"
 /// image that is qcow2 inside would expose its host's files through a backing
 /// file if it were ever handed to a qcow2 reader, so it is refused.
-pub fn image_source(
-    image: &ImageRecord,
-    data: Box<dyn ImageData>,
-) -> std::result::Result<Box<dyn engine::Source>, ImageError> {
-    let data: Arc<dyn ImageData> = Arc::from(data);
+fn declared_format(image: &ImageRecord, data: &dyn ImageData) -> std::result::Result<Format, ImageError> {
     let mut head = [0u8; 512];
     let n = data.read_at(&mut head, 0).map_err(|e| ImageError::io("read", format!("image {}", image.id), e))?;
     let holds_qcow2 = is_qcow2(&head[..n]);
@@ -123,7 +124,28 @@ pub fn image_source(
             "Image {} is declared raw but holds a qcow2 image; refusing it.",
             image.id
         ))),
-        Some("raw") => {
+        Some("raw") => Ok(Format::Raw),
+        Some("qcow2") if !holds_qcow2 => {
+            Err(ImageError::Invalid(format!("Image {} is declared qcow2 but is not a qcow2 image.", image.id)))
+        }
+        Some("qcow2") => Ok(Format::Qcow2),
+        other => Err(ImageError::Invalid(format!("Image {} has an unsupported disk_format {other:?}.", image.id))),
+    }
+}
+
+fn open_qcow2(image: &ImageRecord, data: Arc<dyn ImageData>) -> std::result::Result<Qcow2, ImageError> {
+    Qcow2::open(data).map_err(|e| qcow2_refusal(&image.id, e))
+}
+
+/// An image's guest bytes as a copy source: raw images as they are (a local file
+/// read with its holes skipped, a stream otherwise), qcow2 through the native
+/// reader; the declared format must be the one the bytes hold.
+pub fn image_source(
+    image: &ImageRecord,
+    data: Arc<dyn ImageData>,
+) -> std::result::Result<Box<dyn engine::Source>, ImageError> {
+    match declared_format(image, data.as_ref())? {
+        Format::Raw => {
             if let Some(path) = data.path() {
                 let source =
                     DeviceSource::open(path).map_err(|e| ImageError::io("open", path.display().to_string(), e))?;
@@ -132,32 +154,10 @@ pub fn image_source(
             let stream = data.stream().map_err(|e| ImageError::io("download", format!("image {}", image.id), e))?;
             Ok(Box::new(ReaderSource::new(stream, data.len())))
         }
-        Some("qcow2") if !holds_qcow2 => {
-            Err(ImageError::Invalid(format!("Image {} is declared qcow2 but is not a qcow2 image.", image.id)))
-        }
-        Some("qcow2") => {
-            let q = Qcow2::open(data).map_err(|e| qcow2_refusal(&image.id, e))?;
+        Format::Qcow2 => {
+            let q = open_qcow2(image, data)?;
             Ok(Box::new(Qcow2Source { virtual_size: q.virtual_size(), image: Arc::new(q), extents: None }))
         }
-        other => Err(ImageError::Invalid(format!("Image {} has an unsupported disk_format {other:?}.", image.id))),
-    }
-}
-
-/// Image data shared by the request's two looks at it.
-struct Shared(Arc<dyn ImageData>);
-
-impl ImageData for Shared {
-    fn len(&self) -> u64 {
-        self.0.len()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.0.read_at(buf, offset)
-    }
-    fn stream(&self) -> io::Result<Box<dyn Read + Send>> {
-        self.0.stream()
-    }
-    fn path(&self) -> Option<&std::path::Path> {
-        self.0.path()
     }
 }
 
@@ -218,7 +218,8 @@ pub struct RunningCopy {
 pub(super) struct Registered<'a> {
     manager: &'a Manager,
     job: i64,
-    pub progress: Arc<Progress>,
+    /// What the copy runs with: the registered progress, the agent's rate limit.
+    pub options: CopyOptions,
 }
 
 impl Drop for Registered<'_> {
@@ -240,19 +241,23 @@ impl Manager {
         let record = self.images.show(caller, image_id)?;
         usable_image(&record, size_gib).map_err(invalid_image)?;
         let data: Arc<dyn ImageData> = Arc::from(self.images.open(caller, image_id)?);
-        let source = image_source(&record, Box::new(Shared(Arc::clone(&data)))).map_err(|e| invalid_image(e.into()))?;
-        // A qcow2's every L2 entry is checked now (inside the file, no cluster
-        // twice, none on metadata): reading its tables is cheap next to its data.
-        if record.disk_format.as_deref() == Some("qcow2") {
-            let q = Qcow2::open(data).map_err(|e| invalid_image(qcow2_refusal(image_id, e).into()))?;
-            if let Some(Err(e)) = q.extents().find(|x| x.is_err()) {
-                return Err(invalid_image(qcow2_refusal(image_id, e).into()));
+        let refused = |e: ImageError| invalid_image(e.into());
+        let disk_bytes = match declared_format(&record, data.as_ref()).map_err(refused)? {
+            Format::Raw => data.len(),
+            // A qcow2's every L2 entry is checked now (inside the file, no
+            // cluster twice, none on metadata): its tables are cheap next to its data.
+            Format::Qcow2 => {
+                let q = open_qcow2(&record, data).map_err(refused)?;
+                if let Some(Err(e)) = q.extents().find(|x| x.is_err()) {
+                    return Err(refused(qcow2_refusal(image_id, e)));
+                }
+                q.virtual_size()
             }
-        }
-        if source.len() > u64::try_from(size_gib).unwrap_or(0).saturating_mul(GIB) {
+        };
+        if disk_bytes > u64::try_from(size_gib).unwrap_or(0).saturating_mul(GIB) {
             return Err(ManagerError::Invalid(format!(
-                "Invalid image: image {image_id} holds a disk of {} bytes, larger than the volume size {size_gib}GB.",
-                source.len()
+                "Invalid image: image {image_id} holds a disk of {disk_bytes} bytes, larger than the volume size \
+                 {size_gib}GB."
             )));
         }
         Ok(record)
@@ -269,7 +274,8 @@ impl Manager {
             progress: Arc::clone(&progress),
         };
         self.copies.lock().unwrap_or_else(|p| p.into_inner()).insert(job.id, entry);
-        Registered { manager: self, job: job.id, progress }
+        let options = CopyOptions { progress, rate_limit: self.settings.copy_rate_limit, ..CopyOptions::default() };
+        Registered { manager: self, job: job.id, options }
     }
 
     /// The copies running now, in job order.
@@ -298,16 +304,13 @@ impl Manager {
     ) -> std::result::Result<(ImageRecord, CopySummary), super::jobs::StepError> {
         let caller = job_caller(&job.project_id);
         let record = self.images.show(&caller, image_id)?;
-        let data = self.images.open(&caller, image_id)?;
+        let data = Arc::from(self.images.open(&caller, image_id)?);
         let mut source = image_source(&record, data)?;
         let copy = self.register_copy(job, volume, image_id);
-        let options = CopyOptions {
-            progress: Arc::clone(&copy.progress),
-            rate_limit: self.settings.copy_rate_limit,
-            ..CopyOptions::default()
-        };
+
+        let options = &copy.options;
         tracing::info!(%volume, image = %image_id, bytes = source.len(), "writing the image onto the volume");
-        let summary = self.pool.write_volume(volume, source.as_mut(), &options, fresh)?;
+        let summary = self.pool.write_volume(volume, source.as_mut(), options, fresh)?;
         tracing::info!(
             %volume, image = %image_id, bytes = summary.bytes, data_bytes = summary.data_bytes,
             checksum = %summary.checksum, "image written"
@@ -330,16 +333,13 @@ impl Manager {
         }
         let caller = job_caller(&job.project_id);
         let copy = self.register_copy(job, volume, image_id);
-        let options = CopyOptions {
-            progress: Arc::clone(&copy.progress),
-            rate_limit: self.settings.copy_rate_limit,
-            ..CopyOptions::default()
-        };
+
+        let options = &copy.options;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
         let (copied, stored) = std::thread::scope(|scope| {
             let reader = scope.spawn(|| {
                 let mut sink = engine::WriterSink::new(ChannelWriter { tx, pending: Vec::new() });
-                let summary = self.pool.read_volume(volume, &mut sink, &options)?;
+                let summary = self.pool.read_volume(volume, &mut sink, options)?;
                 // Only a complete read says "the end": a failed one hangs up
                 // instead, and the store sees a broken stream, not a short image.
                 let _ = sink.into_inner().tx.send(Vec::new());
@@ -371,11 +371,8 @@ impl Manager {
         let _cleanup = RemoveOnDrop(path.clone());
         let size = {
             let copy = self.register_copy(job, volume, image_id);
-            let options = CopyOptions {
-                progress: Arc::clone(&copy.progress),
-                rate_limit: self.settings.copy_rate_limit,
-                ..CopyOptions::default()
-            };
+
+            let options = &copy.options;
             let file = std::fs::File::options()
                 .read(true)
                 .write(true)
@@ -388,7 +385,7 @@ impl Manager {
                 crate::image::qcow2::Qcow2Writer::new(file, volume_bytes, self.settings.compress_qcow2_uploads)
                     .map_err(|e| PoolError::Refused(format!("qcow2 writer: {e}")))?;
             let mut sink = Qcow2Sink { writer: Some(writer), pending: None };
-            self.pool.read_volume(volume, &mut sink, &options)?;
+            self.pool.read_volume(volume, &mut sink, options)?;
             volume_bytes
         };
         let mut file = std::fs::File::open(&path).map_err(|e| PoolError::io("open", &path, e))?;
