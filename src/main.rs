@@ -46,8 +46,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print the version and the API microversions served.
-    /// The `dir` image store's images: import, list, show, delete.
+    /// The image store's images: import, list, show, delete.
     Image {
         #[arg(long, env = "EMBER_CONFIG", global = true)]
         config: Option<PathBuf>,
@@ -56,6 +55,7 @@ enum Command {
         #[command(subcommand)]
         action: ImageAction,
     },
+    /// Print the version and the API microversions served.
     Version,
 }
 
@@ -100,13 +100,8 @@ fn image_command(cfg: &Config, action: ImageAction) -> Result<(), String> {
     let store = ember::image::open_store(&cfg.images, &cfg.data_dir).map_err(|e| e.to_string())?;
     match action {
         ImageAction::Import { file, name, disk_format, visibility, project, min_disk, protected, progress, json } => {
-            let visibility = match visibility.as_str() {
-                "public" => Visibility::Public,
-                "community" => Visibility::Community,
-                "shared" => Visibility::Shared,
-                "private" => Visibility::Private,
-                other => return Err(format!("--visibility {other}: one of public, community, shared, private")),
-            };
+            let visibility = Visibility::parse(&visibility)
+                .ok_or_else(|| format!("--visibility {visibility}: one of {:?}", Visibility::NAMES))?;
             use std::io::IsTerminal;
             let progress = progress || std::io::stderr().is_terminal();
             let req =

@@ -20,9 +20,7 @@ pub const ROUTES: &[(&str, &[&str], Rule)] = &[
 ];
 
 pub fn route(m: &Manager, req: &Req, path: &[&str]) -> Result<Reply, ApiError> {
-    let fits =
-        |pattern: &[&str]| pattern.len() == path.len() && pattern.iter().zip(path).all(|(p, s)| *p == "*" || p == s);
-    let same: Vec<_> = ROUTES.iter().filter(|(_, pattern, _)| fits(pattern)).collect();
+    let same: Vec<_> = ROUTES.iter().filter(|(_, pattern, _)| policy::matches(pattern, path)).collect();
     if same.is_empty() {
         return Err(ApiError::resource_not_found());
     }

@@ -244,7 +244,8 @@ pub const ROUTES: &[Route] = routes![
     POST ["backups", "*", "action"] "volume_extension:backup_admin_actions" Admin C, V3;
 ];
 
-fn matches(pattern: &[&str], path: &[&str]) -> bool {
+/// Whether `path` fits `pattern` (`*` stands for any one segment).
+pub fn matches(pattern: &[&str], path: &[&str]) -> bool {
     pattern.len() == path.len() && pattern.iter().zip(path).all(|(p, s)| *p == "*" || p == s)
 }
 

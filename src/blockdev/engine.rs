@@ -534,7 +534,6 @@ fn length_of(file: &File) -> io::Result<u64> {
 /// O_DIRECT; on sparse files the holes come as zero runs without being read.
 pub struct DeviceSource {
     file: File,
-    path: PathBuf,
     len: u64,
     pos: u64,
     /// Whether SEEK_DATA/SEEK_HOLE work here (regular files).
@@ -558,11 +557,7 @@ impl DeviceSource {
             open_direct(path, false)?.0
         };
         let len = length_of(&file)?;
-        Ok(DeviceSource { file, path: path.to_path_buf(), len, pos: 0, sparse, data_end: 0 })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(DeviceSource { file, len, pos: 0, sparse, data_end: 0 })
     }
 }
 

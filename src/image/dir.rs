@@ -36,16 +36,8 @@ impl DirStore {
         self.dir.join(format!("{id}.json"))
     }
 
-    /// Ids are uuids; anything else could name a path outside the store.
-    fn checked(id: &str) -> Result<&str, ImageError> {
-        match uuid::Uuid::try_parse(id) {
-            Ok(_) => Ok(id),
-            Err(_) => Err(ImageError::NotFound(id.to_string())),
-        }
-    }
-
     fn read_record(&self, id: &str) -> Result<ImageRecord, ImageError> {
-        let path = self.record_path(Self::checked(id)?);
+        let path = self.record_path(super::checked_id(id)?);
         let text = match fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ImageError::NotFound(id.to_string())),
@@ -57,7 +49,7 @@ impl DirStore {
     }
 
     fn write_record(&self, record: &ImageRecord) -> Result<(), ImageError> {
-        let path = self.record_path(Self::checked(&record.id)?);
+        let path = self.record_path(super::checked_id(&record.id)?);
         let tmp = path.with_extension("json.tmp");
         let what = || path.display().to_string();
         let text = serde_json::to_vec_pretty(record).expect("an image record serializes");

@@ -140,11 +140,6 @@ fn record(v: &Value) -> Result<ImageRecord, ImageError> {
     })
 }
 
-/// Ids are uuids: anything else would be a path of Glance's we did not mean.
-fn checked(id: &str) -> Result<&str, ImageError> {
-    uuid::Uuid::try_parse(id).map(|_| id).map_err(|_| ImageError::NotFound(id.to_string()))
-}
-
 /// An image's bytes in Glance.
 struct GlanceData {
     endpoint: Endpoint,
@@ -212,7 +207,7 @@ impl ImageData for GlanceData {
 
 impl ImageStore for GlanceStore {
     fn show(&self, caller: &Caller, id: &str) -> Result<ImageRecord, ImageError> {
-        let id = checked(id)?;
+        let id = super::checked_id(id)?;
         let r = self.call(caller, "GET", &format!("/images/{id}"), &[], Body::None)?;
         record(&self.json(id, r, &[200])?)
     }
@@ -257,7 +252,7 @@ impl ImageStore for GlanceStore {
         data: &mut dyn Read,
         _virtual_size: Option<u64>,
     ) -> Result<ImageRecord, ImageError> {
-        let id = checked(id)?;
+        let id = super::checked_id(id)?;
         let headers = [("Content-Type", "application/octet-stream")];
         let r = self.call(caller, "PUT", &format!("/images/{id}/file"), &headers, Body::Stream(data))?;
         self.json(id, r, &[204, 200])?;
@@ -269,7 +264,7 @@ impl ImageStore for GlanceStore {
     }
 
     fn delete(&self, caller: &Caller, id: &str) -> Result<(), ImageError> {
-        let id = checked(id)?;
+        let id = super::checked_id(id)?;
         let r = self.call(caller, "DELETE", &format!("/images/{id}"), &[], Body::None)?;
         self.json(id, r, &[204, 200]).map(drop)
     }

@@ -73,6 +73,15 @@ pub enum Visibility {
 }
 
 impl Visibility {
+    pub const NAMES: [&'static str; 4] = ["community", "public", "private", "shared"];
+
+    /// The visibility Glance calls `name`.
+    pub fn parse(name: &str) -> Option<Visibility> {
+        [Visibility::Community, Visibility::Public, Visibility::Private, Visibility::Shared]
+            .into_iter()
+            .find(|v| v.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Visibility::Public => "public",
@@ -224,6 +233,12 @@ impl<R: Read> Read for Hashing<R> {
         self.bytes += n as u64;
         Ok(n)
     }
+}
+
+/// Ids are uuids: anything else could name a path (a file of the `dir` store, a
+/// URL of Glance's) that was not meant; it is "not found".
+pub(crate) fn checked_id(id: &str) -> Result<&str, ImageError> {
+    uuid::Uuid::try_parse(id).map(|_| id).map_err(|_| ImageError::NotFound(id.to_string()))
 }
 
 /// The store `[images]` configures, under `data_dir` for `dir`.

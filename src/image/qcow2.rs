@@ -590,7 +590,8 @@ pub struct Qcow2Writer<W: FileExt> {
 }
 
 const WRITER_CLUSTER_BITS: u32 = 16;
-const WRITER_CLUSTER: u64 = 1 << WRITER_CLUSTER_BITS;
+/// The cluster size of the images `Qcow2Writer` writes: its `write` takes whole ones.
+pub const WRITER_CLUSTER: u64 = 1 << WRITER_CLUSTER_BITS;
 const WRITER_L2_ENTRIES: u64 = WRITER_CLUSTER / 8;
 /// 16-bit refcounts (refcount_order 4), as qemu writes.
 const WRITER_REFCOUNT_ORDER: u32 = 4;

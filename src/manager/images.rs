@@ -424,7 +424,7 @@ struct Qcow2Sink {
     pending: Option<(u64, Vec<u8>)>,
 }
 
-const CLUSTER: u64 = 64 << 10;
+const CLUSTER: u64 = crate::image::qcow2::WRITER_CLUSTER;
 
 impl Qcow2Sink {
     fn writer(&mut self) -> io::Result<&mut crate::image::qcow2::Qcow2Writer<std::fs::File>> {

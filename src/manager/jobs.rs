@@ -452,20 +452,12 @@ impl Manager {
 
     /// The running jobs the caller may see (an admin: all; others: their project's).
     pub fn running_job_views(&self, caller: &Caller) -> Result<Vec<JobView>, ManagerError> {
-        let ids: Vec<i64> = self
-            .store
-            .read(|tx| tx.running_jobs())?
+        let running = self.store.read(|tx| tx.running_job_statuses())?;
+        Ok(running
             .into_iter()
-            .filter(|r| caller.is_admin || r.project_id == caller.project_id)
-            .map(|r| r.id)
-            .collect();
-        let mut views = Vec::new();
-        for id in ids {
-            if let Some(status) = self.store.read(|tx| tx.job(id))? {
-                views.push(self.job_view(status));
-            }
-        }
-        Ok(views)
+            .filter(|s| caller.is_admin || s.row.project_id == caller.project_id)
+            .map(|s| self.job_view(s))
+            .collect())
     }
 
     /// One job the caller may see (another project's is not found).

@@ -13,7 +13,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::{Capacity, Created, ExistingSnapshot, GIB, Manageable, Pool, PoolError, Removed, Resized, Source};
-use crate::blockdev::engine::{self, CopyOptions, CopySummary, DeviceSink, DeviceSource, ZeroPolicy};
+use crate::blockdev::engine::{self, CopyOptions, CopySummary, ZeroPolicy};
 use crate::blockdev::{blkid, copy, loopback};
 use crate::config::{FileConfig, VolumeClear};
 
@@ -391,11 +391,9 @@ impl Pool for FilePool {
             None if fresh => (path, ZeroPolicy::AlreadyZero),
             None => (path, ZeroPolicy::Punch),
         };
-        let mut sink = DeviceSink::open(&target, policy).map_err(|e| PoolError::io("open for writing", &target, e))?;
-        let options = CopyOptions { dest_len: Some(sink.len()), ..options.clone() };
-        let summary = engine::copy(source, &mut sink, &options);
+        let summary = super::write_device(&target, policy, source, options);
         self.forget_allocated();
-        Ok(summary?)
+        summary
     }
 
     fn read_volume(
@@ -408,8 +406,7 @@ impl Pool for FilePool {
         if !path.exists() {
             return Err(PoolError::NotFound { what: format!("volume {id}") });
         }
-        let mut source = DeviceSource::open(&path).map_err(|e| PoolError::io("open for reading", &path, e))?;
-        Ok(engine::copy(&mut source, sink, options)?)
+        super::read_device(&path, sink, options)
     }
 }
 

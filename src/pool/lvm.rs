@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
 use super::{Capacity, Created, ExistingSnapshot, Manageable, Pool, PoolError, Removed, Resized, Source};
-use crate::blockdev::engine::{self, CopyOptions, CopySummary, DeviceSink, DeviceSource, ZeroPolicy};
+use crate::blockdev::engine::{self, CopyOptions, CopySummary, DeviceSource, ZeroPolicy};
 use crate::blockdev::{blkid, device};
 use crate::cmd::{self, CmdError};
 use crate::config::{LvmConfig, LvmType, VolumeClear};
@@ -332,21 +332,18 @@ impl LvmPool {
     }
 }
 
-/// The single row a report of one VG or LV must have.
 impl LvmPool {
     /// A thick clone: the source LV's bytes onto a new LV through the copy
     /// engine (zero runs by BLKZEROOUT, the rest with O_DIRECT).
     fn copy_lv(&self, source_lv: &str, lv: &str) -> Result<CopySummary, PoolError> {
         self.activate(source_lv)?;
-        let (from, to) = (self.device(source_lv), self.device(lv));
+        let from = self.device(source_lv);
         let mut source = DeviceSource::open(&from).map_err(|e| PoolError::io("open for reading", &from, e))?;
-        let mut sink =
-            DeviceSink::open(&to, ZeroPolicy::ZeroOut).map_err(|e| PoolError::io("open for writing", &to, e))?;
-        let options = CopyOptions { dest_len: Some(sink.len()), ..CopyOptions::default() };
-        Ok(engine::copy(&mut source, &mut sink, &options)?)
+        super::write_device(&self.device(lv), ZeroPolicy::ZeroOut, &mut source, &CopyOptions::default())
     }
 }
 
+/// The single row a report of one VG or LV must have.
 fn one<T>(rows: Vec<T>, what: &str) -> Result<T, PoolError> {
     rows.into_iter().next().ok_or_else(|| PoolError::Refused(format!("lvm reported no row for {what}")))
 }
@@ -438,7 +435,6 @@ impl Pool for LvmPool {
                 let mut with_partial = tags.clone();
                 with_partial.push(Tag::Partial.text());
                 self.create_lv(&lv, bytes, &with_partial)?;
-                self.activate(&source_lv)?;
                 self.copy_lv(&source_lv, &lv)?;
                 self.lvm(&["lvchange", "--deltag", &Tag::Partial.text(), &self.full(&lv)])?;
             }
@@ -669,10 +665,7 @@ impl Pool for LvmPool {
             LvmType::Thin if fresh => ZeroPolicy::AlreadyZero,
             _ => ZeroPolicy::ZeroOut,
         };
-        let device = self.device(&lv);
-        let mut sink = DeviceSink::open(&device, policy).map_err(|e| PoolError::io("open for writing", &device, e))?;
-        let options = CopyOptions { dest_len: Some(sink.len()), ..options.clone() };
-        Ok(engine::copy(source, &mut sink, &options)?)
+        super::write_device(&self.device(&lv), policy, source, options)
     }
 
     fn read_volume(
@@ -684,9 +677,7 @@ impl Pool for LvmPool {
         let lv = volume_lv(id);
         self.lv(&lv)?.ok_or_else(|| PoolError::NotFound { what: self.full(&lv) })?;
         self.activate(&lv)?;
-        let device = self.device(&lv);
-        let mut source = DeviceSource::open(&device).map_err(|e| PoolError::io("open for reading", &device, e))?;
-        Ok(engine::copy(&mut source, sink, options)?)
+        super::read_device(&self.device(&lv), sink, options)
     }
 }
 

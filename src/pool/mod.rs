@@ -59,6 +59,30 @@ impl PoolError {
     }
 }
 
+/// Writes `source` onto the device or file at `target` (the whole of it: past the
+/// source's end it reads zeros), zero runs by `policy`.
+fn write_device(
+    target: &std::path::Path,
+    policy: engine::ZeroPolicy,
+    source: &mut dyn engine::Source,
+    options: &CopyOptions,
+) -> Result<CopySummary, PoolError> {
+    let mut sink =
+        engine::DeviceSink::open(target, policy).map_err(|e| PoolError::io("open for writing", target, e))?;
+    let options = CopyOptions { dest_len: Some(sink.len()), ..options.clone() };
+    Ok(engine::copy(source, &mut sink, &options)?)
+}
+
+/// Streams the device or file at `path` into `sink`.
+fn read_device(
+    path: &std::path::Path,
+    sink: &mut dyn engine::Sink,
+    options: &CopyOptions,
+) -> Result<CopySummary, PoolError> {
+    let mut source = engine::DeviceSource::open(path).map_err(|e| PoolError::io("open for reading", path, e))?;
+    Ok(engine::copy(&mut source, sink, options)?)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Created {
     Created,

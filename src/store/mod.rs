@@ -1642,19 +1642,16 @@ impl Tx<'_> {
 
     /// One job, whatever its state, with how it stands (the jobs resource).
     pub fn job(&self, id: i64) -> Result<Option<JobStatus>, StoreError> {
-        let sql = format!("SELECT {JOB_COLUMNS}, state, last_error, created_at, finished_at FROM jobs WHERE id = ?1");
-        self.0
-            .query_row(&sql, [id], |r| {
-                Ok(JobStatus {
-                    row: job_row(r)?,
-                    state: r.get(8)?,
-                    last_error: r.get(9)?,
-                    created_at: r.get(10)?,
-                    finished_at: r.get(11)?,
-                })
-            })
-            .optional()
-            .map_err(StoreError::from)
+        let sql = format!("SELECT {JOB_COLUMNS}, {JOB_STATUS_COLUMNS} FROM jobs WHERE id = ?1");
+        self.0.query_row(&sql, [id], job_status).optional().map_err(StoreError::from)
+    }
+
+    /// The unfinished jobs, oldest first, with how they stand.
+    pub fn running_job_statuses(&self) -> Result<Vec<JobStatus>, StoreError> {
+        let sql = format!("SELECT {JOB_COLUMNS}, {JOB_STATUS_COLUMNS} FROM jobs WHERE state = 'running' ORDER BY id");
+        let mut stmt = self.0.prepare(&sql)?;
+        let rows = stmt.query_map([], job_status)?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Removes ended jobs that finished before `before` (an ISO timestamp).
@@ -1940,6 +1937,19 @@ fn job_row(r: &rusqlite::Row) -> rusqlite::Result<JobRow> {
         step: r.get(5)?,
         request_id: r.get(6)?,
         project_id: r.get(7)?,
+    })
+}
+
+/// The columns `job_status` reads after `JOB_COLUMNS`.
+const JOB_STATUS_COLUMNS: &str = "state, last_error, created_at, finished_at";
+
+fn job_status(r: &rusqlite::Row) -> rusqlite::Result<JobStatus> {
+    Ok(JobStatus {
+        row: job_row(r)?,
+        state: r.get(8)?,
+        last_error: r.get(9)?,
+        created_at: r.get(10)?,
+        finished_at: r.get(11)?,
     })
 }
 

@@ -32,16 +32,10 @@ pub(super) fn upload_image(name: &str, value: &Value, version: Version) -> Resul
     let mut policy = Policy::Member("volume_extension:volume_actions:upload_image");
     let mut visibility = Visibility::Private;
     if let Some(v) = o.get("visibility") {
-        visibility = match v.as_str() {
-            Some("community") => Visibility::Community,
-            Some("public") => Visibility::Public,
-            Some("private") => Visibility::Private,
-            Some("shared") => Visibility::Shared,
-            _ => {
-                let ok = ["community", "public", "private", "shared"];
-                return Err(field_error("visibility", v, &format!("{v} is not one of {ok:?}")));
-            }
-        };
+        visibility = v
+            .as_str()
+            .and_then(Visibility::parse)
+            .ok_or_else(|| field_error("visibility", v, &format!("{v} is not one of {:?}", Visibility::NAMES)))?;
         if visibility == Visibility::Public {
             policy = Policy::Admin("volume_extension:volume_actions:upload_public");
         }
