@@ -71,8 +71,26 @@ impl GlanceStore {
             headers.push(("X-Auth-Token", t));
         }
         headers.extend_from_slice(extra);
-        http::request(&self.endpoint, self.timeout, method, &format!("/v2{path}"), &headers, body)
-            .map_err(|e| ImageError::Unavailable(format!("{method} {path}: {e}")))
+        let path = format!("/v2{path}");
+        // Reads and deletes are idempotent: a transient failure (Glance's
+        // SQLite answers 500 "database is locked" while another request
+        // writes, a worker restarting answers 502/503) is retried a few times
+        // with backoff. Anything with a body is sent once.
+        let mut retries = if matches!(body, Body::None) && matches!(method, "GET" | "HEAD" | "DELETE") { 5 } else { 0 };
+        let mut body = body;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let this = std::mem::replace(&mut body, Body::None);
+            let result = http::request(&self.endpoint, self.timeout, method, &path, &headers, this);
+            let transient = result.as_ref().map_or(true, |r| matches!(r.status, 500 | 502 | 503 | 504));
+            if !transient || retries == 0 {
+                return result.map_err(|e| ImageError::Unavailable(format!("{method} {path}: {e}")));
+            }
+            retries -= 1;
+            tracing::debug!(method, path = %path, "Glance failed transiently; retrying");
+            std::thread::sleep(pause);
+            pause *= 2;
+        }
     }
 
     /// A JSON answer with one of `ok`'s statuses, or the error it means.
@@ -307,5 +325,52 @@ mod tests {
         assert_eq!((r.size, r.virtual_size), (Some(1376256), Some(67108864)));
         assert_eq!(r.properties, BTreeMap::from([("hw_disk_bus".to_string(), "scsi".to_string())]));
         assert!(record(&json!({"id": "x", "status": "exploded"})).is_err());
+    }
+
+    /// A loopback HTTP peer answering each connection with the next status
+    /// of `statuses` (then 204); returns its URL and the request lines seen.
+    fn answering(statuses: Vec<u16>) -> (String, std::sync::Arc<Mutex<Vec<String>>>) {
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let (log, mut statuses) = (seen.clone(), statuses.into_iter());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(8) {
+                let mut reader = io::BufReader::new(stream.unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                log.lock().unwrap().push(line.trim_end().to_string());
+                loop {
+                    let mut header = String::new();
+                    if reader.read_line(&mut header).unwrap_or(0) <= 2 {
+                        break;
+                    }
+                }
+                let status = statuses.next().unwrap_or(204);
+                let answer = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                reader.get_mut().write_all(answer.as_bytes()).unwrap();
+            }
+        });
+        (url, seen)
+    }
+
+    #[test]
+    fn deletes_and_reads_retry_a_transient_failure_and_writes_do_not() {
+        let caller = Caller { project_id: "p", is_admin: true, token: None };
+        let id = "6f1c4c1e-3b2a-4a11-9a43-0b8d9d0c2f11";
+        let store = |url: String| GlanceStore::open(&GlanceConfig { url, token: None, timeout: 5 }).unwrap();
+        // Glance on SQLite answers 500 "database is locked" to a delete that
+        // races the failing upload's cleanup: the delete must still land.
+        let (url, seen) = answering(vec![500, 503]);
+        store(url).delete(&caller, id).unwrap();
+        assert_eq!(seen.lock().unwrap().len(), 3);
+        let (url, seen) = answering(vec![500]);
+        let err = store(url).upload(&caller, id, &mut &b"data"[..], None).unwrap_err();
+        assert!(matches!(err, ImageError::Unavailable(_)), "{err}");
+        assert_eq!(seen.lock().unwrap().len(), 1, "a write with a body is sent once");
+        let (url, seen) = answering(vec![404]);
+        assert!(matches!(store(url).delete(&caller, id), Err(ImageError::NotFound(_))));
+        assert_eq!(seen.lock().unwrap().len(), 1, "a definite answer is not retried");
     }
 }
