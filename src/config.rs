@@ -22,7 +22,11 @@ pub struct Config {
     /// Seconds a user message is kept at least (Cinder's `message_ttl`, 30 days).
     pub message_ttl: u64,
     pub auth: AuthConfig,
+    /// The one pool of a single-pool agent (`[pool]`).
     pub pool: PoolConfig,
+    /// The pools of an agent with several (`[[pools]]`, each typed like
+    /// `[pool]`; Cinder's `enabled_backends`). The first is the default one.
+    pub pools: Vec<PoolConfig>,
     pub images: ImagesConfig,
     pub target: TargetConfig,
     pub http: HttpConfig,
@@ -253,6 +257,9 @@ pub struct FileConfig {
     pub backend_name: String,
     /// Pool name (the `#pool` part).
     pub name: String,
+    /// The directory holding `volumes/` and `snapshots/` (the data dir unset);
+    /// two file pools of one agent need two.
+    pub path: Option<PathBuf>,
     /// How a deleted volume's data is cleared before its file goes.
     pub volume_clear: VolumeClear,
     /// Ask for direct I/O on loop devices (falls back when the filesystem refuses).
@@ -302,6 +309,7 @@ impl Default for Config {
             message_ttl: 2_592_000,
             auth: AuthConfig::default(),
             pool: PoolConfig::default(),
+            pools: Vec::new(),
             images: ImagesConfig::default(),
             target: TargetConfig::default(),
             http: HttpConfig::default(),
@@ -333,6 +341,7 @@ impl Default for FileConfig {
         FileConfig {
             backend_name: "file".to_string(),
             name: "file".to_string(),
+            path: None,
             volume_clear: VolumeClear::Zero,
             direct_io: false,
             max_over_subscription_ratio: 1.0,
@@ -515,9 +524,39 @@ impl Config {
         if self.auth.strategy == AuthStrategy::Token && self.auth.tokens_file.is_none() {
             return Err(ConfigError::Invalid("[auth] strategy = \"token\" needs tokens_file".to_string()));
         }
-        let ratio = self.pool.max_over_subscription_ratio();
-        if ratio.is_nan() || ratio < 1.0 {
-            return Err(ConfigError::Invalid("[pool] max_over_subscription_ratio must be at least 1.0".to_string()));
+        if !self.pools.is_empty() && self.pool != PoolConfig::default() {
+            return Err(ConfigError::Invalid("use either [pool] or [[pools]], not both".to_string()));
+        }
+        let mut hosts = std::collections::BTreeSet::new();
+        let mut dirs = std::collections::BTreeSet::new();
+        for pool in self.pool_configs() {
+            let section = if self.pools.is_empty() { "[pool]" } else { "[[pools]]" };
+            let ratio = pool.max_over_subscription_ratio();
+            if ratio.is_nan() || ratio < 1.0 {
+                return Err(ConfigError::Invalid(format!(
+                    "{section} max_over_subscription_ratio must be at least 1.0"
+                )));
+            }
+            for (what, value) in [("backend_name", pool.backend_name()), ("name", pool.name())] {
+                if value.is_empty() || value.contains(['@', '#', '/']) {
+                    return Err(ConfigError::Invalid(format!(
+                        "{section} {what} must be non-empty without '@', '#' or '/'"
+                    )));
+                }
+            }
+            let host = self.volume_host_of(&pool);
+            if !hosts.insert(host.clone()) {
+                return Err(ConfigError::Invalid(format!("two pools are both {host}: give each its own name")));
+            }
+            if let PoolConfig::File(f) = &pool {
+                let dir = f.path.clone().unwrap_or_else(|| self.data_dir.clone());
+                if !dirs.insert(dir.clone()) {
+                    return Err(ConfigError::Invalid(format!(
+                        "two file pools keep their volumes in {}: give each its own path",
+                        dir.display()
+                    )));
+                }
+            }
         }
         for (what, value) in self.quota.limits() {
             if value < -1 {
@@ -536,11 +575,6 @@ impl Config {
                 return Err(ConfigError::Invalid(format!("[target] {what} must be non-empty without '/' or spaces")));
             }
         }
-        for (what, value) in [("backend_name", self.pool.backend_name()), ("name", self.pool.name())] {
-            if value.is_empty() || value.contains(['@', '#', '/']) {
-                return Err(ConfigError::Invalid(format!("[pool] {what} must be non-empty without '@', '#' or '/'")));
-            }
-        }
         Ok(())
     }
 
@@ -553,9 +587,18 @@ impl Config {
         })
     }
 
-    /// `host@backend#pool`, as `os-vol-host-attr:host` shows it.
+    /// The agent's pools, the default one first.
+    pub fn pool_configs(&self) -> Vec<PoolConfig> {
+        if self.pools.is_empty() { vec![self.pool.clone()] } else { self.pools.clone() }
+    }
+
+    /// `host@backend#pool` of the default pool, as `os-vol-host-attr:host` shows it.
     pub fn volume_host(&self) -> String {
-        format!("{}@{}#{}", self.hostname(), self.pool.backend_name(), self.pool.name())
+        self.volume_host_of(&self.pool_configs()[0])
+    }
+
+    pub fn volume_host_of(&self, pool: &PoolConfig) -> String {
+        format!("{}@{}#{}", self.hostname(), pool.backend_name(), pool.name())
     }
 }
 

@@ -87,9 +87,11 @@ pub fn checks(cfg: &Config) -> Vec<Check> {
         },
     );
     clock(&mut c);
-    match &cfg.pool {
-        PoolConfig::File(_) => file_pool(&mut c, &cfg.data_dir),
-        PoolConfig::Lvm(lvm) => lvm_pool(&mut c, lvm),
+    for pool in cfg.pool_configs() {
+        match &pool {
+            PoolConfig::File(f) => file_pool(&mut c, f.path.as_deref().unwrap_or(&cfg.data_dir)),
+            PoolConfig::Lvm(lvm) => lvm_pool(&mut c, lvm),
+        }
     }
     targets(&mut c, cfg);
     c.0

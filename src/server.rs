@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::api::{self, ApiState, Auth};
 use crate::config::{AuthStrategy, Config, PoolConfig};
-use crate::manager::{Exporter, Manager, Settings};
+use crate::manager::{Exporter, Manager, PoolSlot, Settings};
 use crate::pool::Pool;
 use crate::pool::file::FilePool;
 use crate::pool::lvm::LvmPool;
@@ -20,15 +20,24 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let files = crate::http::raise_file_limit();
     crate::datadir::make_private(&config.data_dir)?;
     let store = Arc::new(Store::open(&config.data_dir.join("ember.db")).map_err(|e| e.to_string())?);
-    let pool: Arc<dyn Pool> = match &config.pool {
-        PoolConfig::File(c) => Arc::new(FilePool::open(&config.data_dir, c).map_err(|e| e.to_string())?),
-        PoolConfig::Lvm(c) => Arc::new(LvmPool::open(c).map_err(|e| e.to_string())?),
-    };
+    let mut pools = Vec::new();
+    for pool in config.pool_configs() {
+        let opened: Arc<dyn Pool> = match &pool {
+            PoolConfig::File(c) => Arc::new(FilePool::open(&config.data_dir, c).map_err(|e| e.to_string())?),
+            PoolConfig::Lvm(c) => Arc::new(LvmPool::open(c).map_err(|e| e.to_string())?),
+        };
+        pools.push(PoolSlot {
+            host: config.volume_host_of(&pool),
+            backend_name: pool.backend_name().to_string(),
+            max_over_subscription_ratio: pool.max_over_subscription_ratio(),
+            pool: opened,
+        });
+    }
     let settings = Settings {
-        host: config.volume_host(),
-        backend_name: config.pool.backend_name().to_string(),
+        host: pools[0].host.clone(),
+        backend_name: pools[0].backend_name.clone(),
         availability_zone: config.availability_zone.clone(),
-        max_over_subscription_ratio: config.pool.max_over_subscription_ratio(),
+        max_over_subscription_ratio: pools[0].max_over_subscription_ratio,
         message_ttl: std::time::Duration::from_secs(config.message_ttl),
         quota: config.quota.clone(),
         copy_rate_limit: Some(config.copy.max_bytes_per_second).filter(|&b| b > 0),
@@ -39,7 +48,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&settings.scratch_dir);
     let exporter = Exporter::open(&config.target)?;
     let images = crate::image::open_store(&config.images, &config.data_dir).map_err(|e| e.to_string())?;
-    let manager = Manager::new(store, pool, exporter, settings, images);
+    let manager = Manager::with_pools(store, pools, exporter, settings, images);
     manager.ensure_default_type().map_err(|e| e.to_string())?;
     let resumed = manager.recover().map_err(|e| e.to_string())?;
     // Expired messages and long-ended jobs go hourly (and at every start).
@@ -76,6 +85,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
         listen = %config.listen,
         data_dir = %config.data_dir.display(),
         host = %config.volume_host(),
+        pools = config.pool_configs().len(),
         auth = ?config.auth.strategy,
         resumed_jobs = resumed,
         "ember serving the Cinder v3 API"

@@ -163,7 +163,9 @@ pub fn route(m: &std::sync::Arc<Manager>, req: &Req, path: &[&str]) -> Result<Re
         )),
         ["scheduler-stats", "get_pools"] => only(method, Method::GET, || {
             let detail = req.flag("detail")?;
-            Ok(Reply::ok(json!({"pools": [views::pool(m.settings(), &m.pool_stats()?, detail)]})))
+            let pools: Vec<Value> =
+                m.pool_stats()?.iter().map(|(slot, stats)| views::pool(slot, stats, detail)).collect();
+            Ok(Reply::ok(json!({ "pools": pools })))
         }),
         _ => Err(ApiError::resource_not_found()),
     }

@@ -257,18 +257,20 @@ fn update_host(m: &Manager, req: &Req, s: &Service) -> Result<Reply> {
 /// `GET /capabilities/{host}`: what the backend offers, in Cinder's summary
 /// view (`cinder/api/views/capabilities.py`), with the standard properties.
 pub(super) fn capabilities(m: &Manager, host: &str) -> Result<Reply> {
-    let service = m.service_host();
-    if host != service && host != m.settings().host && host != service.split('@').next().unwrap_or_default() {
+    let Some(slot) = m.pool_named(host) else {
         return Err(ApiError::not_found(format!("Can't find service: {host}")));
-    }
-    let caps = crate::manager::capabilities(m.settings(), &m.pool_stats()?);
+    };
+    let service = slot.host.split('#').next().unwrap_or_default();
+    let stats = m.pool_stats()?.into_iter().find(|(s, _)| s.host == slot.host).map(|(_, stats)| stats);
+    let stats = stats.ok_or_else(|| ApiError::not_found(format!("Can't find service: {host}")))?;
+    let caps = crate::manager::capabilities(slot, &stats);
     let property =
         |title: &str, description: &str| json!({"title": title, "description": description, "type": "boolean"});
     Ok(Reply::ok(json!({
         "namespace": format!("OS::Storage::Capabilities::{service}"),
         "vendor_name": caps["vendor_name"],
         "volume_backend_name": caps["volume_backend_name"],
-        "pool_name": m.settings().host.split('#').nth(1),
+        "pool_name": slot.host.split('#').nth(1),
         "driver_version": caps["driver_version"],
         "storage_protocol": caps["storage_protocol"],
         "display_name": Value::Null,

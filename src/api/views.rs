@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Value, json};
 
 use super::microversion::Version;
-use crate::manager::{ManageableSnapshot, ManageableVolume, PoolStats, Settings};
+use crate::manager::{ManageableSnapshot, ManageableVolume, PoolStats};
 use crate::model::{AttachStatus, Snapshot, Volume, VolumeType};
 
 /// What a view needs besides the record.
@@ -250,10 +250,10 @@ pub fn manageable_snapshot(m: &ManageableSnapshot, detail: bool) -> Value {
 }
 
 /// One pool of `GET /scheduler-stats/get_pools`.
-pub fn pool(settings: &Settings, stats: &PoolStats, detail: bool) -> Value {
-    let mut out = json!({"name": settings.host});
+pub fn pool(slot: &crate::manager::PoolSlot, stats: &PoolStats, detail: bool) -> Value {
+    let mut out = json!({"name": slot.host});
     if detail {
-        out["capabilities"] = crate::manager::scheduler::capabilities(settings, stats);
+        out["capabilities"] = crate::manager::scheduler::capabilities(slot, stats);
     }
     out
 }

@@ -284,7 +284,7 @@ impl Manager {
             let actual = target.configured()?.into_iter().find(|c| c.name == name);
             match &export {
                 Some(e) if e.backend == target.backend() => {
-                    let device = self.pool.attach_device(volume_id)?;
+                    let device = self.pool_of(volume_id)?.attach_device(volume_id)?;
                     let have = match target.create_export(e, &device)? {
                         Created::Created => Vec::new(),
                         Created::AlreadyPresent => actual.map(|a| a.initiators).unwrap_or_default(),
@@ -304,7 +304,7 @@ impl Manager {
             }
         }
         if export.is_none() {
-            self.pool.detach_device(volume_id)?;
+            self.pool_of(volume_id)?.detach_device(volume_id)?;
         }
         Ok(())
     }
@@ -326,7 +326,7 @@ impl Manager {
         let Some(target) = self.exporter.for_backend(export.backend) else {
             return Err(StepError::Target(TargetError::Unavailable(export.backend, "not opened by this agent".into())));
         };
-        let device = self.pool.attach_device(volume_id)?;
+        let device = self.pool_of(volume_id)?.attach_device(volume_id)?;
         target.refresh_size(&export, &device)?;
         Ok(())
     }
@@ -417,7 +417,7 @@ impl Manager {
         for target in self.exporter.targets() {
             let configured = target.configured().map_err(|e| ManagerError::Backend(e.to_string()))?;
             for (e, acls) in wanted.iter().filter(|(e, _)| e.backend == target.backend()) {
-                let device = self.pool.bound_device(&e.volume_id);
+                let device = self.pool_of(&e.volume_id).ok().and_then(|p| p.bound_device(&e.volume_id));
                 let same = configured.iter().find(|c| c.name == e.target_name).is_some_and(|c| {
                     c.device.is_some()
                         && c.device == device

@@ -208,7 +208,7 @@ impl Manager {
         name: Option<String>,
         description: Option<String>,
     ) -> Result<Group> {
-        let capacity = self.pool.capacity()?;
+        let capacity = self.capacities();
         let (group, jobs) = self.store.write(|tx| {
             let (origin, members) = match &source {
                 GroupSource::GroupSnapshot(id) => {
@@ -541,7 +541,7 @@ impl Manager {
         name: Option<String>,
         description: Option<String>,
     ) -> Result<GroupSnapshot> {
-        let capacity = self.pool.capacity()?;
+        let capacity = self.capacities();
         let (gs, jobs) = self.store.write(|tx| {
             let group = visible_group(tx, caller, group_id)?;
             if group.status != GroupStatus::Available {

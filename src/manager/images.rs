@@ -310,7 +310,7 @@ impl Manager {
 
         let options = &copy.options;
         tracing::info!(%volume, image = %image_id, bytes = source.len(), "writing the image onto the volume");
-        let summary = self.pool.write_volume(volume, source.as_mut(), options, fresh)?;
+        let summary = self.pool_of(volume)?.write_volume(volume, source.as_mut(), options, fresh)?;
         tracing::info!(
             %volume, image = %image_id, bytes = summary.bytes, data_bytes = summary.data_bytes,
             checksum = %summary.checksum, "image written"
@@ -335,11 +335,12 @@ impl Manager {
         let copy = self.register_copy(job, volume, image_id);
 
         let options = &copy.options;
+        let pool = self.pool_of(volume)?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
         let (copied, stored) = std::thread::scope(|scope| {
             let reader = scope.spawn(|| {
                 let mut sink = engine::WriterSink::new(ChannelWriter { tx, pending: Vec::new() });
-                let summary = self.pool.read_volume(volume, &mut sink, options)?;
+                let summary = pool.read_volume(volume, &mut sink, options)?;
                 // Only a complete read says "the end": a failed one hangs up
                 // instead, and the store sees a broken stream, not a short image.
                 let _ = sink.into_inner().tx.send(Vec::new());
@@ -385,7 +386,7 @@ impl Manager {
                 crate::image::qcow2::Qcow2Writer::new(file, volume_bytes, self.settings.compress_qcow2_uploads)
                     .map_err(|e| PoolError::Refused(format!("qcow2 writer: {e}")))?;
             let mut sink = Qcow2Sink { writer: Some(writer), pending: None };
-            self.pool.read_volume(volume, &mut sink, options)?;
+            self.pool_of(volume)?.read_volume(volume, &mut sink, options)?;
             volume_bytes
         };
         let mut file = std::fs::File::open(&path).map_err(|e| PoolError::io("open", &path, e))?;

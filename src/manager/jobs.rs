@@ -163,22 +163,27 @@ impl StepError {
 
 impl Step {
     fn run(&self, m: &Manager, job: &Job) -> Result<(), StepError> {
-        let pool = m.pool.as_ref();
         match self {
             Step::CreateVolume { volume, size_gib, source } => {
-                pool.create_volume(volume, *size_gib, source).map(drop)?
+                m.pool_of(volume)?.create_volume(volume, *size_gib, source).map(drop)?
             }
-            Step::DeleteSnapshot(snapshot) => pool.delete_snapshot(snapshot).map(drop)?,
-            Step::DeleteVolume(volume) => pool.delete_volume(volume).map(drop)?,
-            Step::ExtendVolume { volume, new_size_gib } => pool.extend_volume(volume, *new_size_gib).map(drop)?,
-            Step::Revert { volume, snapshot } => pool.revert_to_snapshot(volume, snapshot)?,
-            Step::CreateSnapshot { snapshot, volume } => pool.create_snapshot(snapshot, volume).map(drop)?,
-            Step::Manage { volume, source_name } => pool.manage_existing(source_name, volume).map(drop)?,
-            Step::Unmanage(volume) => pool.unmanage(volume)?,
+            Step::DeleteSnapshot(snapshot) => m.pool_of_snapshot(snapshot)?.delete_snapshot(snapshot).map(drop)?,
+            Step::DeleteVolume(volume) => m.pool_of(volume)?.delete_volume(volume).map(drop)?,
+            Step::ExtendVolume { volume, new_size_gib } => {
+                m.pool_of(volume)?.extend_volume(volume, *new_size_gib).map(drop)?
+            }
+            Step::Revert { volume, snapshot } => m.pool_of(volume)?.revert_to_snapshot(volume, snapshot)?,
+            Step::CreateSnapshot { snapshot, volume } => {
+                m.pool_of(volume)?.create_snapshot(snapshot, volume).map(drop)?
+            }
+            Step::Manage { volume, source_name } => {
+                m.pool_of(volume)?.manage_existing(source_name, volume).map(drop)?
+            }
+            Step::Unmanage(volume) => m.pool_of(volume)?.unmanage(volume)?,
             Step::ManageSnapshot { snapshot, volume, source_name } => {
-                pool.manage_existing_snapshot(source_name, snapshot, volume).map(drop)?
+                m.pool_of(volume)?.manage_existing_snapshot(source_name, snapshot, volume).map(drop)?
             }
-            Step::UnmanageSnapshot(snapshot) => pool.unmanage_snapshot(snapshot)?,
+            Step::UnmanageSnapshot(snapshot) => m.pool_of_snapshot(snapshot)?.unmanage_snapshot(snapshot)?,
             Step::ReconcileExport(volume) => m.reconcile_volume(volume)?,
             Step::SuspendExport(volume) => m.suspend_export(volume)?,
             Step::RefreshExport(volume) => m.refresh_export(volume)?,

@@ -104,7 +104,7 @@ pub type Result<T> = std::result::Result<T, ManagerError>;
 /// What the manager needs to know of its place in the deployment.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// `host@backend#pool`.
+    /// `host@backend#pool` of the default pool (the others are in their `PoolSlot`).
     pub host: String,
     pub backend_name: String,
     pub availability_zone: String,
@@ -121,9 +121,20 @@ pub struct Settings {
     pub scratch_dir: std::path::PathBuf,
 }
 
+/// One of the agent's pools, as volumes are placed on it: its `host@backend#pool`
+/// (what a volume's `host` names), the backend name a volume type's
+/// `volume_backend_name` picks, and its over-subscription ratio.
+pub struct PoolSlot {
+    pub host: String,
+    pub backend_name: String,
+    pub max_over_subscription_ratio: f64,
+    pub pool: Arc<dyn Pool>,
+}
+
 pub struct Manager {
     store: Arc<Store>,
-    pool: Arc<dyn Pool>,
+    /// The agent's pools, the default one first.
+    pools: Vec<PoolSlot>,
     exporter: Exporter,
     settings: Settings,
     locks: Arc<locks::LockTable>,
@@ -143,9 +154,28 @@ impl Manager {
         settings: Settings,
         images: Arc<dyn crate::image::ImageStore>,
     ) -> Arc<Manager> {
+        let slot = PoolSlot {
+            host: settings.host.clone(),
+            backend_name: settings.backend_name.clone(),
+            max_over_subscription_ratio: settings.max_over_subscription_ratio,
+            pool,
+        };
+        Manager::with_pools(store, vec![slot], exporter, settings, images)
+    }
+
+    /// A manager over several pools; `settings` describes the first (the
+    /// default one).
+    pub fn with_pools(
+        store: Arc<Store>,
+        pools: Vec<PoolSlot>,
+        exporter: Exporter,
+        settings: Settings,
+        images: Arc<dyn crate::image::ImageStore>,
+    ) -> Arc<Manager> {
+        assert!(!pools.is_empty(), "a manager needs a pool");
         Arc::new(Manager {
             store,
-            pool,
+            pools,
             exporter,
             settings,
             locks: Arc::default(),
@@ -173,6 +203,41 @@ impl Manager {
         &self.settings
     }
 
+    /// The agent's pools, the default one first.
+    pub fn pools(&self) -> &[PoolSlot] {
+        &self.pools
+    }
+
+    /// The first pool `name` names: `host@backend#pool` exactly, or
+    /// `host@backend` or `host` (the first pool of that backend, or of the agent).
+    pub fn pool_named(&self, name: &str) -> Option<&PoolSlot> {
+        self.pools.iter().find(|s| s.host == name).or_else(|| {
+            self.pools.iter().find(|s| {
+                let backend = s.host.split('#').next().unwrap_or_default();
+                name == backend || name == backend.split('@').next().unwrap_or_default()
+            })
+        })
+    }
+
+    /// The pool named by a volume's `host`.
+    fn slot(&self, host: &str) -> Result<&PoolSlot> {
+        self.pools.iter().find(|s| s.host == host).ok_or_else(|| unknown_pool(host))
+    }
+
+    /// The pool holding the volume `id` (by its record's `host`).
+    fn pool_of(&self, id: &str) -> std::result::Result<&dyn Pool, jobs::StepError> {
+        let host = self.store.read(|tx| tx.volume(id))?.map(|v| v.host);
+        let host = host.ok_or_else(|| PoolError::NotFound { what: format!("volume {id}") })?;
+        let slot = self.pools.iter().find(|s| s.host == host);
+        Ok(slot.ok_or_else(|| PoolError::Refused(format!("pool {host} is not one of this agent's")))?.pool.as_ref())
+    }
+
+    /// The pool holding the snapshot `id` (its volume's).
+    fn pool_of_snapshot(&self, id: &str) -> std::result::Result<&dyn Pool, jobs::StepError> {
+        let volume = self.store.read(|tx| tx.snapshot(id))?.map(|s| s.volume_id);
+        self.pool_of(&volume.ok_or_else(|| PoolError::NotFound { what: format!("snapshot {id}") })?)
+    }
+
     /// A volume the caller may see: another project's volume is "not found" (not
     /// "forbidden") for non-admins, as in Cinder.
     pub fn volume(&self, caller: &Caller, id: &str) -> Result<Volume> {
@@ -182,25 +247,31 @@ impl Manager {
             .ok_or_else(|| volume_not_found(id))
     }
 
-    /// Refuses a size the pool cannot guarantee (spec: fails cleanly, with a reason).
-    /// Runs inside the transaction that provisions, so two creates cannot both
-    /// take the last free GiB. `capacity` is read before that transaction: asking
-    /// the pool may run lvm commands, which must not hold the store.
-    fn check_capacity(&self, tx: &Tx, capacity: &Capacity, extra_gib: i64) -> Result<()> {
-        let provisioned = tx.provisioned_gib()?;
+    /// Each pool's capacity, read before the transaction that provisions:
+    /// asking a pool may run lvm commands, which must not hold the store.
+    fn capacities(&self) -> Capacities {
+        Capacities(self.pools.iter().map(|slot| slot.pool.capacity().map_err(|e| e.to_string())).collect())
+    }
+
+    /// Refuses a size the pool `host` cannot guarantee (spec: fails cleanly,
+    /// with a reason). Runs inside the transaction that provisions, so two
+    /// creates cannot both take the last free GiB.
+    fn check_capacity(&self, tx: &Tx, host: &str, capacities: &Capacities, extra_gib: i64) -> Result<()> {
+        let (slot, capacity) = capacities.of(self, host)?;
+        let provisioned = tx.provisioned_gib_on(&slot.host)?;
         let gib = |bytes: u64| bytes as f64 / GIB as f64;
-        let limit = gib(capacity.total_bytes) * self.settings.max_over_subscription_ratio;
+        let limit = gib(capacity.total_bytes) * slot.max_over_subscription_ratio;
         let wanted = (provisioned + extra_gib) as f64;
         if wanted > limit {
             return Err(ManagerError::OverLimit(format!(
-                "Requested {extra_gib} GiB exceeds the pool's capacity: {provisioned} GiB provisioned of \
+                "Requested {extra_gib} GiB exceeds the capacity of pool {}: {provisioned} GiB provisioned of \
                  {limit:.0} GiB allowed (max_over_subscription_ratio {}).",
-                self.settings.max_over_subscription_ratio
+                slot.host, slot.max_over_subscription_ratio
             )));
         }
         // Without over-subscription, every provisioned byte must be writable: the
         // free space has to cover what volumes have not written yet, plus this one.
-        if self.settings.max_over_subscription_ratio <= 1.0 {
+        if slot.max_over_subscription_ratio <= 1.0 {
             let unwritten = (provisioned as f64 - gib(capacity.allocated_bytes)).max(0.0);
             let free = gib(capacity.free_bytes);
             if unwritten + extra_gib as f64 > free {
@@ -211,6 +282,20 @@ impl Manager {
             }
         }
         Ok(())
+    }
+}
+
+/// Each pool's capacity (or why it could not be read), in the order of `pools`.
+pub(crate) struct Capacities(Vec<std::result::Result<Capacity, String>>);
+
+impl Capacities {
+    /// The pool `host` and its capacity.
+    fn of<'m>(&self, m: &'m Manager, host: &str) -> Result<(&'m PoolSlot, &Capacity)> {
+        let index = m.pools.iter().position(|s| s.host == host).ok_or_else(|| unknown_pool(host))?;
+        let capacity = self.0[index]
+            .as_ref()
+            .map_err(|e| ManagerError::Backend(format!("The capacity of pool {host} could not be read: {e}")))?;
+        Ok((&m.pools[index], capacity))
     }
 }
 
@@ -228,23 +313,29 @@ pub struct PoolStats {
 }
 
 impl Manager {
-    pub fn pool_stats(&self) -> Result<PoolStats> {
-        let capacity = self.pool.capacity()?;
-        let provisioned_gib = self.store.read(|tx| tx.provisioned_gib())?;
-        Ok(self.stats_of(&capacity, provisioned_gib))
+    /// Every pool's stats, the default pool first.
+    pub fn pool_stats(&self) -> Result<Vec<(&PoolSlot, PoolStats)>> {
+        self.pools
+            .iter()
+            .map(|slot| {
+                let capacity = slot.pool.capacity()?;
+                let provisioned_gib = self.store.read(|tx| tx.provisioned_gib_on(&slot.host))?;
+                Ok((slot, stats_of(slot, &capacity, provisioned_gib)))
+            })
+            .collect()
     }
+}
 
-    fn stats_of(&self, capacity: &Capacity, provisioned_gib: i64) -> PoolStats {
-        let gib = |bytes: u64| (bytes as f64 / GIB as f64 * 100.0).round() / 100.0;
-        PoolStats {
-            total_gib: gib(capacity.total_bytes),
-            free_gib: gib(capacity.free_bytes),
-            provisioned_gib,
-            allocated_gib: gib(capacity.allocated_bytes),
-            thin_data_percent: capacity.thin_data_hundredths.map(|h| h as f64 / 100.0),
-            thin_metadata_percent: capacity.thin_metadata_hundredths.map(|h| h as f64 / 100.0),
-            max_over_subscription_ratio: self.settings.max_over_subscription_ratio,
-        }
+fn stats_of(slot: &PoolSlot, capacity: &Capacity, provisioned_gib: i64) -> PoolStats {
+    let gib = |bytes: u64| (bytes as f64 / GIB as f64 * 100.0).round() / 100.0;
+    PoolStats {
+        total_gib: gib(capacity.total_bytes),
+        free_gib: gib(capacity.free_bytes),
+        provisioned_gib,
+        allocated_gib: gib(capacity.allocated_bytes),
+        thin_data_percent: capacity.thin_data_hundredths.map(|h| h as f64 / 100.0),
+        thin_metadata_percent: capacity.thin_metadata_hundredths.map(|h| h as f64 / 100.0),
+        max_over_subscription_ratio: slot.max_over_subscription_ratio,
     }
 }
 
@@ -273,6 +364,11 @@ pub fn check_metadata_limits(whose: &str, map: &BTreeMap<String, String>) -> Res
 /// A size in GiB as the pool takes it (sizes are validated positive).
 fn gib(size: i64) -> u64 {
     u64::try_from(size).unwrap_or(0)
+}
+
+/// A volume's `host` naming no pool of this agent (a pool removed from the config).
+fn unknown_pool(host: &str) -> ManagerError {
+    ManagerError::Backend(format!("Pool {host} is not one of this agent's pools."))
 }
 
 pub fn volume_not_found(id: &str) -> ManagerError {

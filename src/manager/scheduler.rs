@@ -8,12 +8,12 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use super::{PoolStats, Settings};
+use super::{PoolSlot, PoolStats};
 
-/// The capabilities of the one pool this agent serves (a JSON object).
-pub fn capabilities(settings: &Settings, stats: &PoolStats) -> Value {
+/// The capabilities of one of the agent's pools (a JSON object).
+pub fn capabilities(slot: &PoolSlot, stats: &PoolStats) -> Value {
     json!({
-        "volume_backend_name": settings.backend_name,
+        "volume_backend_name": slot.backend_name,
         "vendor_name": "ember",
         "driver_version": env!("CARGO_PKG_VERSION"),
         "storage_protocol": "iSCSI",

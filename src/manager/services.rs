@@ -37,23 +37,41 @@ pub struct Service {
 }
 
 impl Manager {
-    /// `host@backend` of this agent's volume service.
+    /// `host@backend` of this agent's volume service (its default pool's backend).
     pub fn service_host(&self) -> String {
         self.settings.host.split('#').next().unwrap_or_default().to_string()
+    }
+
+    /// `host@backend` of each backend of the agent's pools, the default first:
+    /// one volume service each, as Cinder runs one per `enabled_backends`
+    /// entry. They share one state: disabling one disables the agent.
+    fn service_hosts(&self) -> Vec<String> {
+        let mut hosts: Vec<String> = Vec::new();
+        for slot in &self.pools {
+            let backend = slot.host.split('#').next().unwrap_or_default().to_string();
+            if !hosts.contains(&backend) {
+                hosts.push(backend);
+            }
+        }
+        hosts
     }
 
     pub fn services(&self) -> Result<Vec<Service>> {
         let state = self.store.read(|tx| tx.service_state(VOLUME_BINARY))?;
         let state = state.unwrap_or_else(|| ServiceState { updated_at: now(), ..ServiceState::default() });
-        Ok(vec![Service {
-            binary: VOLUME_BINARY,
-            host: self.service_host(),
-            zone: self.settings.availability_zone.clone(),
-            disabled: state.disabled,
-            disabled_reason: state.disabled_reason,
-            frozen: state.frozen,
-            updated_at: state.updated_at,
-        }])
+        Ok(self
+            .service_hosts()
+            .into_iter()
+            .map(|host| Service {
+                binary: VOLUME_BINARY,
+                host,
+                zone: self.settings.availability_zone.clone(),
+                disabled: state.disabled,
+                disabled_reason: state.disabled_reason.clone(),
+                frozen: state.frozen,
+                updated_at: state.updated_at.clone(),
+            })
+            .collect())
     }
 
     /// Enables or disables the service named by `host` and `binary`.
@@ -64,7 +82,7 @@ impl Manager {
         disabled: bool,
         reason: Option<&str>,
     ) -> Result<Service> {
-        if binary != VOLUME_BINARY || host != self.service_host() {
+        if binary != VOLUME_BINARY || !self.service_hosts().iter().any(|h| h == host) {
             return Err(ManagerError::NotFound(format!("Service {binary} on host {host} could not be found.")));
         }
         self.update_service(|s| {
@@ -78,7 +96,7 @@ impl Manager {
     /// reason "frozen"; thawed, enabled again. Freezing a frozen backend (or
     /// thawing a thawed one) is refused, as Cinder's conditional update is.
     pub fn set_frozen(&self, host: &str, frozen: bool) -> Result<Service> {
-        if host != self.service_host() {
+        if !self.service_hosts().iter().any(|h| h == host) {
             return Err(ManagerError::Invalid(format!("Invalid input received: Service {host} could not be found.")));
         }
         self.update_service(|s| {
@@ -128,13 +146,15 @@ impl Manager {
     /// `/readyz`: the store takes a write, the pool answers, and each configured
     /// target backend lists its exports; each check's name with why it failed.
     pub fn readiness(&self) -> Vec<(String, std::result::Result<(), String>)> {
-        let mut checks = vec![
-            (
-                "store".to_string(),
-                self.store.write(|_| Ok::<_, crate::store::StoreError>(())).map_err(|e| e.to_string()),
-            ),
-            ("pool".to_string(), self.pool.capacity().map(drop).map_err(|e| e.to_string())),
-        ];
+        let mut checks = vec![(
+            "store".to_string(),
+            self.store.write(|_| Ok::<_, crate::store::StoreError>(())).map_err(|e| e.to_string()),
+        )];
+        // The default pool is `pool`; the others are named by their host string.
+        for (i, slot) in self.pools.iter().enumerate() {
+            let name = if i == 0 { "pool".to_string() } else { format!("pool:{}", slot.host) };
+            checks.push((name, slot.pool.capacity().map(drop).map_err(|e| e.to_string())));
+        }
         for target in self.exporter.targets() {
             let usable = target.configured().map(drop).map_err(|e| e.to_string());
             checks.push((format!("target:{}", target.backend()), usable));
@@ -144,7 +164,15 @@ impl Manager {
 
     /// What `/metrics` reads at each scrape.
     pub fn scrape_state(&self) -> Result<ScrapeState> {
-        let pool = self.pool_stats()?;
+        // The agent's pools together (the thin fill of the default one).
+        let all = self.pool_stats()?;
+        let mut pool = all[0].1.clone();
+        for (_, stats) in &all[1..] {
+            pool.total_gib += stats.total_gib;
+            pool.free_gib += stats.free_gib;
+            pool.allocated_gib += stats.allocated_gib;
+            pool.provisioned_gib += stats.provisioned_gib;
+        }
         let (volumes, exports) =
             self.store.read(|tx| Ok::<_, ManagerError>((tx.volume_status_counts()?, tx.exports()?)))?;
         let exports = self

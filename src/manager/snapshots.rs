@@ -74,7 +74,7 @@ impl Manager {
         req: CreateSnapshot,
         force_allowed_in_use: bool,
     ) -> Result<Snapshot> {
-        let capacity = self.pool.capacity()?;
+        let capacity = self.capacities();
         let (snapshot, job) = self.store.write(|tx| {
             let v = self.visible(tx, caller, &req.volume_id)?;
             let in_use_ok = (req.force || force_allowed_in_use) && v.status == VolumeStatus::InUse;
@@ -106,11 +106,11 @@ impl Manager {
         v: &crate::model::Volume,
         req: &CreateSnapshot,
         group_snapshot_id: Option<&str>,
-        capacity: &crate::pool::Capacity,
+        capacity: &super::Capacities,
     ) -> Result<(Snapshot, super::jobs::Pending)> {
         self.assert_not_frozen(tx)?;
         self.check_snapshot_quota(tx, v)?;
-        self.check_capacity(tx, capacity, v.size)?;
+        self.check_capacity(tx, &v.host, capacity, v.size)?;
         let snapshot = Snapshot {
             group_snapshot_id: group_snapshot_id.map(str::to_string),
             ..new_snapshot(v, &caller.project_id, &caller.user_id, &req.name, &req.description, &req.metadata)
@@ -304,28 +304,34 @@ pub struct ManageSnapshot {
 }
 
 impl Manager {
-    /// Whether `host` names this agent (`host`, `host@backend` or `host@backend#pool`).
+    /// Whether `host` names a pool of this agent (`host`, `host@backend` or `host@backend#pool`).
     pub fn serves_host(&self, host: &str) -> bool {
-        let ours = &self.settings.host;
-        let without_pool = ours.split('#').next().unwrap_or(ours);
-        let bare = without_pool.split('@').next().unwrap_or(without_pool);
-        host == ours || host == without_pool || host == bare
+        self.pool_named(host).is_some()
     }
 
-    /// The pool's name of the snapshot with this id (what its unmanage leaves).
+    /// The name of the snapshot with this id in the pool (what its unmanage
+    /// leaves): its volume's pool, the default one for a snapshot no longer known.
     pub fn snapshot_name(&self, id: &str) -> String {
-        self.pool.snapshot_name(id)
+        self.pool_of_snapshot(id).unwrap_or(self.pools[0].pool.as_ref()).snapshot_name(id)
     }
 
-    /// The pool's snapshots, each marked safe to manage or not (Cinder's
+    /// The pools' snapshots, each marked safe to manage or not (Cinder's
     /// get_manageable_snapshots).
     pub fn manageable_snapshots(&self) -> Result<Vec<ManageableSnapshot>> {
-        let existing = self.pool.list_existing_snapshots()?;
+        let mut all = Vec::new();
+        for slot in &self.pools {
+            all.extend(self.manageable_snapshots_in(slot)?);
+        }
+        Ok(all)
+    }
+
+    fn manageable_snapshots_in(&self, slot: &super::PoolSlot) -> Result<Vec<ManageableSnapshot>> {
+        let existing = slot.pool.list_existing_snapshots()?;
         let known = self.store.read(|tx| tx.snapshots(None, None))?;
         Ok(existing
             .into_iter()
             .map(|s| {
-                let managed = known.iter().find(|k| self.pool.snapshot_name(&k.id) == s.name);
+                let managed = known.iter().find(|k| slot.pool.snapshot_name(&k.id) == s.name);
                 let reason = if managed.is_some() {
                     Some("already managed".to_string())
                 } else if s.in_use {
@@ -351,8 +357,9 @@ impl Manager {
         // The volume first, as Cinder checks it before the backend sees the ref.
         let volume = self.store.read(|tx| self.visible(tx, caller, &req.volume_id))?;
         can_take_snapshot(&volume)?;
+        let slot = self.slot(&volume.host)?;
         let candidate =
-            self.manageable_snapshots()?.into_iter().find(|m| m.name == req.source_name).ok_or_else(|| {
+            self.manageable_snapshots_in(slot)?.into_iter().find(|m| m.name == req.source_name).ok_or_else(|| {
                 ManagerError::NotFound(format!(
                     "Manage existing snapshot failed: '{}' not found in the pool.",
                     req.source_name
@@ -364,7 +371,7 @@ impl Manager {
                 req.source_name
             )));
         }
-        let volume_name = self.pool.volume_name(&volume.id);
+        let volume_name = slot.pool.volume_name(&volume.id);
         match &candidate.source_name {
             Some(origin) if *origin != volume_name => {
                 return Err(ManagerError::Invalid(format!(
@@ -386,7 +393,7 @@ impl Manager {
         let (snapshot, job) = self.store.write(|tx| {
             let v = self.visible(tx, caller, &req.volume_id)?;
             can_take_snapshot(&v)?;
-            if tx.snapshots(None, None)?.iter().any(|k| self.pool.snapshot_name(&k.id) == req.source_name) {
+            if tx.snapshots(None, None)?.iter().any(|k| slot.pool.snapshot_name(&k.id) == req.source_name) {
                 return Err(ManagerError::Invalid(format!(
                     "Manage existing snapshot failed: '{}' is not safe to manage: already managed.",
                     req.source_name

@@ -60,7 +60,7 @@ impl Manager {
             })?;
             self.check_image(&super::actions::image_caller(caller), image_id, size)?;
         }
-        let capacity = self.pool.capacity()?;
+        let capacity = self.capacities();
         let (volume, job) = self.store.write(|tx| self.create_volume_in(tx, caller, &req, &capacity))?;
         if let Some(job) = job {
             self.start(job);
@@ -76,7 +76,7 @@ impl Manager {
         tx: &Tx,
         caller: &Caller,
         req: &CreateVolume,
-        capacity: &crate::pool::Capacity,
+        capacity: &super::Capacities,
     ) -> Result<(Volume, Option<super::jobs::Pending>)> {
         {
             // A clone takes its source's size (at least) and, unless told otherwise, its type.
@@ -89,9 +89,11 @@ impl Manager {
                         snap.status
                     )));
                 }
+                // A clone is made by its source's pool, so it stays there.
+                let origin = tx.volume(&snap.volume_id)?.map(|v| v.host);
                 (
                     VolumeSource::Snapshot { id: snap.id },
-                    Some(("snapshot", snap.volume_size)),
+                    Some(("snapshot", snap.volume_size, origin)),
                     Some(snap.volume_type_id),
                 )
             } else if let Some(source_id) = &req.source_volid {
@@ -102,14 +104,18 @@ impl Manager {
                         src.status
                     )));
                 }
-                (VolumeSource::Volume { id: src.id }, Some(("source volume", src.size)), Some(src.volume_type_id))
+                (
+                    VolumeSource::Volume { id: src.id },
+                    Some(("source volume", src.size, Some(src.host))),
+                    Some(src.volume_type_id),
+                )
             } else {
                 (VolumeSource::Blank, None, None)
             };
-            let size = req.size.or(source_size.map(|(_, s)| s)).ok_or_else(|| {
+            let size = req.size.or(source_size.as_ref().map(|(_, s, _)| *s)).ok_or_else(|| {
                 ManagerError::Invalid("Volume size must be given when creating a blank volume.".to_string())
             })?;
-            if let Some((what, min)) = source_size.filter(|(_, min)| size < *min) {
+            if let Some((what, min, _)) = source_size.as_ref().filter(|(_, min, _)| size < *min) {
                 return Err(ManagerError::Invalid(format!(
                     "Volume size '{size}GB' cannot be smaller than the {what} size {min}GB. They must be >= the \
                      original {what} size."
@@ -144,32 +150,35 @@ impl Manager {
             };
             let delta = QuotaDelta::new_volume(&vtype.name, size);
             self.check_quota(tx, &caller.project_id, &delta)?;
-            // Cinder's scheduler: a type asking for what the pool does not offer
-            // leaves the volume in error, with a message saying why.
-            let caps = super::scheduler::capabilities(&self.settings, &self.stats_of(capacity, tx.provisioned_gib()?));
-            let unplaceable = match self.service_disabled(tx)? {
-                Some(why) => Some(why),
-                None => super::scheduler::unmet_spec(&vtype.extra_specs, &caps)
-                    .map(|unmet| format!("No pool offers what volume type {} asks for: {unmet}", vtype.name)),
+            // Cinder's scheduler: a type asking for what no pool offers leaves
+            // the volume in error, with a message saying why.
+            let only = source_size.as_ref().map(|(_, _, origin)| origin.as_deref().unwrap_or_default());
+            let placed = match self.service_disabled(tx)? {
+                Some(why) => Err(why),
+                None => self.place(tx, &vtype, only, capacity)?,
             };
-            if let Some(unmet) = unplaceable {
-                let volume = Volume { status: VolumeStatus::Error, ..volume };
-                tx.insert_volume(&volume)?;
-                let reason = format!("No valid backend was found. {unmet}.");
-                super::jobs::insert_message(
-                    tx,
-                    &self.settings,
-                    &volume.project_id,
-                    &caller.request_id,
-                    MessageResource::Volume,
-                    Some(&volume.id),
-                    MessageAction::SCHEDULE_ALLOCATE_VOLUME,
-                    &reason,
-                )?;
-                tracing::warn!(volume = %volume.id, volume_type = %vtype.name, %unmet, "no pool satisfies the volume type");
-                return Ok((volume, None));
-            }
-            self.check_capacity(tx, capacity, size)?;
+            let host = match placed {
+                Ok(host) => host,
+                Err(unmet) => {
+                    let volume = Volume { status: VolumeStatus::Error, ..volume };
+                    tx.insert_volume(&volume)?;
+                    let reason = format!("No valid backend was found. {unmet}.");
+                    super::jobs::insert_message(
+                        tx,
+                        &self.settings,
+                        &volume.project_id,
+                        &caller.request_id,
+                        MessageResource::Volume,
+                        Some(&volume.id),
+                        MessageAction::SCHEDULE_ALLOCATE_VOLUME,
+                        &reason,
+                    )?;
+                    tracing::warn!(volume = %volume.id, volume_type = %vtype.name, %unmet, "no pool satisfies the volume type");
+                    return Ok((volume, None));
+                }
+            };
+            self.check_capacity(tx, &host, capacity, size)?;
+            let volume = Volume { host, ..volume };
             tx.insert_volume(&volume)?;
             let spec = match &req.image_id {
                 Some(image) => JobSpec::CreateVolumeFromImage {
@@ -182,6 +191,48 @@ impl Manager {
             let job = self.enqueue(tx, caller, &volume.project_id, spec)?;
             Ok((volume, Some(job)))
         }
+    }
+
+    /// Cinder's scheduler over this agent's pools: of those the type's extra
+    /// specs are satisfied by (`only`: a clone stays on its source's pool), the
+    /// one with the most virtual free GiB (Cinder's capacity weigher); or why
+    /// none fits.
+    fn place(
+        &self,
+        tx: &Tx,
+        vtype: &crate::model::VolumeType,
+        only: Option<&str>,
+        capacities: &super::Capacities,
+    ) -> Result<std::result::Result<String, String>> {
+        let mut best: Option<(f64, &str)> = None;
+        let mut unmet = Vec::new();
+        for slot in self.pools.iter().filter(|s| only.is_none_or(|host| s.host == host)) {
+            let capacity = match capacities.of(self, &slot.host) {
+                Ok((_, c)) => c,
+                Err(e) => {
+                    unmet.push(format!("{}: {e}", slot.host));
+                    continue;
+                }
+            };
+            let stats = super::stats_of(slot, capacity, tx.provisioned_gib_on(&slot.host)?);
+            let caps = super::scheduler::capabilities(slot, &stats);
+            if let Some(spec) = super::scheduler::unmet_spec(&vtype.extra_specs, &caps) {
+                unmet.push(spec);
+                continue;
+            }
+            let free = stats.total_gib * stats.max_over_subscription_ratio - stats.provisioned_gib as f64;
+            if best.is_none_or(|(most, _)| free > most) {
+                best = Some((free, &slot.host));
+            }
+        }
+        Ok(match best {
+            Some((_, host)) => Ok(host.to_string()),
+            None if only.is_some() && unmet.is_empty() => Err("The source's pool is not one of this agent's".into()),
+            None => {
+                unmet.dedup();
+                Err(format!("No pool offers what volume type {} asks for: {}", vtype.name, unmet.join(", ")))
+            }
+        })
     }
 
     pub fn update_volume(&self, caller: &Caller, id: &str, req: UpdateVolume) -> Result<Volume> {
@@ -351,14 +402,22 @@ impl Manager {
         Ok(ActionOutcome::Done)
     }
 
-    /// What the pool holds, each marked safe to manage or not (spec §5.7).
+    /// What the pools hold, each marked safe to manage or not (spec §5.7).
     pub fn manageable_volumes(&self) -> Result<Vec<ManageableVolume>> {
-        let existing = self.pool.list_existing()?;
+        let mut all = Vec::new();
+        for slot in &self.pools {
+            all.extend(self.manageable_volumes_in(slot)?);
+        }
+        Ok(all)
+    }
+
+    fn manageable_volumes_in(&self, slot: &super::PoolSlot) -> Result<Vec<ManageableVolume>> {
+        let existing = slot.pool.list_existing()?;
         let known = self.store.read(|tx| tx.volumes(None))?;
         Ok(existing
             .into_iter()
             .map(|m| {
-                let managed = known.iter().find(|v| self.pool.volume_name(&v.id) == m.name);
+                let managed = known.iter().find(|v| v.host == slot.host && slot.pool.volume_name(&v.id) == m.name);
                 let reason = if managed.is_some() {
                     Some("already managed".to_string())
                 } else if m.in_use {
@@ -379,20 +438,14 @@ impl Manager {
 
     /// Takes a file of the pool under management (POST manageable_volumes).
     pub fn manage_volume(self: &std::sync::Arc<Self>, caller: &Caller, req: ManageVolume) -> Result<Volume> {
-        let host_ok = {
-            let ours = &self.settings.host;
-            let without_pool = ours.split('#').next().unwrap_or(ours);
-            let bare = without_pool.split('@').next().unwrap_or(without_pool);
-            req.host == *ours || req.host == without_pool || req.host == bare
-        };
-        if !host_ok {
+        let Some(slot) = self.pool_named(&req.host) else {
             return Err(ManagerError::Invalid(format!(
                 "No available service named '{}': this agent is {}.",
                 req.host, self.settings.host
             )));
-        }
+        };
         let candidate =
-            self.manageable_volumes()?.into_iter().find(|m| m.name == req.source_name).ok_or_else(|| {
+            self.manageable_volumes_in(slot)?.into_iter().find(|m| m.name == req.source_name).ok_or_else(|| {
                 ManagerError::NotFound(format!(
                     "Manage existing volume failed: '{}' not found in the pool.",
                     req.source_name
@@ -412,6 +465,7 @@ impl Manager {
                 i64::try_from(candidate.size_gib).map_err(|_| ManagerError::Invalid("volume too large".to_string()))?;
             let volume = Volume {
                 bootable: req.bootable,
+                host: slot.host.clone(),
                 ..self.new_volume(
                     caller,
                     VolumeStatus::Managing,

@@ -36,8 +36,9 @@ const ALLOCATED_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 const PARTIAL: &str = ".partial";
 
 impl FilePool {
-    /// The pool under `data_dir` (`volumes/`, `snapshots/`), as `config` says.
+    /// The pool under `config.path`, else `data_dir` (`volumes/`, `snapshots/`).
     pub fn open(data_dir: &Path, config: &FileConfig) -> Result<FilePool, PoolError> {
+        let data_dir = config.path.as_deref().unwrap_or(data_dir);
         let pool = FilePool {
             volumes_dir: data_dir.join("volumes"),
             snapshots_dir: data_dir.join("snapshots"),

@@ -361,6 +361,51 @@ ALTER TABLE snapshots ADD COLUMN group_snapshot_id TEXT REFERENCES group_snapsho
 CREATE INDEX volumes_group ON volumes(group_id);
 CREATE INDEX snapshots_group_snapshot ON snapshots(group_snapshot_id);
 "#,
+    // 9: the provisioned GiB per pool (`host@backend#pool`), since an agent may
+    // run several: a snapshot counts on its volume's pool, and a volume whose
+    // host changes (a migration's identity swap) takes its GiB along.
+    r#"
+DROP TRIGGER provisioned_volume_insert;
+DROP TRIGGER provisioned_volume_delete;
+DROP TRIGGER provisioned_volume_resize;
+DROP TRIGGER provisioned_snapshot_insert;
+DROP TRIGGER provisioned_snapshot_delete;
+DROP TRIGGER provisioned_snapshot_resize;
+DROP TABLE provisioned;
+CREATE TABLE provisioned (
+    host TEXT PRIMARY KEY,
+    gib INTEGER NOT NULL
+);
+INSERT INTO provisioned (host, gib)
+    SELECT host, SUM(gib) FROM (
+        SELECT host, size AS gib FROM volumes
+        UNION ALL
+        SELECT v.host, s.volume_size FROM snapshots s JOIN volumes v ON v.id = s.volume_id)
+    GROUP BY host;
+CREATE TRIGGER provisioned_volume_insert AFTER INSERT ON volumes BEGIN
+    INSERT INTO provisioned (host, gib) VALUES (NEW.host, NEW.size)
+        ON CONFLICT (host) DO UPDATE SET gib = gib + excluded.gib;
+END;
+CREATE TRIGGER provisioned_volume_delete AFTER DELETE ON volumes
+    BEGIN UPDATE provisioned SET gib = gib - OLD.size WHERE host = OLD.host; END;
+CREATE TRIGGER provisioned_volume_resize AFTER UPDATE OF size, host ON volumes BEGIN
+    UPDATE provisioned SET gib = gib - OLD.size WHERE host = OLD.host;
+    INSERT INTO provisioned (host, gib) VALUES (NEW.host, NEW.size)
+        ON CONFLICT (host) DO UPDATE SET gib = gib + excluded.gib;
+END;
+CREATE TRIGGER provisioned_snapshot_insert AFTER INSERT ON snapshots BEGIN
+    UPDATE provisioned SET gib = gib + NEW.volume_size
+        WHERE host = (SELECT host FROM volumes WHERE id = NEW.volume_id);
+END;
+CREATE TRIGGER provisioned_snapshot_delete AFTER DELETE ON snapshots BEGIN
+    UPDATE provisioned SET gib = gib - OLD.volume_size
+        WHERE host = (SELECT host FROM volumes WHERE id = OLD.volume_id);
+END;
+CREATE TRIGGER provisioned_snapshot_resize AFTER UPDATE OF volume_size ON snapshots BEGIN
+    UPDATE provisioned SET gib = gib - OLD.volume_size + NEW.volume_size
+        WHERE host = (SELECT host FROM volumes WHERE id = NEW.volume_id);
+END;
+"#,
 ];
 
 /// The schema version this ember writes.
@@ -1492,9 +1537,15 @@ impl Tx<'_> {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// GiB promised to volumes and snapshots (migration 4's triggers keep it).
+    /// GiB promised to volumes and snapshots in all pools (migration 9's
+    /// triggers keep it per pool).
     pub fn provisioned_gib(&self) -> Result<i64, StoreError> {
-        Ok(self.0.query_row("SELECT gib FROM provisioned WHERE id = 1", [], |r| r.get(0))?)
+        Ok(self.0.query_row("SELECT COALESCE(SUM(gib), 0) FROM provisioned", [], |r| r.get(0))?)
+    }
+
+    /// GiB promised to volumes and snapshots in the pool `host@backend#pool`.
+    pub fn provisioned_gib_on(&self, host: &str) -> Result<i64, StoreError> {
+        Ok(self.0.query_row("SELECT COALESCE(SUM(gib), 0) FROM provisioned WHERE host = ?1", [host], |r| r.get(0))?)
     }
 
     pub fn volume_type_in_use(&self, id: &str) -> Result<bool, StoreError> {
@@ -2022,8 +2073,13 @@ mod tests {
         assert_eq!(provisioned(), 11);
         exec("UPDATE volumes SET size = 7, status = 'available' WHERE id = 'v2'");
         assert_eq!(provisioned(), 13);
+        let on = |host: &str| store.read(|tx| tx.provisioned_gib_on(host)).unwrap();
+        assert_eq!((on("h"), on("g")), (13, 0));
+        // A migration's identity swap moves a volume to another pool.
+        exec("UPDATE volumes SET host = 'g' WHERE id = 'v2'");
+        assert_eq!((on("h"), on("g"), provisioned()), (6, 7, 13));
         exec("DELETE FROM snapshots; DELETE FROM volumes WHERE id = 'v1'");
-        assert_eq!(provisioned(), 7);
+        assert_eq!((on("h"), on("g"), provisioned()), (0, 7, 7));
         drop(store);
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -2111,7 +2167,7 @@ mod tests {
         assert!(decoded[3].is_err(), "an extend without its size must not decode: {:?}", decoded[3]);
         assert!(decoded[4].is_err(), "an unknown kind must not decode");
         assert!(rows.iter().all(|r| r.project_id == "p"));
-        assert_eq!(store.read(|tx| tx.provisioned_gib()).unwrap(), 1, "migration 4 counts existing volumes");
+        assert_eq!(store.read(|tx| tx.provisioned_gib()).unwrap(), 1, "migrations 4 and 9 count existing volumes");
         drop(store);
         std::fs::remove_dir_all(dir).unwrap();
     }

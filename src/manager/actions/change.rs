@@ -14,7 +14,7 @@ impl Manager {
         new_size: i64,
         attached_ok: bool,
     ) -> Result<ActionOutcome> {
-        let capacity = self.pool.capacity()?;
+        let capacity = self.capacities();
         let job = self.store.write(|tx| {
             let v = self.visible(tx, caller, id)?;
             if new_size <= v.size {
@@ -40,7 +40,7 @@ impl Manager {
                 ..Default::default()
             };
             self.check_quota(tx, &v.project_id, &delta)?;
-            self.check_capacity(tx, &capacity, new_size - v.size)?;
+            self.check_capacity(tx, &v.host, &capacity, new_size - v.size)?;
             let mut new = v.clone();
             new.status = VolumeStatus::Extending;
             new.previous_status = Some(v.status);
@@ -142,7 +142,7 @@ impl Manager {
                 ));
             }
             if let Some(backend) = target.extra_specs.get("volume_backend_name") {
-                if *backend != self.settings.backend_name {
+                if *backend != self.slot(&v.host)?.backend_name {
                     return Err(if on_demand {
                         ManagerError::NotImplemented(format!(
                             "Retype to type {} needs a migration to backend {backend}; volume migration arrives \
