@@ -53,8 +53,9 @@ fn view(j: &JobView) -> Value {
     let s = &j.status;
     let copy = j.copy.as_ref().map(|c| {
         let r = c.progress.report();
+        let other = if c.kind == "migrate_volume" { "destination_volume_id" } else { "image_id" };
         json!({
-            "image_id": c.image,
+            other: c.other,
             "bytes_done": r.done,
             "bytes_total": r.total,
             "percent": if r.total == 0 { 0.0 } else { (r.done as f64 * 1000.0 / r.total as f64).round() / 10.0 },

@@ -696,6 +696,9 @@ fn volume_action(m: &std::sync::Arc<Manager>, req: &Req, id: &str, project: &str
             Ok(Reply { status: code, body: Some(json!({"connection_info": info})), etag: None })
         }
         ActionOutcome::Done => Ok(Reply::empty(code)),
+        ActionOutcome::SaveVolumeId(id) => {
+            Ok(Reply { status: code, body: Some(json!({"save_volume_id": id})), etag: None })
+        }
         ActionOutcome::Uploading(up) => {
             let ctx = view_ctx(m, req)?;
             let image = &up.image;

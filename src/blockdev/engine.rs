@@ -821,6 +821,84 @@ fn write_parallel(file: &File, data: &[u8], offset: u64, block: u64) -> io::Resu
     })
 }
 
+/// Two copies joined end to end (a migration between two pools of one agent):
+/// what the first copy's sink is given, the second copy's source yields, zero
+/// runs as zero runs, so a sparse volume stays sparse without its zeros
+/// crossing. A side that stops hangs up: the other sees an error, never a
+/// short copy.
+pub fn pipe(len: u64) -> (PipeSink, PipeSource) {
+    let (tx, rx) = sync_channel(DEPTH);
+    (PipeSink { tx }, PipeSource { rx, len, pending: None })
+}
+
+enum Piece {
+    Data(u64, Vec<u8>),
+    Zero(u64, u64),
+    End,
+}
+
+pub struct PipeSink {
+    tx: SyncSender<Piece>,
+}
+
+impl PipeSink {
+    fn send(&self, piece: Piece) -> io::Result<()> {
+        self.tx.send(piece).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the writing side stopped"))
+    }
+}
+
+impl Sink for PipeSink {
+    fn write(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.send(Piece::Data(offset, data.to_vec()))
+    }
+
+    fn zero(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.send(Piece::Zero(offset, len))
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        self.send(Piece::End)
+    }
+}
+
+pub struct PipeSource {
+    rx: Receiver<Piece>,
+    len: u64,
+    /// A piece larger than the engine's buffer: its offset, bytes, and how far it was given out.
+    pending: Option<(u64, Vec<u8>, usize)>,
+}
+
+impl Source for PipeSource {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn next(&mut self, buf: &mut [u8]) -> io::Result<Option<Chunk>> {
+        if self.pending.is_none() {
+            match self.rx.recv() {
+                Ok(Piece::Data(offset, data)) => self.pending = Some((offset, data, 0)),
+                Ok(Piece::Zero(offset, len)) => return Ok(Some(Chunk::Zero { offset, len })),
+                Ok(Piece::End) => return Ok(None),
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the reading side stopped before the end",
+                    ));
+                }
+            }
+        }
+        let Some((offset, data, at)) = &mut self.pending else { return Ok(None) };
+        let n = buf.len().min(data.len() - *at);
+        buf[..n].copy_from_slice(&data[*at..*at + n]);
+        let chunk = Chunk::Data { offset: *offset + *at as u64, len: n };
+        *at += n;
+        if *at == data.len() {
+            self.pending = None;
+        }
+        Ok(Some(chunk))
+    }
+}
+
 /// A stream (an upload): zero runs are written out as zeros, in order.
 pub struct WriterSink<W> {
     writer: W,

@@ -209,7 +209,8 @@ pub struct RunningCopy {
     pub job: i64,
     pub kind: &'static str,
     pub volume: String,
-    pub image: String,
+    /// The image copied to or from, or a migration's destination volume.
+    pub other: String,
     pub project_id: String,
     pub progress: Arc<Progress>,
 }
@@ -263,13 +264,13 @@ impl Manager {
         Ok(record)
     }
 
-    pub(super) fn register_copy(&self, job: &crate::model::Job, volume: &str, image: &str) -> Registered<'_> {
+    pub(super) fn register_copy(&self, job: &crate::model::Job, volume: &str, other: &str) -> Registered<'_> {
         let progress = Arc::new(Progress::default());
         let entry = RunningCopy {
             job: job.id,
             kind: job.spec.kind(),
             volume: volume.to_string(),
-            image: image.to_string(),
+            other: other.to_string(),
             project_id: job.project_id.clone(),
             progress: Arc::clone(&progress),
         };
@@ -396,7 +397,7 @@ impl Manager {
     }
 
     /// The volume's size in bytes, from the store.
-    fn volume_bytes(&self, volume: &str) -> std::result::Result<u64, super::jobs::StepError> {
+    pub(super) fn volume_bytes(&self, volume: &str) -> std::result::Result<u64, super::jobs::StepError> {
         let v = self.store.read(|tx| tx.volume(volume))?.ok_or_else(|| PoolError::NotFound { what: volume.into() })?;
         Ok(u64::try_from(v.size).unwrap_or(0) * GIB)
     }

@@ -82,6 +82,16 @@ enum Step {
         image: String,
         disk_format: String,
     },
+    /// A migration's copy of `from` into `to`, verified (migration.rs).
+    MigrateCopy {
+        from: String,
+        to: String,
+    },
+    /// `from`'s pool object given to volume `to`.
+    RenameVolume {
+        from: String,
+        to: String,
+    },
 }
 
 /// The steps of a job, in order.
@@ -125,6 +135,15 @@ fn steps(spec: &JobSpec) -> Vec<Step> {
         ],
         JobSpec::Reimage { volume, image } => vec![Step::Download { volume, image, fresh: false }],
         JobSpec::UploadImage { volume, image, disk_format } => vec![Step::Upload { volume, image, disk_format }],
+        // The source is given up only after its copy is verified: the steps
+        // from `migration::RELEASE_STEP` on may leave it without its bytes.
+        JobSpec::MigrateVolume { volume, new_volume, size_gib, .. } => vec![
+            Step::CreateVolume { volume: new_volume.clone(), size_gib, source: VolumeSource::Blank },
+            Step::MigrateCopy { from: volume.clone(), to: new_volume.clone() },
+            Step::ReconcileExport(volume.clone()),
+            Step::DeleteVolume(volume.clone()),
+            Step::RenameVolume { from: new_volume, to: volume },
+        ],
     }
 }
 
@@ -209,6 +228,8 @@ impl Step {
             Step::Upload { volume, image, disk_format } => {
                 m.upload(job, volume, image, disk_format)?;
             }
+            Step::MigrateCopy { from, to } => m.migrate_copy(job, from, to)?,
+            Step::RenameVolume { from, to } => m.pool_of(from)?.rename_volume(from, to)?,
         }
         Ok(())
     }
@@ -231,6 +252,8 @@ impl Step {
             Step::SuspendExport(v) => format!("suspend the export of volume {v}"),
             Step::RefreshExport(v) => format!("show volume {v}'s new size through its export"),
             Step::Download { volume, image, .. } => format!("write image {image} onto volume {volume}"),
+            Step::MigrateCopy { from, to } => format!("copy volume {from} into {to} and verify it"),
+            Step::RenameVolume { from, to } => format!("give volume {from}'s pool object to volume {to}"),
             Step::Upload { volume, image, disk_format } => {
                 format!("upload volume {volume} to {disk_format} image {image}")
             }
@@ -242,6 +265,8 @@ impl Step {
 #[derive(Debug)]
 pub struct Failure {
     pub step: String,
+    /// The failed step's index.
+    pub at: usize,
     pub error: StepError,
 }
 
@@ -382,7 +407,7 @@ impl Manager {
                 return Outcome::Interrupted;
             }
             if let Err(error) = result {
-                failure = Some(Failure { step: step.name(), error });
+                failure = Some(Failure { step: step.name(), at: index, error });
                 break;
             }
             if index + 1 < all.len() {
@@ -401,13 +426,23 @@ impl Manager {
         }
         // A failed upload leaves no half-made image behind, and is gone before
         // the volume is seen restored.
-        if let (Some(_), JobSpec::UploadImage { image, .. }) = (&failure, &job.spec) {
-            self.discard_image(&job.project_id, image);
+        match (&failure, &job.spec) {
+            (Some(_), JobSpec::UploadImage { image, .. }) => self.discard_image(&job.project_id, image),
+            // A migration that failed before giving up its source leaves no destination.
+            (Some(f), JobSpec::MigrateVolume { new_volume, .. }) if f.at < super::migration::RELEASE_STEP => {
+                self.discard_destination(new_volume)
+            }
+            _ => {}
         }
         let ended = self.store.write(|tx| {
             // The member's group is read before its row may go, settled after.
             let touched = super::groups::Touched::of(tx, &job.spec)?;
-            finish(tx, &job.spec, failure.is_none())?;
+            match &job.spec {
+                JobSpec::MigrateVolume { .. } => {
+                    super::migration::finish(tx, &job.spec, failure.as_ref().map(|f| f.at))?
+                }
+                _ => finish(tx, &job.spec, failure.is_none())?,
+            }
             touched.settle(tx)?;
             match &failure {
                 None => tx.end_job(job.id, JobState::Done, None),
@@ -692,6 +727,8 @@ fn finish(tx: &Tx, spec: &JobSpec, ok: bool) -> Result<(), StoreError> {
         JobSpec::UploadImage { volume, .. } => {
             settle(volume, VolumeStatus::Uploading, &|v| v.status = derived_attach_state(&v.attachments).1)
         }
+        // Settled by migration::finish, which knows where it failed.
+        JobSpec::MigrateVolume { .. } => Ok(()),
     }
 }
 

@@ -20,6 +20,7 @@ mod images;
 mod jobs;
 mod locks;
 mod messages;
+mod migration;
 mod qos;
 mod quotas;
 pub mod scheduler;

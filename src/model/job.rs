@@ -95,6 +95,16 @@ pub enum JobSpec {
         image: String,
         disk_format: String,
     },
+    /// Moves the volume's bytes into `new_volume` (a record on the destination
+    /// pool) and then gives the volume the destination's pool object, so its
+    /// id, attachments and metadata survive (Cinder's completion swap). With
+    /// `new_type`, a retype that needed the move.
+    MigrateVolume {
+        volume: String,
+        new_volume: String,
+        size_gib: u64,
+        new_type: Option<String>,
+    },
 }
 
 /// Something a job locks.
@@ -131,6 +141,7 @@ impl JobSpec {
             JobSpec::CreateVolumeFromImage { .. } => "create_volume_from_image",
             JobSpec::Reimage { .. } => "reimage",
             JobSpec::UploadImage { .. } => "upload_image",
+            JobSpec::MigrateVolume { .. } => "migrate_volume",
         }
     }
 
@@ -152,7 +163,8 @@ impl JobSpec {
             | JobSpec::ReconcileExport { volume }
             | JobSpec::CreateVolumeFromImage { volume, .. }
             | JobSpec::Reimage { volume, .. }
-            | JobSpec::UploadImage { volume, .. } => volume,
+            | JobSpec::UploadImage { volume, .. }
+            | JobSpec::MigrateVolume { volume, .. } => volume,
         }
     }
 
@@ -207,6 +219,7 @@ impl JobSpec {
             | JobSpec::Reimage { volume: v, .. } => vec![(volume(v), Write)],
             // An upload only reads the volume (its status keeps writers away).
             JobSpec::UploadImage { volume: v, .. } => vec![(volume(v), Read)],
+            JobSpec::MigrateVolume { volume: v, new_volume: n, .. } => vec![(volume(v), Write), (volume(n), Write)],
         };
         // Sorted by resource, the write first where one appears twice; keep that one.
         locks.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
@@ -234,6 +247,8 @@ impl JobSpec {
             JobSpec::CreateVolumeFromImage { .. } => (MessageResource::Volume, A::COPY_IMAGE_TO_VOLUME),
             JobSpec::Reimage { .. } => (MessageResource::Volume, A::REIMAGE_VOLUME),
             JobSpec::UploadImage { .. } => (MessageResource::Volume, A::COPY_VOLUME_TO_IMAGE),
+            JobSpec::MigrateVolume { new_type: Some(_), .. } => (MessageResource::Volume, A::RETYPE_VOLUME),
+            JobSpec::MigrateVolume { new_type: None, .. } => (MessageResource::Volume, A::MIGRATE_VOLUME),
         }
     }
 }

@@ -88,6 +88,8 @@ impl MessageAction {
         MessageAction { id: "105", text: "resume unfinished work", detail: MessageDetail::VOLUME_INVALID_STATE };
     pub const DETACH_VOLUME: MessageAction =
         MessageAction { id: "106", text: "detach volume", detail: MessageDetail::DETACH_ERROR };
+    pub const MIGRATE_VOLUME: MessageAction =
+        MessageAction { id: "109", text: "migrate volume", detail: MessageDetail::UNKNOWN_ERROR };
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -305,6 +305,18 @@ impl Pool for FilePool {
         format!("volume-{id}")
     }
 
+    fn rename_volume(&self, from: &str, to: &str) -> Result<(), PoolError> {
+        let (source, target) = (self.volume_path(from), self.volume_path(to));
+        if !source.exists() && target.exists() {
+            return Ok(()); // renamed by an earlier run of this job
+        }
+        if target.exists() {
+            return Err(PoolError::Refused(format!("{} exists already", target.display())));
+        }
+        fs::rename(&source, &target).map_err(|e| PoolError::io("rename", &source, e))?;
+        sync_dir(&target)
+    }
+
     fn manage_existing(&self, name: &str, new_id: &str) -> Result<u64, PoolError> {
         let target = self.volume_path(new_id);
         let source = self.existing_path(name)?;

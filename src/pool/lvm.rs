@@ -523,6 +523,22 @@ impl Pool for LvmPool {
         volume_lv(id)
     }
 
+    fn rename_volume(&self, from: &str, to: &str) -> Result<(), PoolError> {
+        let (old, new) = (volume_lv(from), volume_lv(to));
+        let renamed = self.lv(&old)?.is_none() && self.lv(&new)?.is_some();
+        if !renamed {
+            if self.lv(&new)?.is_some() {
+                return Err(PoolError::Refused(format!("{} exists already", self.full(&new))));
+            }
+            self.owned(&old, &Tag::Volume(from.to_string()))?
+                .ok_or_else(|| PoolError::NotFound { what: self.full(&old) })?;
+            self.lvm(&["lvrename", &self.vg, &old, &new])?;
+        }
+        // The owner tag follows the name (again, after a crash between the two).
+        let (drop_tag, add_tag) = (Tag::Volume(from.to_string()).text(), Tag::Volume(to.to_string()).text());
+        self.lvm(&["lvchange", "--deltag", &drop_tag, "--addtag", &add_tag, &self.full(&new)]).map(drop)
+    }
+
     fn manage_existing(&self, name: &str, new_id: &str) -> Result<u64, PoolError> {
         let target = volume_lv(new_id);
         let owner = Tag::Volume(new_id.to_string());

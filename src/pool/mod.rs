@@ -160,6 +160,9 @@ pub trait Pool: Send + Sync {
     fn manage_existing(&self, name: &str, new_id: &str) -> Result<u64, PoolError>;
     /// Gives the volume up: it stays under `volume_name(id)`, no longer marked ember's.
     fn unmanage(&self, id: &str) -> Result<(), PoolError>;
+    /// Gives volume `from`'s object to volume `to` (a migration's destination
+    /// becomes the migrated volume). A resumed job finds it done.
+    fn rename_volume(&self, from: &str, to: &str) -> Result<(), PoolError>;
     /// Every snapshot in the pool, managed or not.
     fn list_existing_snapshots(&self) -> Result<Vec<ExistingSnapshot>, PoolError>;
     /// Name under which a snapshot with this id is kept (what unmanage leaves behind).

@@ -40,6 +40,7 @@ pub enum Op {
     UnmanageSnapshot,
     WriteVolume,
     ReadVolume,
+    RenameVolume,
 }
 
 /// What an injected fault does to the call it hits.
@@ -427,6 +428,21 @@ impl Pool for SimPool {
         };
         drop(s);
         self.leave(Op::Manage, new_id, after, result)
+    }
+
+    fn rename_volume(&self, from: &str, to: &str) -> Result<(), PoolError> {
+        let after = self.enter(Op::RenameVolume, from)?;
+        let mut s = self.lock();
+        let result = match s.volumes.remove(from) {
+            Some(v) => {
+                s.volumes.insert(to.to_string(), v);
+                Ok(())
+            }
+            None if s.volumes.contains_key(to) => Ok(()),
+            None => Err(PoolError::NotFound { what: from.to_string() }),
+        };
+        drop(s);
+        self.leave(Op::RenameVolume, from, after, result)
     }
 
     fn unmanage(&self, id: &str) -> Result<(), PoolError> {

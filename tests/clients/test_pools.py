@@ -2,12 +2,15 @@
 with its own `host@backend#pool`, listed by get_pools, picked by a volume type's
 `volume_backend_name` or by free capacity, with its own files on disk."""
 
+import hashlib
 import os
 import subprocess
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
+from cinderclient import exceptions as cexc
 
 from conftest import PROJECT, ember_binary, make_cinder, start_agent, stop_agent, wait_for
 
@@ -28,8 +31,9 @@ def pooled():
     stop_agent(a)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def cinder(pooled):
+    # Per test: one test restarts the agent on another port.
     return make_cinder(pooled)
 
 
@@ -146,3 +150,184 @@ def test_pool_configs_that_cannot_work_are_refused_at_start(tmp_path, config, wh
     p = subprocess.run([ember_binary(), "serve", "--data-dir", str(tmp_path / "d"), "--listen", "127.0.0.1:1",
                         "--config", str(cfg)], capture_output=True, text=True, timeout=30)
     assert p.returncode != 0 and why in p.stderr + p.stdout, p.stderr + p.stdout
+
+
+# -- migration between the pools ------------------------------------------------
+
+MIB = 1 << 20
+
+
+def pool_file(agent, host, volume_id):
+    base = agent.data_dir / "pool-b" if host == SLOW else agent.data_dir
+    return base / "volumes" / f"volume-{volume_id}"
+
+
+def fill(path, pieces):
+    """Writes (offset, bytes) pieces into a volume file, durably."""
+    with open(path, "r+b") as f:
+        for offset, data in pieces:
+            f.seek(offset)
+            f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def digest(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 * MIB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def on_fast(cinder, size=1):
+    fast = pinned_type(cinder, "fast")
+    v = wait_status(cinder, cinder.volumes.create(size, volume_type=fast.name).id, "available")
+    assert host_of(cinder, v.id) == FAST
+    return v
+
+
+def wait_migrated(cinder, volume_id, want="success"):
+    return wait_for(lambda: (v := cinder.volumes.get(volume_id)).migration_status == want
+                    and v.status in ("available", "error") and v, timeout=120, what=f"migration {want}")
+
+
+@pytest.mark.parametrize("kind", ["sparse", "dense"])
+def test_migrate_moves_the_bytes_verified_and_the_volume_keeps_its_id(pooled, cinder, kind):
+    v = on_fast(cinder, size=1)
+    src = pool_file(pooled, FAST, v.id)
+    if kind == "sparse":
+        fill(src, [(0, b"head" * 1024), (300 * MIB, os.urandom(MIB)), ((1 << 30) - 4096, b"tail" * 1024)])
+    else:
+        fill(src, [(0, os.urandom(64 * MIB))])
+    before = digest(src)
+    cinder.volumes.set_metadata(v, {"keep": "me"})
+    cinder.volumes.migrate_volume(v, SLOW, False, False)
+    moved = wait_migrated(cinder, v.id)
+    assert moved.status == "available" and host_of(cinder, v.id) == SLOW
+    assert moved.metadata == {"keep": "me"}
+    dst = pool_file(pooled, SLOW, v.id)
+    assert dst.exists() and not src.exists()
+    assert digest(dst) == before
+    if kind == "sparse":
+        assert dst.stat().st_blocks * 512 < 8 * MIB, "the holes crossed as holes"
+    # No destination record is left behind, and the pools count the volume once.
+    assert not [x for x in cinder.volumes.list() if (x.migration_status or "").startswith("target:")]
+    log = pooled.log()
+    assert "migration copy verified" in log
+
+
+def test_retype_on_demand_migrates_and_never_refuses(pooled, cinder):
+    v = on_fast(cinder)
+    fill(pool_file(pooled, FAST, v.id), [(4096, b"retype" * 100)])
+    before = digest(pool_file(pooled, FAST, v.id))
+    slow = pinned_type(cinder, "slow")
+    with pytest.raises(cexc.BadRequest, match="never"):
+        cinder.volumes.retype(v, slow.name, "never")
+    assert cinder.volumes.get(v.id).status == "available" and host_of(cinder, v.id) == FAST
+    cinder.volumes.retype(v, slow.name, "on-demand")
+    done = wait_for(lambda: (x := cinder.volumes.get(v.id)).volume_type == slow.name and x.status == "available"
+                    and x, timeout=120, what="retyped")
+    assert host_of(cinder, v.id) == SLOW and done.migration_status == "success"
+    assert digest(pool_file(pooled, SLOW, v.id)) == before
+
+
+def test_migrate_refusals_change_nothing(pooled, cinder):
+    v = on_fast(cinder)
+    before = pooled.db_dump()
+    cases = [
+        ({"host": "elsewhere@x#y"}, None, "No available service"),
+        ({"host": FAST}, None, "current host"),
+        ({"host": SLOW, "cluster": "c"}, "3.16", "One and only one"),
+        ({"cluster": "c"}, "3.15", "cluster"),
+    ]
+    for body, version, why in cases:
+        r = pooled.action(v.id, {"os-migrate_volume": body}, version=version)
+        assert r.status_code == 400 and why in r.text, (body, r.text)
+    snap = cinder.volume_snapshots.create(v.id)
+    wait_for(lambda: cinder.volume_snapshots.get(snap.id).status == "available", what="snapshot")
+    r = pooled.action(v.id, {"os-migrate_volume": {"host": SLOW}})
+    assert r.status_code == 400 and "snapshots" in r.text, r.text
+    cinder.volume_snapshots.delete(snap)
+    wait_for(lambda: not [s for s in cinder.volume_snapshots.list() if s.id == snap.id], what="snapshot gone")
+    r = pooled.action(v.id, {"os-attach": {"instance_uuid": str(uuid.uuid4()), "mountpoint": "/dev/vdb"}})
+    assert r.status_code == 202, r.text
+    r = pooled.action(v.id, {"os-migrate_volume": {"host": SLOW}})
+    assert r.status_code == 400 and "attached" in r.text, r.text
+    assert host_of(cinder, v.id) == FAST and not pool_file(pooled, SLOW, v.id).exists()
+    del before
+
+
+def test_completion_of_two_volumes_not_migrating_moves_the_attachments(pooled, cinder):
+    old, new = on_fast(cinder), on_fast(cinder)
+    r = pooled.action(old.id, {"os-attach": {"instance_uuid": str(uuid.uuid4()), "mountpoint": "/dev/vdb"}})
+    assert r.status_code == 202, r.text
+    r = pooled.action(old.id, {"os-migrate_volume_completion": {"new_volume": new.id}})
+    assert r.status_code == 200 and r.json() == {"save_volume_id": new.id}, r.text
+    assert cinder.volumes.get(new.id).status == "in-use" and cinder.volumes.get(old.id).status == "available"
+    r = pooled.action(old.id, {"os-migrate_volume_completion": {"new_volume": str(uuid.uuid4())}})
+    assert r.status_code == 404, r.text
+    r = pooled.action(old.id, {"os-migrate_volume_completion": {"new_volume": new.id, "error": True}})
+    assert r.status_code == 200 and r.json() == {"save_volume_id": new.id}, r.text
+
+
+# -- a slow migration: cancelled, and killed mid-copy --------------------------
+
+@pytest.fixture
+def throttled():
+    data_dir = tempfile.mkdtemp(prefix="ember-pools-", dir=os.environ.get("EMBER_TEST_TMP"))
+    config = two_pools(data_dir) + "[copy]\nmax_bytes_per_second = 20971520\n"
+    a = start_agent(config, data_dir=data_dir)
+    yield a, config
+    stop_agent(a)
+
+
+def migration_job(agent, volume_id):
+    r = agent.session.get(f"{agent.root}/ember/v1/jobs", timeout=10)
+    assert r.status_code == 200, r.text
+    return next((j for j in r.json()["jobs"] if j["volume_id"] == volume_id and j["kind"] == "migrate_volume"
+                 and j["copy"] and j["copy"]["bytes_done"] > 0), None)
+
+
+def test_a_cancelled_migration_leaves_the_source_as_it_was(throttled):
+    agent, _ = throttled
+    c = make_cinder(agent)
+    v = on_fast(c)
+    fill(pool_file(agent, FAST, v.id), [(0, os.urandom(200 * MIB))])
+    before = digest(pool_file(agent, FAST, v.id))
+    c.volumes.migrate_volume(v, SLOW, False, True)
+    job = wait_for(lambda: migration_job(agent, v.id), what="the migration copying")
+    assert job["copy"]["destination_volume_id"] != v.id
+    assert c.volumes.get(job["copy"]["destination_volume_id"]).migration_status == f"target:{v.id}"
+    assert c.volumes.get(v.id).status == "maintenance"
+    r = agent.action(v.id, {"os-migrate_volume_completion": {"new_volume": job["copy"]["destination_volume_id"],
+                                                             "error": True}})
+    assert r.status_code == 200 and r.json() == {"save_volume_id": v.id}, r.text
+    back = wait_migrated(c, v.id, "error")
+    assert back.status == "available" and host_of(c, v.id) == FAST
+    assert digest(pool_file(agent, FAST, v.id)) == before
+    wait_for(lambda: not pool_file(agent, SLOW, job["copy"]["destination_volume_id"]).exists(),
+             what="the destination's file deleted")
+    assert [x.id for x in c.volumes.list()] == [v.id], "no destination record left"
+
+
+def test_a_migration_killed_mid_copy_resumes_and_completes(throttled):
+    agent, config = throttled
+    c = make_cinder(agent)
+    v = on_fast(c)
+    fill(pool_file(agent, FAST, v.id), [(0, os.urandom(200 * MIB)), (900 * MIB, b"late" * 4096)])
+    before = digest(pool_file(agent, FAST, v.id))
+    c.volumes.migrate_volume(v, SLOW, False, False)
+    wait_for(lambda: migration_job(agent, v.id), what="the migration copying")
+    agent.proc.kill()
+    agent.proc.wait()
+    assert pool_file(agent, FAST, v.id).exists(), "the source is kept until its copy is verified"
+    again = start_agent(config, data_dir=str(agent.data_dir))
+    agent.proc, agent.port, agent.root, agent.endpoint, agent.base = (
+        again.proc, again.port, again.root, again.endpoint, again.base)
+    c = make_cinder(again)
+    moved = wait_migrated(c, v.id)
+    assert moved.status == "available" and host_of(c, v.id) == SLOW
+    assert digest(pool_file(again, SLOW, v.id)) == before
+    assert not pool_file(again, FAST, v.id).exists()
+    assert [x.id for x in c.volumes.list()] == [v.id]

@@ -69,60 +69,6 @@ impl Manager {
         self.delete_volume(caller, id, false, true).map(|()| ActionOutcome::Done)
     }
 
-    pub(super) fn migrate_volume(&self, caller: &Caller, id: &str, destination: &str) -> Result<ActionOutcome> {
-        let v = self.volume(caller, id)?;
-        let snapshots = self.store.read(|tx| tx.snapshots(None, Some(id)))?;
-        if !matches!(v.status, VolumeStatus::Available | VolumeStatus::InUse)
-            || !not_migrating(v.migration_status.as_ref())
-            || !snapshots.is_empty()
-            || v.group_id.is_some()
-        {
-            return Err(invalid(format!(
-                "Invalid volume: Volume {id} must be available or in-use, not migrating, in no group and without \
-                 snapshots to migrate (status {}, {} snapshots).",
-                v.status,
-                snapshots.len()
-            )));
-        }
-        let ours = &self.settings.host;
-        let backend_of_ours = ours.split('#').next().unwrap_or(ours);
-        let backend_of_dest = destination.split('#').next().unwrap_or(destination);
-        if backend_of_dest == backend_of_ours {
-            return Err(invalid(format!("Invalid host: Destination {destination} is the volume's current host.")));
-        }
-        // A single-backend agent knows no other service to migrate to.
-        Err(invalid(format!("No available service named '{destination}'")))
-    }
-
-    pub(super) fn migrate_volume_completion(
-        &self,
-        caller: &Caller,
-        id: &str,
-        new_volume: &str,
-        _error: bool,
-    ) -> Result<ActionOutcome> {
-        let old = self.volume(caller, id)?;
-        let new = self.volume(caller, new_volume)?;
-        match (&old.migration_status, &new.migration_status) {
-            (None, None) => {}
-            (None, Some(_)) => return Err(invalid("Invalid volume: Source volume not mid-migration.")),
-            (Some(_), None) => return Err(invalid("Invalid volume: Destination volume not mid-migration.")),
-            (Some(_), Some(dest)) => {
-                if *dest != MigrationStatus::Target(id.to_string()) {
-                    return Err(invalid(
-                        "Invalid volume: Destination has migration_status target:<other>, expected \
-                         target:<source id>.",
-                    ));
-                }
-            }
-        }
-        Err(ManagerError::NotImplemented(
-            "os-migrate_volume_completion completes a generic volume migration, which arrives with the migration \
-             issue."
-                .to_string(),
-        ))
-    }
-
     pub(super) fn extend_volume_completion(&self, caller: &Caller, id: &str) -> Result<ActionOutcome> {
         let v = self.volume(caller, id)?;
         if v.status != VolumeStatus::Extending {

@@ -112,6 +112,7 @@ impl Manager {
         new_type: &str,
         on_demand: bool,
     ) -> Result<ActionOutcome> {
+        let capacities = self.capacities();
         let job = self.store.write(|tx| {
             let v = self.visible(tx, caller, id)?;
             let target = crate::manager::types::visible_type(tx, caller, new_type)?
@@ -141,22 +142,14 @@ impl Manager {
                     "Invalid volume: Retyping to or from a multiattach type is only possible while the volume is available.",
                 ));
             }
-            if let Some(backend) = target.extra_specs.get("volume_backend_name") {
-                if *backend != self.slot(&v.host)?.backend_name {
-                    return Err(if on_demand {
-                        ManagerError::NotImplemented(format!(
-                            "Retype to type {} needs a migration to backend {backend}; volume migration arrives \
-                             with the migration issue.",
-                            target.name
-                        ))
-                    } else {
-                        invalid(format!(
-                            "Invalid input received: Retype to type {} needs a migration to backend {backend}, \
-                             but migration_policy is 'never'.",
-                            target.name
-                        ))
-                    });
-                }
+            // A type another pool serves needs the volume moved there.
+            let destination = self.retype_destination(&v, &target)?;
+            if destination.is_some() && !on_demand {
+                return Err(invalid(format!(
+                    "Invalid input received: Retype to type {} needs a migration to another pool, but \
+                     migration_policy is 'never'.",
+                    target.name
+                )));
             }
             // The totals do not change; the new type's own quotas must hold it.
             let delta = crate::manager::quotas::QuotaDelta {
@@ -167,6 +160,17 @@ impl Manager {
                 ..Default::default()
             };
             self.check_quota(tx, &v.project_id, &delta)?;
+            if let Some(host) = destination {
+                super::super::migration::check_detached(&v)?;
+                if !tx.snapshots(None, Some(id))?.is_empty() {
+                    return Err(invalid(format!(
+                        "Invalid volume: Volume {id} has snapshots; a retype that moves it to another pool needs \
+                         none."
+                    )));
+                }
+                let capacities = &capacities;
+                return self.begin_migration(tx, caller, &v, &host, Some(&target), VolumeStatus::Retyping, capacities);
+            }
             let mut new = v.clone();
             new.status = VolumeStatus::Retyping;
             new.previous_status = Some(v.status);

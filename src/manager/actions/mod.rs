@@ -101,6 +101,8 @@ pub enum ActionOutcome {
     Connection(serde_json::Value),
     /// os-volume_upload_image: what its 202 shows.
     Uploading(Box<image::Uploading>),
+    /// os-migrate_volume_completion: the id that survives.
+    SaveVolumeId(String),
 }
 
 impl Manager {
@@ -131,7 +133,7 @@ impl Manager {
             A::Retype { new_type, on_demand } => self.retype(caller, id, &new_type, on_demand),
             A::MigrateVolume { destination } => self.migrate_volume(caller, id, &destination),
             A::MigrateVolumeCompletion { new_volume, error } => {
-                self.migrate_volume_completion(caller, id, &new_volume, error)
+                self.migrate_volume_completion(caller, id, &new_volume, error).map(ActionOutcome::SaveVolumeId)
             }
             A::ForceDelete => self.force_delete(caller, id),
             A::SetBootable(bootable) => self.set_bootable(caller, id, bootable),

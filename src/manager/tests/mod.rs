@@ -435,8 +435,9 @@ async fn retype_on_the_same_pool_is_a_store_change() {
         BTreeMap::from([("volume_backend_name".into(), "lvm".into())]),
     )
     .unwrap();
+    // No pool of this agent serves backend "lvm": refused whatever the policy.
     is_invalid(e.act(&v.id, retype("elsewhere", false)));
-    assert!(matches!(e.act(&v.id, retype("elsewhere", true)).unwrap_err(), ManagerError::NotImplemented(_)));
+    is_invalid(e.act(&v.id, retype("elsewhere", true)));
 }
 
 #[tokio::test(flavor = "multi_thread")]
