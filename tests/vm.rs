@@ -469,6 +469,106 @@ fn vm_api_on_lvm_thin() {
     api_scenario(LvmType::Thin, "apithin");
 }
 
+/// Migration between the pools of one agent: a file pool, and a thick and a
+/// thin LVM pool on one volume group. A sparse pattern goes file → thick →
+/// thin → file by os-migrate_volume, then file → thick by a retype on-demand;
+/// at each stop the bytes are the same, the host string names the pool, the
+/// volume keeps its id, and the destination's LV carries the volume's tags.
+#[test]
+fn vm_migration_between_file_thick_and_thin() {
+    let vg = TestVg::new("migrate");
+    let data_dir = vg.dir.join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let lvm = |name: &str, kind: &str| {
+        format!(
+            "[[pools]]\nbackend = \"lvm\"\nbackend_name = \"{name}\"\nname = \"{name}\"\nvolume_group = \"{}\"\n\
+             lvm_type = \"{kind}\"\ncreate_thin_pool = 0.5\nlvm_system_dir = \"{}\"\nvolume_clear = \"none\"\n\
+             max_over_subscription_ratio = 4.0\n",
+            vg.name,
+            vg.conf_dir.display()
+        )
+    };
+    let config = format!(
+        "[[pools]]\nbackend_name = \"file\"\nname = \"file\"\npath = \"{}\"\n{}{}",
+        vg.dir.join("files").display(),
+        lvm("thick", "thick"),
+        lvm("thin", "thin")
+    );
+    let agent = Agent::start_with(&data_dir, Some(&config));
+    let (code, pools) = agent.call("GET", "/scheduler-stats/get_pools", None, None);
+    assert_eq!(code, 200, "{pools}");
+    let host = |backend: &str| {
+        let names: Vec<String> =
+            pools["pools"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect();
+        names
+            .iter()
+            .find(|n| n.ends_with(&format!("@{backend}#{backend}")))
+            .cloned()
+            .unwrap_or_else(|| panic!("{names:?}"))
+    };
+    let pinned = |backend: &str| {
+        let name = format!("on-{backend}");
+        let (code, body) = agent.call(
+            "POST",
+            "/types",
+            Some(json!({"volume_type": {"name": name,
+            "extra_specs": {"volume_backend_name": backend}}})),
+            None,
+        );
+        assert_eq!(code, 200, "{body}");
+        name
+    };
+    let id = new_volume(&agent, json!({"size": 1, "volume_type": pinned("file")}));
+    let file = vg.dir.join("files").join("volumes").join(format!("volume-{id}"));
+    let pieces: [(u64, Vec<u8>); 3] =
+        [(0, b"head".repeat(1024)), (512 << 20, vec![0x5a; 1 << 20]), (GIB - 4096, b"tail".repeat(1024))];
+    for (offset, bytes) in &pieces {
+        write(&file, *offset, bytes);
+    }
+    let lv_dev = |id: &str| {
+        PathBuf::from(format!("/dev/mapper/{}-volume--{}", vg.name.replace('-', "--"), id.replace('-', "--")))
+    };
+    let holds = |dev: &Path| {
+        for (offset, bytes) in &pieces {
+            assert_eq!(&read(dev, *offset, bytes.len()), bytes, "{} at {offset}", dev.display());
+        }
+        assert_eq!(read(dev, 100 << 20, 4096), vec![0; 4096], "a hole stays zeros");
+    };
+    let migrated = |to: &str| {
+        wait_until(300, &format!("the migration to {to}"), || {
+            let (_, v) = agent.call("GET", &format!("/volumes/{id}"), None, None);
+            (v["volume"]["migration_status"] == "success" && v["volume"]["status"] == "available").then_some(v)
+        })
+    };
+    for to in ["thick", "thin", "file"] {
+        let body = json!({"os-migrate_volume": {"host": host(to), "force_host_copy": false, "lock_volume": true}});
+        let (code, reply) = agent.call("POST", &format!("/volumes/{id}/action"), Some(body), None);
+        assert_eq!(code, 202, "{reply}");
+        let v = timed(&format!("migrate to {to}"), || migrated(to));
+        assert_eq!(v["volume"]["os-vol-host-attr:host"], host(to).as_str());
+        let dev = if to == "file" { file.clone() } else { lv_dev(&id) };
+        holds(&dev);
+        if to != "file" {
+            let mut tags = vg.lv_tags(&format!("volume-{id}"));
+            tags.sort();
+            assert_eq!(tags, ["ember".to_string(), format!("ember.volume={id}")]);
+        }
+        let names = vg.lv_names();
+        assert_eq!(names.iter().filter(|n| n.starts_with("volume-")).count(), usize::from(to != "file"), "{names:?}");
+    }
+    let body = json!({"os-retype": {"new_type": pinned("thick"), "migration_policy": "on-demand"}});
+    let (code, reply) = agent.call("POST", &format!("/volumes/{id}/action"), Some(body), None);
+    assert_eq!(code, 202, "{reply}");
+    let v = timed("retype on-demand to thick", || migrated("thick"));
+    assert_eq!(v["volume"]["volume_type"], "on-thick");
+    holds(&lv_dev(&id));
+    assert!(!file.exists(), "the file pool gave the volume up");
+    let (code, body) = agent.call("DELETE", &format!("/volumes/{id}"), None, None);
+    assert_eq!(code, 202, "{body}");
+    agent.wait_status("volumes", &id, "gone");
+    agent.stop();
+}
+
 /// ember's udev rules under a real udevd: each volume LV gets its by-id name, and
 /// what a guest writes inside is not surfaced on the host (no blkid, no
 /// /dev/disk/by-uuid link, LVM's scanning rules disabled). Uses the host's default

@@ -6,6 +6,7 @@ mod exports;
 mod groups;
 mod images;
 mod jobs;
+mod migration;
 mod sim;
 
 use std::collections::BTreeMap;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{caller, images, settings};
-use crate::manager::{Caller, CreateSnapshot, CreateVolume, ExportSettings, Exporter, Manager, VolumeAction};
+use crate::manager::{Caller, CreateSnapshot, CreateVolume, ExportSettings, Exporter, Manager, PoolSlot, VolumeAction};
 use crate::model::{JobState, Message, Snapshot, TargetBackend, Volume, VolumeStatus};
 use crate::pool::sim::SimPool;
 use crate::store::Store;
@@ -20,6 +20,8 @@ pub struct Sim {
     pub dir: std::path::PathBuf,
     pub store: Arc<Store>,
     pub pool: Arc<SimPool>,
+    /// A second pool (`OTHER`), when the agent has one.
+    pub other: Option<Arc<SimPool>>,
     /// The iSCSI target, when the agent has one.
     pub target: Option<Arc<SimTarget>>,
     rt: Option<tokio::runtime::Runtime>,
@@ -35,29 +37,56 @@ fn exporter(target: &Option<Arc<SimTarget>>) -> Exporter {
     }
 }
 
+/// `host@backend#pool` of the second pool.
+pub const OTHER: &str = "node1@other#other";
+
+/// A life of the agent over the store, the pools and the target.
+fn life(
+    sim_store: &Arc<Store>,
+    pool: &Arc<SimPool>,
+    other: &Option<Arc<SimPool>>,
+    target: &Option<Arc<SimTarget>>,
+    dir: &std::path::Path,
+) -> Arc<Manager> {
+    let slot = |host: &str, backend: &str, pool: &Arc<SimPool>| PoolSlot {
+        host: host.into(),
+        backend_name: backend.into(),
+        max_over_subscription_ratio: 1.0,
+        pool: pool.clone(),
+    };
+    let mut pools = vec![slot("node1@file#file", "file", pool)];
+    pools.extend(other.iter().map(|o| slot(OTHER, "other", o)));
+    Manager::with_pools(sim_store.clone(), pools, exporter(target), settings(1.0), images(dir))
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
 impl Sim {
     pub fn new() -> Sim {
-        Self::build(None)
+        Self::build(None, None)
     }
 
     /// With a simulated iSCSI target (tgt-like: LUN 1) named with Cinder's prefix.
     pub fn with_target() -> Sim {
-        Self::build(Some(Arc::new(SimTarget::new(TargetBackend::Tgt, &ExportSettings::default().iqn_prefix))))
+        Self::build(Some(Arc::new(SimTarget::new(TargetBackend::Tgt, &ExportSettings::default().iqn_prefix))), None)
     }
 
-    fn build(target: Option<Arc<SimTarget>>) -> Sim {
+    /// With a second pool, `OTHER` (backend `other`).
+    pub fn with_two_pools() -> Sim {
+        Self::build(None, Some(Arc::new(SimPool::default())))
+    }
+
+    fn build(target: Option<Arc<SimTarget>>, other: Option<Arc<SimPool>>) -> Sim {
         let dir = std::env::temp_dir().join(format!("ember-sim-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let store = Arc::new(Store::open(&dir.join("ember.db")).unwrap());
         let pool = Arc::new(SimPool::default());
         let rt = runtime();
-        let m = Manager::new(store.clone(), pool.clone(), exporter(&target), settings(1.0), images(&dir));
+        let m = life(&store, &pool, &other, &target, &dir);
         m.ensure_default_type().unwrap();
-        Sim { dir, store, pool, target, rt: Some(rt), m, admin: caller("admin", "p1", true) }
+        Sim { dir, store, pool, other, target, rt: Some(rt), m, admin: caller("admin", "p1", true) }
     }
 
     pub fn target(&self) -> &SimTarget {
@@ -79,13 +108,11 @@ impl Sim {
         self.pool.release();
         self.pool.clear_faults();
         self.rt = Some(runtime());
-        self.m = Manager::new(
-            self.store.clone(),
-            self.pool.clone(),
-            exporter(&self.target),
-            settings(1.0),
-            images(&self.dir),
-        );
+        if let Some(other) = &self.other {
+            other.release();
+            other.clear_faults();
+        }
+        self.m = life(&self.store, &self.pool, &self.other, &self.target, &self.dir);
         self.on(|m| m.recover()).unwrap()
     }
 
