@@ -1496,8 +1496,10 @@ impl Tx<'_> {
     pub fn quota_usage(&self, project_id: &str, of: QuotaCounted) -> Result<Vec<TypeUsage>, StoreError> {
         let sql = match of {
             QuotaCounted::Volumes => {
+                // A migration's destination record is the same volume again:
+                // not counted twice (Cinder reserves no quota for it either).
                 "SELECT volume_type_id, COUNT(*), COALESCE(SUM(size), 0) FROM volumes WHERE project_id = ?1 \
-                 GROUP BY volume_type_id"
+                 AND (migration_status IS NULL OR migration_status NOT LIKE 'target:%') GROUP BY volume_type_id"
             }
             QuotaCounted::Snapshots => {
                 "SELECT volume_type_id, COUNT(*), COALESCE(SUM(volume_size), 0) FROM snapshots \

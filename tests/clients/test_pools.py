@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cinderclient import exceptions as cexc
 
-from conftest import PROJECT, ember_binary, make_cinder, start_agent, stop_agent, wait_for
+from conftest import cinder_cli_for, ember_binary, make_cinder, start_agent, stop_agent, wait_for
 
 FAST, SLOW = "node1@fast#a", "node1@slow#b"
 
@@ -300,6 +300,8 @@ def test_a_cancelled_migration_leaves_the_source_as_it_was(throttled):
     assert job["copy"]["destination_volume_id"] != v.id
     assert c.volumes.get(job["copy"]["destination_volume_id"]).migration_status == f"target:{v.id}"
     assert c.volumes.get(v.id).status == "maintenance"
+    limits = agent.request("GET", "/limits").json()["limits"]["absolute"]
+    assert (limits["totalVolumesUsed"], limits["totalGigabytesUsed"]) == (1, 1), "the destination is not counted"
     r = agent.action(v.id, {"os-migrate_volume_completion": {"new_volume": job["copy"]["destination_volume_id"],
                                                              "error": True}})
     assert r.status_code == 200 and r.json() == {"save_volume_id": v.id}, r.text
@@ -331,3 +333,18 @@ def test_a_migration_killed_mid_copy_resumes_and_completes(throttled):
     assert digest(pool_file(again, SLOW, v.id)) == before
     assert not pool_file(again, FAST, v.id).exists()
     assert [x.id for x in c.volumes.list()] == [v.id]
+
+
+def test_the_cinder_cli_migrates_and_retypes_on_demand(pooled, cinder, tmp_path):
+    run = cinder_cli_for(pooled, tmp_path)
+    v = on_fast(cinder)
+    fill(pool_file(pooled, FAST, v.id), [(8192, b"cli" * 1000)])
+    before = digest(pool_file(pooled, FAST, v.id))
+    run("migrate", v.id, SLOW)
+    wait_migrated(cinder, v.id)
+    assert host_of(cinder, v.id) == SLOW and digest(pool_file(pooled, SLOW, v.id)) == before
+    fast = pinned_type(cinder, "fast")
+    run("retype", "--migration-policy", "on-demand", v.id, fast.name)
+    wait_for(lambda: (x := cinder.volumes.get(v.id)).volume_type == fast.name and x.status == "available",
+             timeout=120, what="retyped back")
+    assert host_of(cinder, v.id) == FAST and digest(pool_file(pooled, FAST, v.id)) == before
