@@ -220,6 +220,15 @@ impl Manager {
         })
     }
 
+    /// What `f` lists of each pool, the default pool's first.
+    fn in_every_pool<T>(&self, f: impl Fn(&PoolSlot) -> Result<Vec<T>>) -> Result<Vec<T>> {
+        let mut all = Vec::new();
+        for slot in &self.pools {
+            all.extend(f(slot)?);
+        }
+        Ok(all)
+    }
+
     /// The pool named by a volume's `host`.
     fn slot(&self, host: &str) -> Result<&PoolSlot> {
         self.pools.iter().find(|s| s.host == host).ok_or_else(|| unknown_pool(host))

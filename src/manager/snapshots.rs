@@ -318,11 +318,7 @@ impl Manager {
     /// The pools' snapshots, each marked safe to manage or not (Cinder's
     /// get_manageable_snapshots).
     pub fn manageable_snapshots(&self) -> Result<Vec<ManageableSnapshot>> {
-        let mut all = Vec::new();
-        for slot in &self.pools {
-            all.extend(self.manageable_snapshots_in(slot)?);
-        }
-        Ok(all)
+        self.in_every_pool(|slot| self.manageable_snapshots_in(slot))
     }
 
     fn manageable_snapshots_in(&self, slot: &super::PoolSlot) -> Result<Vec<ManageableSnapshot>> {

@@ -404,11 +404,7 @@ impl Manager {
 
     /// What the pools hold, each marked safe to manage or not (spec §5.7).
     pub fn manageable_volumes(&self) -> Result<Vec<ManageableVolume>> {
-        let mut all = Vec::new();
-        for slot in &self.pools {
-            all.extend(self.manageable_volumes_in(slot)?);
-        }
-        Ok(all)
+        self.in_every_pool(|slot| self.manageable_volumes_in(slot))
     }
 
     fn manageable_volumes_in(&self, slot: &super::PoolSlot) -> Result<Vec<ManageableVolume>> {
