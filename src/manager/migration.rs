@@ -111,10 +111,12 @@ impl Manager {
         capacities: &Capacities,
     ) -> Result<Pending> {
         self.check_capacity(tx, host, capacities, v.size)?;
+        // A retype shows the new type's multiattach at once, as Cinder's API sets it.
         let source = Volume {
             status,
             previous_status: Some(v.status),
             migration_status: Some(MigrationStatus::Starting),
+            multiattach: new_type.map_or(v.multiattach, VolumeType::multiattach),
             ..v.clone()
         };
         tx.update_volume(v.status, &source)?;

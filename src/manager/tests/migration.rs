@@ -89,3 +89,27 @@ fn a_crash_in_the_middle_of_the_copy_resumes_and_completes() {
     assert_eq!(after.migration_status, Some(MigrationStatus::Success));
     assert_eq!(s.store.read(|tx| tx.volumes(None)).unwrap().len(), 1);
 }
+
+#[test]
+fn a_retype_on_demand_migrates_and_ends_with_the_new_type() {
+    let s = Sim::with_two_pools();
+    let v = s.ready_volume(1, 5);
+    let specs = std::collections::BTreeMap::from([
+        ("volume_backend_name".to_string(), "other".to_string()),
+        ("multiattach".to_string(), "<is> True".to_string()),
+    ]);
+    let t = s.m.create_volume_type("shared-other".into(), None, true, specs).unwrap();
+    let retype = |on_demand| VolumeAction::Retype { new_type: t.name.clone(), on_demand };
+    assert!(matches!(s.act(&v.id, retype(false)), Err(crate::manager::ManagerError::Invalid(_))), "never");
+    s.act(&v.id, retype(true)).unwrap();
+    let during = s.volume(&v.id).unwrap();
+    assert_eq!(during.status, VolumeStatus::Retyping);
+    assert!(during.multiattach, "the new type's multiattach shows at once");
+    s.settle();
+    let after = s.volume(&v.id).unwrap();
+    assert_eq!(
+        (after.status, after.host.as_str(), after.volume_type_id.as_str()),
+        (VolumeStatus::Available, OTHER, t.id.as_str())
+    );
+    assert!(after.multiattach);
+}
