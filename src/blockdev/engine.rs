@@ -828,7 +828,10 @@ fn write_parallel(file: &File, data: &[u8], offset: u64, block: u64) -> io::Resu
 /// short copy.
 pub fn pipe(len: u64) -> (PipeSink, PipeSource) {
     let (tx, rx) = sync_channel(DEPTH);
-    (PipeSink { tx }, PipeSource { rx, len, pending: None })
+    // Spent buffers go back to the sink: a fresh 4 MiB Vec per write would be
+    // mapped, faulted in and zeroed by the kernel each time.
+    let (spent, reuse) = sync_channel(DEPTH + 2);
+    (PipeSink { tx, reuse }, PipeSource { rx, spent, len, pending: None })
 }
 
 enum Piece {
@@ -839,6 +842,7 @@ enum Piece {
 
 pub struct PipeSink {
     tx: SyncSender<Piece>,
+    reuse: Receiver<Vec<u8>>,
 }
 
 impl PipeSink {
@@ -849,7 +853,10 @@ impl PipeSink {
 
 impl Sink for PipeSink {
     fn write(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.send(Piece::Data(offset, data.to_vec()))
+        let mut bytes = self.reuse.try_recv().unwrap_or_default();
+        bytes.clear();
+        bytes.extend_from_slice(data);
+        self.send(Piece::Data(offset, bytes))
     }
 
     fn zero(&mut self, offset: u64, len: u64) -> io::Result<()> {
@@ -863,6 +870,7 @@ impl Sink for PipeSink {
 
 pub struct PipeSource {
     rx: Receiver<Piece>,
+    spent: SyncSender<Vec<u8>>,
     len: u64,
     /// A piece larger than the engine's buffer: its offset, bytes, and how far it was given out.
     pending: Option<(u64, Vec<u8>, usize)>,
@@ -893,7 +901,10 @@ impl Source for PipeSource {
         let chunk = Chunk::Data { offset: *offset + *at as u64, len: n };
         *at += n;
         if *at == data.len() {
-            self.pending = None;
+            if let Some((_, bytes, _)) = self.pending.take() {
+                // Full or gone, the sink makes a new one.
+                let _ = self.spent.try_send(bytes);
+            }
         }
         Ok(Some(chunk))
     }

@@ -169,3 +169,31 @@ fn root_a_loop_device_is_written_with_o_direct_and_zeroed_with_blkzeroout() {
     std::fs::remove_dir_all(dir).unwrap();
     result.unwrap();
 }
+
+#[test]
+fn a_pipe_joins_two_copies_holes_as_holes_and_a_hang_up_is_an_error() {
+    let dir = temp_dir();
+    let (src, dst) = (dir.join("src"), dir.join("dst"));
+    let want = sparse_file(&src);
+    File::create(&dst).unwrap().set_len(want.len() as u64).unwrap();
+    let (mut into, mut out) = pipe(want.len() as u64);
+    let (read, written) = std::thread::scope(|scope| {
+        let reader = scope.spawn(move || {
+            let mut source = DeviceSource::open(&src).unwrap();
+            copy(&mut source, &mut into, &options(None))
+        });
+        let mut sink = DeviceSink::open(&dst, ZeroPolicy::AlreadyZero).unwrap();
+        let written = copy(&mut out, &mut sink, &options(Some(want.len() as u64)));
+        (reader.join().unwrap().unwrap(), written.unwrap())
+    });
+    assert_eq!((read.checksum.as_str(), read.data_bytes), (written.checksum.as_str(), written.data_bytes));
+    assert_eq!(std::fs::read(&dst).unwrap(), want);
+    assert!(allocated(&dst) < 16 << 20, "holes crossed as holes: {} allocated", allocated(&dst));
+    // The reading side stops half way: the writing side fails, never ends short.
+    let (mut into, mut out) = pipe(8 << 20);
+    into.write(0, &[1u8; 4096]).unwrap();
+    drop(into);
+    let mut sink = WriterSink::new(std::io::sink());
+    assert!(matches!(copy(&mut out, &mut sink, &options(None)), Err(CopyError::Read(_))));
+    std::fs::remove_dir_all(dir).unwrap();
+}
