@@ -205,17 +205,25 @@ impl Manager {
     fn move_attachments(&self, old: &Volume, new: &Volume) -> Result<()> {
         self.store.write(|tx| {
             let attachments = tx.volume(&old.id)?.map(|v| v.attachments).unwrap_or_default();
-            for a in attachments.iter().filter(|a| a.attach_status != AttachStatus::Detached) {
+            let moving: Vec<_> = attachments.iter().filter(|a| a.attach_status != AttachStatus::Detached).collect();
+            if moving.is_empty() {
+                return Ok(());
+            }
+            for a in &moving {
                 tx.delete_attachment(&a.id)?;
                 let id = uuid::Uuid::new_v4().to_string();
-                tx.upsert_attachment(&crate::model::Attachment { id, volume_id: new.id.clone(), ..a.clone() })?;
+                tx.upsert_attachment(&crate::model::Attachment { id, volume_id: new.id.clone(), ..(*a).clone() })?;
             }
-            for (id, attached) in [(&old.id, false), (&new.id, !attachments.is_empty())] {
-                if let Some(v) = tx.volume(id)? {
-                    let (attach_status, status) = match (attached, v.attachments.is_empty()) {
-                        (true, _) => (AttachStatus::Attached, VolumeStatus::InUse),
-                        (false, true) => (AttachStatus::Detached, VolumeStatus::Available),
-                        (false, false) => (v.attach_status, v.status),
+            // Each as its attachments now say (one busy with other work keeps its status).
+            for id in [&old.id, &new.id] {
+                let settled =
+                    tx.volume(id)?.filter(|v| matches!(v.status, VolumeStatus::Available | VolumeStatus::InUse));
+                if let Some(v) = settled {
+                    let attached = v.attachments.iter().any(|a| a.attach_status != AttachStatus::Detached);
+                    let (attach_status, status) = if attached {
+                        (AttachStatus::Attached, VolumeStatus::InUse)
+                    } else {
+                        (AttachStatus::Detached, VolumeStatus::Available)
                     };
                     tx.update_volume(v.status, &Volume { attach_status, status, ..v.clone() })?;
                 }
