@@ -230,13 +230,19 @@ impl CopyError {
     /// What may be shown to the volume's owner.
     pub fn user_reason(&self) -> String {
         match self {
-            CopyError::Read(_) => "reading the data failed".to_string(),
-            CopyError::Write(_) => "writing the volume failed".to_string(),
+            CopyError::Read(e) => format!("reading the data failed{}", os_reason(e)),
+            CopyError::Write(e) => format!("writing the volume failed{}", os_reason(e)),
             CopyError::Invalid(m) => format!("the image is malformed: {m}"),
             CopyError::TooLarge { .. } => "the image does not fit the volume".to_string(),
             CopyError::Cancelled => "the copy was cancelled by an administrator".to_string(),
         }
     }
+}
+
+/// The operating system's word for an I/O error (": No space left on device"),
+/// never the paths behind it; nothing for errors of ember's own.
+fn os_reason(e: &io::Error) -> String {
+    e.raw_os_error().map(|code| format!(": {}", nix::errno::Errno::from_raw(code).desc())).unwrap_or_default()
 }
 
 /// A run of one buffer, as the writer does it.

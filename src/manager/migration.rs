@@ -264,7 +264,12 @@ impl Manager {
             let read = reader.join().unwrap_or_else(|_| Err(PoolError::Refused("the volume reader panicked".into())));
             (read, written)
         });
-        let (read, written) = (read?, written?);
+        // A side that failed hangs up on the other: report the cause, not the hang-up.
+        let (read, written) = match (read, written) {
+            (Ok(read), Ok(written)) => (read, written),
+            (Err(e), Ok(_)) | (Ok(_), Err(e)) => return Err(e.into()),
+            (Err(read), Err(written)) => return Err(if hung_up(&read) { written } else { read }.into()),
+        };
         if read.checksum != written.checksum || read.data_bytes != written.data_bytes {
             return Err(PoolError::Refused(format!(
                 "the destination does not hold what was read: {} data bytes with sha256 {} read, {} with {} written",
@@ -293,6 +298,12 @@ impl Manager {
             }
         }
     }
+}
+
+/// The reading side's error when the writing side stopped first (the pipe's
+/// BrokenPipe): a consequence, not a cause.
+fn hung_up(e: &PoolError) -> bool {
+    matches!(e, PoolError::Copy(engine::CopyError::Write(io)) if io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 /// An attached volume's export cannot follow it to another pool without the

@@ -13,6 +13,7 @@ import pytest
 from cinderclient import exceptions as cexc
 
 from conftest import cinder_cli_for, ember_binary, make_cinder, start_agent, stop_agent, wait_for
+from test_messages import small_fs  # noqa: F401 (a fixture)
 
 FAST, SLOW = "node1@fast#a", "node1@slow#b"
 
@@ -348,3 +349,30 @@ def test_the_cinder_cli_migrates_and_retypes_on_demand(pooled, cinder, tmp_path)
     wait_for(lambda: (x := cinder.volumes.get(v.id)).volume_type == fast.name and x.status == "available",
              timeout=120, what="retyped back")
     assert host_of(cinder, v.id) == FAST and digest(pool_file(pooled, FAST, v.id)) == before
+
+
+def test_a_destination_that_fills_up_fails_cleanly_and_the_source_is_untouched(small_fs, tmp_path):
+    data_dir = tempfile.mkdtemp(prefix="ember-pools-", dir=os.environ.get("EMBER_TEST_TMP"))
+    config = (f'host = "node1"\n[[pools]]\nbackend_name = "fast"\nname = "a"\n'
+              f'[[pools]]\nbackend_name = "slow"\nname = "b"\npath = "{small_fs}/b"\n'
+              f'max_over_subscription_ratio = 20.0\n')
+    agent = start_agent(config, data_dir=data_dir)
+    try:
+        c = make_cinder(agent)
+        v = on_fast(c)
+        fill(pool_file(agent, FAST, v.id), [(0, os.urandom(96 * MIB))])
+        before = digest(pool_file(agent, FAST, v.id))
+        st = os.statvfs(small_fs)
+        subprocess.run(["fallocate", "-l", str(st.f_bavail * st.f_frsize - (24 << 20)), str(small_fs / "filler")],
+                       check=True, timeout=60)
+        c.volumes.migrate_volume(v, SLOW, False, False)
+        back = wait_migrated(c, v.id, "error")
+        assert back.status == "available" and host_of(c, v.id) == FAST
+        assert digest(pool_file(agent, FAST, v.id)) == before, "the source is untouched"
+        assert [x.id for x in c.volumes.list()] == [v.id], "no destination record"
+        assert list((small_fs / "b" / "volumes").iterdir()) == [], "no destination file"
+        msgs = make_cinder(agent, version="3.3").messages.list()
+        mine = [m for m in msgs if m.resource_uuid == v.id]
+        assert mine and "No space left on device" in mine[0].user_message, agent.log()[-3000:]
+    finally:
+        stop_agent(agent)
