@@ -260,10 +260,8 @@ pub(super) fn capabilities(m: &Manager, host: &str) -> Result<Reply> {
     let Some(slot) = m.pool_named(host) else {
         return Err(ApiError::not_found(format!("Can't find service: {host}")));
     };
-    let service = slot.host.split('#').next().unwrap_or_default();
-    let stats = m.pool_stats()?.into_iter().find(|(s, _)| s.host == slot.host).map(|(_, stats)| stats);
-    let stats = stats.ok_or_else(|| ApiError::not_found(format!("Can't find service: {host}")))?;
-    let caps = crate::manager::capabilities(slot, &stats);
+    let service = slot.service_host();
+    let caps = crate::manager::capabilities(slot, &m.stats_of_pool(slot)?);
     let property =
         |title: &str, description: &str| json!({"title": title, "description": description, "type": "boolean"});
     Ok(Reply::ok(json!({

@@ -132,6 +132,13 @@ pub struct PoolSlot {
     pub pool: Arc<dyn Pool>,
 }
 
+impl PoolSlot {
+    /// `host@backend`: the volume service the pool belongs to.
+    pub fn service_host(&self) -> &str {
+        self.host.split('#').next().unwrap_or_default()
+    }
+}
+
 pub struct Manager {
     store: Arc<Store>,
     /// The agent's pools, the default one first.
@@ -214,10 +221,15 @@ impl Manager {
     pub fn pool_named(&self, name: &str) -> Option<&PoolSlot> {
         self.pools.iter().find(|s| s.host == name).or_else(|| {
             self.pools.iter().find(|s| {
-                let backend = s.host.split('#').next().unwrap_or_default();
-                name == backend || name == backend.split('@').next().unwrap_or_default()
+                let service = s.service_host();
+                name == service || name == service.split('@').next().unwrap_or_default()
             })
         })
+    }
+
+    /// Where in `pools` the pool named by a volume's `host` is.
+    fn slot_index(&self, host: &str) -> Option<usize> {
+        self.pools.iter().position(|s| s.host == host)
     }
 
     /// What `f` lists of each pool, the default pool's first.
@@ -231,15 +243,15 @@ impl Manager {
 
     /// The pool named by a volume's `host`.
     fn slot(&self, host: &str) -> Result<&PoolSlot> {
-        self.pools.iter().find(|s| s.host == host).ok_or_else(|| unknown_pool(host))
+        self.slot_index(host).map(|i| &self.pools[i]).ok_or_else(|| unknown_pool(host))
     }
 
     /// The pool holding the volume `id` (by its record's `host`).
     fn pool_of(&self, id: &str) -> std::result::Result<&dyn Pool, jobs::StepError> {
         let host = self.store.read(|tx| tx.volume(id))?.map(|v| v.host);
         let host = host.ok_or_else(|| PoolError::NotFound { what: format!("volume {id}") })?;
-        let slot = self.pools.iter().find(|s| s.host == host);
-        Ok(slot.ok_or_else(|| PoolError::Refused(format!("pool {host} is not one of this agent's")))?.pool.as_ref())
+        let index = self.slot_index(&host).ok_or_else(|| PoolError::Refused(unknown_pool(&host).to_string()))?;
+        Ok(self.pools[index].pool.as_ref())
     }
 
     /// The pool holding the snapshot `id` (its volume's).
@@ -301,7 +313,7 @@ pub(crate) struct Capacities(Vec<std::result::Result<Capacity, String>>);
 impl Capacities {
     /// The pool `host` and its capacity.
     fn of<'m>(&self, m: &'m Manager, host: &str) -> Result<(&'m PoolSlot, &Capacity)> {
-        let index = m.pools.iter().position(|s| s.host == host).ok_or_else(|| unknown_pool(host))?;
+        let index = m.slot_index(host).ok_or_else(|| unknown_pool(host))?;
         let capacity = self.0[index]
             .as_ref()
             .map_err(|e| ManagerError::Backend(format!("The capacity of pool {host} could not be read: {e}")))?;
@@ -325,14 +337,14 @@ pub struct PoolStats {
 impl Manager {
     /// Every pool's stats, the default pool first.
     pub fn pool_stats(&self) -> Result<Vec<(&PoolSlot, PoolStats)>> {
-        self.pools
-            .iter()
-            .map(|slot| {
-                let capacity = slot.pool.capacity()?;
-                let provisioned_gib = self.store.read(|tx| tx.provisioned_gib_on(&slot.host))?;
-                Ok((slot, stats_of(slot, &capacity, provisioned_gib)))
-            })
-            .collect()
+        self.pools.iter().map(|slot| Ok((slot, self.stats_of_pool(slot)?))).collect()
+    }
+
+    /// One pool's stats (its capacity asked of the pool, its provisioned GiB of the store).
+    pub fn stats_of_pool(&self, slot: &PoolSlot) -> Result<PoolStats> {
+        let capacity = slot.pool.capacity()?;
+        let provisioned_gib = self.store.read(|tx| tx.provisioned_gib_on(&slot.host))?;
+        Ok(stats_of(slot, &capacity, provisioned_gib))
     }
 }
 

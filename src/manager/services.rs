@@ -48,9 +48,9 @@ impl Manager {
     fn service_hosts(&self) -> Vec<String> {
         let mut hosts: Vec<String> = Vec::new();
         for slot in &self.pools {
-            let backend = slot.host.split('#').next().unwrap_or_default().to_string();
-            if !hosts.contains(&backend) {
-                hosts.push(backend);
+            let service = slot.service_host().to_string();
+            if !hosts.contains(&service) {
+                hosts.push(service);
             }
         }
         hosts
