@@ -34,10 +34,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
         });
     }
     let settings = Settings {
-        host: pools[0].host.clone(),
-        backend_name: pools[0].backend_name.clone(),
         availability_zone: config.availability_zone.clone(),
-        max_over_subscription_ratio: pools[0].max_over_subscription_ratio,
         message_ttl: std::time::Duration::from_secs(config.message_ttl),
         quota: config.quota.clone(),
         copy_rate_limit: Some(config.copy.max_bytes_per_second).filter(|&b| b > 0),
@@ -48,7 +45,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&settings.scratch_dir);
     let exporter = Exporter::open(&config.target)?;
     let images = crate::image::open_store(&config.images, &config.data_dir).map_err(|e| e.to_string())?;
-    let manager = Manager::with_pools(store, pools, exporter, settings, images);
+    let manager = Manager::new(store, pools, exporter, settings, images);
     manager.ensure_default_type().map_err(|e| e.to_string())?;
     let resumed = manager.recover().map_err(|e| e.to_string())?;
     // Expired messages and long-ended jobs go hourly (and at every start).

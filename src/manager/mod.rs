@@ -105,11 +105,7 @@ pub type Result<T> = std::result::Result<T, ManagerError>;
 /// What the manager needs to know of its place in the deployment.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// `host@backend#pool` of the default pool (the others are in their `PoolSlot`).
-    pub host: String,
-    pub backend_name: String,
     pub availability_zone: String,
-    pub max_over_subscription_ratio: f64,
     /// How long a user message is kept at least (Cinder's `message_ttl`).
     pub message_ttl: Duration,
     /// The default quota class, before any `os-quota-class-sets` update.
@@ -155,25 +151,8 @@ pub struct Manager {
 }
 
 impl Manager {
+    /// A manager over the agent's pools, the first the default one.
     pub fn new(
-        store: Arc<Store>,
-        pool: Arc<dyn Pool>,
-        exporter: Exporter,
-        settings: Settings,
-        images: Arc<dyn crate::image::ImageStore>,
-    ) -> Arc<Manager> {
-        let slot = PoolSlot {
-            host: settings.host.clone(),
-            backend_name: settings.backend_name.clone(),
-            max_over_subscription_ratio: settings.max_over_subscription_ratio,
-            pool,
-        };
-        Manager::with_pools(store, vec![slot], exporter, settings, images)
-    }
-
-    /// A manager over several pools; `settings` describes the first (the
-    /// default one).
-    pub fn with_pools(
         store: Arc<Store>,
         pools: Vec<PoolSlot>,
         exporter: Exporter,
@@ -211,9 +190,9 @@ impl Manager {
         &self.settings
     }
 
-    /// The agent's pools, the default one first.
-    pub fn pools(&self) -> &[PoolSlot] {
-        &self.pools
+    /// The default pool: where a volume goes that nothing places elsewhere.
+    fn default_pool(&self) -> &PoolSlot {
+        &self.pools[0]
     }
 
     /// The first pool `name` names: `host@backend#pool` exactly, or

@@ -39,7 +39,7 @@ pub struct Service {
 impl Manager {
     /// `host@backend` of this agent's volume service (its default pool's backend).
     pub fn service_host(&self) -> String {
-        self.settings.host.split('#').next().unwrap_or_default().to_string()
+        self.default_pool().service_host().to_string()
     }
 
     /// `host@backend` of each backend of the agent's pools, the default first:

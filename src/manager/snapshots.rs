@@ -312,7 +312,7 @@ impl Manager {
     /// The name of the snapshot with this id in the pool (what its unmanage
     /// leaves): its volume's pool, the default one for a snapshot no longer known.
     pub fn snapshot_name(&self, id: &str) -> String {
-        self.pool_of_snapshot(id).unwrap_or(self.pools[0].pool.as_ref()).snapshot_name(id)
+        self.pool_of_snapshot(id).unwrap_or(self.default_pool().pool.as_ref()).snapshot_name(id)
     }
 
     /// The pools' snapshots, each marked safe to manage or not (Cinder's

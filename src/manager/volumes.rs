@@ -437,7 +437,8 @@ impl Manager {
         let Some(slot) = self.pool_named(&req.host) else {
             return Err(ManagerError::Invalid(format!(
                 "No available service named '{}': this agent is {}.",
-                req.host, self.settings.host
+                req.host,
+                self.default_pool().host
             )));
         };
         let candidate =
@@ -513,7 +514,7 @@ impl Manager {
             multiattach: vtype.multiattach(),
             snapshot_id: None,
             source_volid: None,
-            host: self.settings.host.clone(),
+            host: self.default_pool().host.clone(),
             group_id: None,
             created_at: now(),
             updated_at: None,

@@ -248,9 +248,9 @@ fn connection_info_formats() {
     let with = |settings: ExportSettings| {
         crate::manager::Manager::new(
             s.store.clone(),
-            s.pool.clone(),
+            vec![super::slot(s.pool.clone(), 1.0)],
             Exporter { iscsi: None, nvme: None, settings },
-            super::settings(1.0),
+            super::settings(),
             super::images(&s.dir),
         )
     };

@@ -40,7 +40,7 @@ fn env_with(ratio: f64) -> Env {
     std::fs::create_dir_all(&dir).unwrap();
     let store = Arc::new(Store::open(&dir.join("ember.db")).unwrap());
     let pool = Arc::new(FilePool::open(&dir, &FileConfig::default()).unwrap());
-    let m = Manager::new(store, pool.clone(), Exporter::default(), settings(ratio), images(&dir));
+    let m = Manager::new(store, vec![slot(pool.clone(), ratio)], Exporter::default(), settings(), images(&dir));
     m.ensure_default_type().unwrap();
     let admin = caller("admin", "p1", true);
     Env { m, pool, dir, admin }
@@ -51,13 +51,20 @@ fn images(dir: &std::path::Path) -> Arc<dyn crate::image::ImageStore> {
     Arc::new(crate::image::dir::DirStore::open(&dir.join("images")).unwrap())
 }
 
-/// The settings of a test agent.
-fn settings(max_over_subscription_ratio: f64) -> Settings {
-    Settings {
+/// A test agent's default pool: `node1@file#file`.
+fn slot(pool: Arc<dyn crate::pool::Pool>, max_over_subscription_ratio: f64) -> crate::manager::PoolSlot {
+    crate::manager::PoolSlot {
         host: "node1@file#file".into(),
         backend_name: "file".into(),
-        availability_zone: "nova".into(),
         max_over_subscription_ratio,
+        pool,
+    }
+}
+
+/// The settings of a test agent.
+fn settings() -> Settings {
+    Settings {
+        availability_zone: "nova".into(),
         message_ttl: Duration::from_secs(3600),
         quota: crate::config::QuotaConfig::default(),
         copy_rate_limit: None,

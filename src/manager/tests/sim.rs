@@ -48,15 +48,14 @@ fn life(
     target: &Option<Arc<SimTarget>>,
     dir: &std::path::Path,
 ) -> Arc<Manager> {
-    let slot = |host: &str, backend: &str, pool: &Arc<SimPool>| PoolSlot {
-        host: host.into(),
-        backend_name: backend.into(),
+    let mut pools = vec![super::slot(pool.clone(), 1.0)];
+    pools.extend(other.iter().map(|o| PoolSlot {
+        host: OTHER.into(),
+        backend_name: "other".into(),
         max_over_subscription_ratio: 1.0,
-        pool: pool.clone(),
-    };
-    let mut pools = vec![slot("node1@file#file", "file", pool)];
-    pools.extend(other.iter().map(|o| slot(OTHER, "other", o)));
-    Manager::with_pools(sim_store.clone(), pools, exporter(target), settings(1.0), images(dir))
+        pool: o.clone(),
+    }));
+    Manager::new(sim_store.clone(), pools, exporter(target), settings(), images(dir))
 }
 
 fn runtime() -> tokio::runtime::Runtime {
