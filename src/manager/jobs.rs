@@ -135,8 +135,8 @@ fn steps(spec: &JobSpec) -> Vec<Step> {
         ],
         JobSpec::Reimage { volume, image } => vec![Step::Download { volume, image, fresh: false }],
         JobSpec::UploadImage { volume, image, disk_format } => vec![Step::Upload { volume, image, disk_format }],
-        // The source is given up only after its copy is verified: the steps
-        // from `migration::RELEASE_STEP` on may leave it without its bytes.
+        // The source is given up only after its copy is verified: from its
+        // DeleteVolume on it may be without its bytes (`gave_up_source`).
         JobSpec::MigrateVolume { volume, new_volume, size_gib, .. } => vec![
             Step::CreateVolume { volume: new_volume.clone(), size_gib, source: VolumeSource::Blank },
             Step::MigrateCopy { from: volume.clone(), to: new_volume.clone() },
@@ -429,7 +429,7 @@ impl Manager {
         match (&failure, &job.spec) {
             (Some(_), JobSpec::UploadImage { image, .. }) => self.discard_image(&job.project_id, image),
             // A migration that failed before giving up its source leaves no destination.
-            (Some(f), JobSpec::MigrateVolume { new_volume, .. }) if f.at < super::migration::RELEASE_STEP => {
+            (Some(f), JobSpec::MigrateVolume { new_volume, .. }) if !gave_up_source(&job.spec, f.at) => {
                 self.discard_destination(new_volume)
             }
             _ => {}
@@ -437,12 +437,7 @@ impl Manager {
         let ended = self.store.write(|tx| {
             // The member's group is read before its row may go, settled after.
             let touched = super::groups::Touched::of(tx, &job.spec)?;
-            match &job.spec {
-                JobSpec::MigrateVolume { .. } => {
-                    super::migration::finish(tx, &job.spec, failure.as_ref().map(|f| f.at))?
-                }
-                _ => finish(tx, &job.spec, failure.is_none())?,
-            }
+            finish(tx, &job.spec, failure.as_ref().map(|f| f.at))?;
             touched.settle(tx)?;
             match &failure {
                 None => tx.end_job(job.id, JobState::Done, None),
@@ -466,7 +461,6 @@ impl Manager {
                         tracing::error!(job = job.id, %volume, error = %e, "could not roll back a failed export");
                     }
                 }
-
                 Outcome::Failed(f)
             }
         }
@@ -591,7 +585,18 @@ fn fail_undecodable(tx: &Tx, row: &JobRow, reason: &str, settings: &super::Setti
 
 /// Writes the end state of a job. A volume or snapshot that is no longer in the
 /// job's transitional status was reset by an admin meanwhile: it is left as it is.
-fn finish(tx: &Tx, spec: &JobSpec, ok: bool) -> Result<(), StoreError> {
+/// Whether a migration that failed at step `failed_at` may have lost its
+/// source's bytes: it reached the step that deletes them.
+fn gave_up_source(spec: &JobSpec, failed_at: usize) -> bool {
+    let JobSpec::MigrateVolume { volume, .. } = spec else { return false };
+    let release = steps(spec).iter().position(|s| matches!(s, Step::DeleteVolume(v) if v == volume));
+    release.is_some_and(|release| failed_at >= release)
+}
+
+/// The final statuses of a job that ended: done (`failed_at` None) or failed
+/// at that step.
+fn finish(tx: &Tx, spec: &JobSpec, failed_at: Option<usize>) -> Result<(), StoreError> {
+    let ok = failed_at.is_none();
     let volume_in = |id: &str, expected: VolumeStatus| -> Result<Option<Volume>, StoreError> {
         Ok(tx.volume(id)?.filter(|v| v.status == expected))
     };
@@ -727,8 +732,15 @@ fn finish(tx: &Tx, spec: &JobSpec, ok: bool) -> Result<(), StoreError> {
         JobSpec::UploadImage { volume, .. } => {
             settle(volume, VolumeStatus::Uploading, &|v| v.status = derived_attach_state(&v.attachments).1)
         }
-        // Settled by migration::finish, which knows where it failed.
-        JobSpec::MigrateVolume { .. } => Ok(()),
+        JobSpec::MigrateVolume { .. } => {
+            use super::migration::Ended;
+            let ended = match failed_at {
+                None => Ended::Done,
+                Some(at) if gave_up_source(spec, at) => Ended::SourceGone,
+                Some(_) => Ended::SourceKept,
+            };
+            super::migration::finish(tx, spec, ended)
+        }
     }
 }
 

@@ -21,6 +21,7 @@
 
 use std::sync::Arc;
 
+use super::actions::invalid;
 use super::jobs::{Pending, StepError};
 use super::{Caller, Capacities, Manager, ManagerError, Result};
 use crate::blockdev::engine::{self, CopyOptions};
@@ -28,12 +29,13 @@ use crate::model::{AttachStatus, JobSpec, MigrationStatus, Volume, VolumeStatus,
 use crate::pool::PoolError;
 use crate::store::{StoreError, Tx};
 
-/// The index of the first step after which the source's bytes may be gone
-/// (see `migration_steps` in jobs.rs): a failure before it restores the source.
-pub(super) const RELEASE_STEP: usize = 3;
-
-fn invalid(msg: impl Into<String>) -> ManagerError {
-    ManagerError::Invalid(msg.into())
+/// How a migration job ended.
+pub(super) enum Ended {
+    Done,
+    /// Failed before the source's bytes were touched.
+    SourceKept,
+    /// Failed once they may be gone: the destination holds the only copy.
+    SourceGone,
 }
 
 impl Manager {
@@ -322,7 +324,7 @@ pub(super) fn check_detached(v: &Volume) -> Result<()> {
 /// Settles a migration job: on success the identity swap, on a failure before
 /// the source was given up the source restored and the destination record
 /// gone, after it both left in `error` (the destination holds the only copy).
-pub(super) fn finish(tx: &Tx, spec: &JobSpec, failed_at: Option<usize>) -> std::result::Result<(), StoreError> {
+pub(super) fn finish(tx: &Tx, spec: &JobSpec, ended: Ended) -> std::result::Result<(), StoreError> {
     let JobSpec::MigrateVolume { volume, new_volume, new_type, .. } = spec else {
         return Ok(());
     };
@@ -330,8 +332,8 @@ pub(super) fn finish(tx: &Tx, spec: &JobSpec, failed_at: Option<usize>) -> std::
         return Ok(());
     };
     let restored = source.previous_status.unwrap_or(VolumeStatus::Available);
-    match failed_at {
-        None => {
+    match ended {
+        Ended::Done => {
             let Some(dest) = dest else { return Ok(()) };
             tx.delete_volume(&dest.id)?;
             let moved = Volume {
@@ -343,14 +345,14 @@ pub(super) fn finish(tx: &Tx, spec: &JobSpec, failed_at: Option<usize>) -> std::
             };
             tx.update_volume(source.status, &moved)
         }
-        Some(step) if step < RELEASE_STEP => {
+        Ended::SourceKept => {
             if dest.is_some() {
                 tx.delete_volume(new_volume)?;
             }
             let back = Volume { status: restored, migration_status: Some(MigrationStatus::Error), ..source.clone() };
             tx.update_volume(source.status, &back)
         }
-        Some(_) => {
+        Ended::SourceGone => {
             if let Some(dest) = dest {
                 tx.update_volume(dest.status, &Volume { status: VolumeStatus::Error, ..dest.clone() })?;
             }

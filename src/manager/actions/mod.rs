@@ -182,7 +182,7 @@ pub fn derived_attach_state(attachments: &[Attachment]) -> (AttachStatus, Volume
     }
 }
 
-fn invalid(msg: impl Into<String>) -> ManagerError {
+pub(super) fn invalid(msg: impl Into<String>) -> ManagerError {
     ManagerError::Invalid(msg.into())
 }
 
