@@ -529,8 +529,8 @@ impl Config {
         }
         let mut hosts = std::collections::BTreeSet::new();
         let mut dirs = std::collections::BTreeSet::new();
+        let section = if self.pools.is_empty() { "[pool]" } else { "[[pools]]" };
         for pool in self.pool_configs() {
-            let section = if self.pools.is_empty() { "[pool]" } else { "[[pools]]" };
             let ratio = pool.max_over_subscription_ratio();
             if ratio.is_nan() || ratio < 1.0 {
                 return Err(ConfigError::Invalid(format!(
