@@ -32,6 +32,42 @@ pub struct Config {
     pub http: HttpConfig,
     pub quota: QuotaConfig,
     pub copy: CopyConfig,
+    /// The other agents this one migrates volumes to and from (`[[peers]]`).
+    pub peers: Vec<PeerConfig>,
+}
+
+/// `[[peers]]`: another ember agent. Both agents of a pair name each other,
+/// with the same token: each proves itself with it on the calls it makes.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// The peer's host name: what its volumes' `host@backend#pool` begins with.
+    pub name: String,
+    /// Its API, e.g. `http://10.0.0.2:8776`.
+    pub url: String,
+    /// The secret the pair shares (16 characters at least; never logged).
+    pub token: String,
+    /// Seconds a call to the peer may wait for an answer or for the stream to move.
+    #[serde(default = "PeerConfig::default_timeout")]
+    pub timeout: u64,
+}
+
+impl PeerConfig {
+    fn default_timeout() -> u64 {
+        30
+    }
+}
+
+/// The token is never shown, not even in a debug dump of the configuration.
+impl std::fmt::Debug for PeerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerConfig")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("token", &"<redacted>")
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 /// `[copy]`: the copy engine (images onto and from volumes, thick clones).
@@ -315,6 +351,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             quota: QuotaConfig::default(),
             copy: CopyConfig::default(),
+            peers: Vec::new(),
         }
     }
 }
@@ -556,6 +593,28 @@ impl Config {
                         dir.display()
                     )));
                 }
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for peer in &self.peers {
+            let refuse = |why: String| Err(ConfigError::Invalid(format!("[[peers]] {}: {why}", peer.name)));
+            if peer.name.is_empty() || peer.name.contains(['@', '#', '/']) {
+                return refuse("name must be non-empty without '@', '#' or '/'".to_string());
+            }
+            if peer.name == self.hostname() {
+                return refuse("is this agent's own host name".to_string());
+            }
+            if !names.insert(peer.name.as_str()) {
+                return refuse("named twice".to_string());
+            }
+            if let Err(e) = crate::image::http::Endpoint::parse(&peer.url) {
+                return refuse(format!("url {e}"));
+            }
+            if peer.token.len() < 16 {
+                return refuse("token must be 16 characters at least".to_string());
+            }
+            if peer.timeout == 0 {
+                return refuse("timeout must be at least 1 second".to_string());
             }
         }
         for (what, value) in self.quota.limits() {

@@ -40,6 +40,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
         copy_rate_limit: Some(config.copy.max_bytes_per_second).filter(|&b| b > 0),
         compress_qcow2_uploads: config.copy.compress_qcow2_uploads,
         scratch_dir: config.data_dir.join("tmp"),
+        peers: config.peers.iter().map(crate::manager::Peer::from_config).collect::<Result<_, _>>()?,
     };
     // What an interrupted qcow2 upload left behind (its job fails on resume).
     let _ = std::fs::remove_dir_all(&settings.scratch_dir);
@@ -106,6 +107,15 @@ pub async fn serve(config: Config) -> Result<(), String> {
             }
             if std::mem::take(&mut first) {
                 crate::notify::notify("READY=1");
+            }
+            // Migration destinations peers made here and gave up on (a peer
+            // that could not be reached is asked again next time).
+            let m = Arc::clone(&reconciler);
+            match tokio::task::spawn_blocking(move || m.reconcile_peer_targets()).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(deleted)) => tracing::info!(deleted, "orphaned migration destinations of peers deleted"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "reconciling peers' migration destinations failed"),
+                Err(e) => tracing::error!(error = %e, "the peer reconciler panicked"),
             }
         }
     });

@@ -53,7 +53,7 @@ fn view(j: &JobView) -> Value {
     let s = &j.status;
     let copy = j.copy.as_ref().map(|c| {
         let r = c.progress.report();
-        let other = if c.kind == "migrate_volume" { "destination_volume_id" } else { "image_id" };
+        let other = if c.kind.starts_with("migrate_") { "destination_volume_id" } else { "image_id" };
         json!({
             other: c.other,
             "bytes_done": r.done,

@@ -13,6 +13,7 @@ mod health;
 mod jobs;
 mod messages;
 mod microversion;
+mod peer;
 mod policy;
 mod qos;
 mod quotas;
@@ -190,7 +191,14 @@ async fn handle(State(state): State<Arc<ApiState>>, request: Request) -> Respons
     // Every line logged for the request, on blocking threads too, names it.
     let span = tracing::info_span!("request", request_id = %request_id, method = %parts.method, path = %path);
     let result = tracing::Instrument::instrument(
-        pipeline(&state, &request_id, &parts.method, &parts.uri, &parts.headers, body, &mut version),
+        async {
+            match peer::is_peer_path(&path) {
+                true => peer::pipeline(&state, &parts.method, &parts.uri, &parts.headers, body).await,
+                false => {
+                    pipeline(&state, &request_id, &parts.method, &parts.uri, &parts.headers, body, &mut version).await
+                }
+            }
+        },
         span.clone(),
     )
     .await;

@@ -65,6 +65,84 @@ pub fn request(
     headers: &[(&str, &str)],
     body: Body,
 ) -> io::Result<Response> {
+    let (mut out, stream) = open(ep, timeout, method, path, headers)?;
+    match body {
+        Body::None => write!(out, "Content-Length: 0\r\n\r\n")?,
+        Body::Bytes(b) => {
+            write!(out, "Content-Length: {}\r\n\r\n", b.len())?;
+            out.write_all(b)?;
+        }
+        Body::Stream(r) => {
+            write!(out, "Transfer-Encoding: chunked\r\n\r\n")?;
+            let mut streaming = Streaming { out, stream };
+            // 256 KiB chunks: uwsgi (Glance's WSGI server) refuses chunks of
+            // its `chunked-input-limit`, 1 MiB, and more.
+            let mut buf = vec![0u8; 256 << 10];
+            loop {
+                let n = match r.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                streaming.chunk(&[&buf[..n]])?;
+            }
+            return streaming.finish();
+        }
+    }
+    out.flush()?;
+    read_response(stream, method)
+}
+
+/// A request whose chunked body the caller sends piece by piece (a peer's
+/// stream, written as the copy engine hands it over), then `finish`es.
+pub struct Streaming {
+    out: io::BufWriter<TcpStream>,
+    stream: TcpStream,
+}
+
+impl Streaming {
+    pub fn start(
+        ep: &Endpoint,
+        timeout: Duration,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> io::Result<Streaming> {
+        let (mut out, stream) = open(ep, timeout, method, path, headers)?;
+        write!(out, "Transfer-Encoding: chunked\r\n\r\n")?;
+        Ok(Streaming { out, stream })
+    }
+
+    /// One chunk holding `parts`, in order.
+    pub fn chunk(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        let n: usize = parts.iter().map(|p| p.len()).sum();
+        if n == 0 {
+            return Ok(());
+        }
+        write!(self.out, "{n:x}\r\n")?;
+        for p in parts {
+            self.out.write_all(p)?;
+        }
+        self.out.write_all(b"\r\n")
+    }
+
+    /// Ends the body and reads the answer.
+    pub fn finish(mut self) -> io::Result<Response> {
+        self.out.write_all(b"0\r\n\r\n")?;
+        self.out.flush()?;
+        read_response(self.stream, "PUT")
+    }
+}
+
+/// Connects and writes the request line and headers, all but the body's.
+fn open(
+    ep: &Endpoint,
+    timeout: Duration,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> io::Result<(io::BufWriter<TcpStream>, TcpStream)> {
     let addr = (ep.host.as_str(), ep.port)
         .to_socket_addrs()?
         .next()
@@ -80,32 +158,10 @@ pub fn request(
         }
         write!(out, "{k}: {v}\r\n")?;
     }
-    match body {
-        Body::None => write!(out, "Content-Length: 0\r\n\r\n")?,
-        Body::Bytes(b) => {
-            write!(out, "Content-Length: {}\r\n\r\n", b.len())?;
-            out.write_all(b)?;
-        }
-        Body::Stream(r) => {
-            write!(out, "Transfer-Encoding: chunked\r\n\r\n")?;
-            // 256 KiB chunks: uwsgi (Glance's WSGI server) refuses chunks of
-            // its `chunked-input-limit`, 1 MiB, and more.
-            let mut buf = vec![0u8; 256 << 10];
-            loop {
-                let n = match r.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                };
-                write!(out, "{n:x}\r\n")?;
-                out.write_all(&buf[..n])?;
-                out.write_all(b"\r\n")?;
-            }
-            out.write_all(b"0\r\n\r\n")?;
-        }
-    }
-    out.flush()?;
+    Ok((out, stream))
+}
+
+fn read_response(stream: TcpStream, method: &str) -> io::Result<Response> {
     let mut reader = BufReader::with_capacity(1 << 20, stream);
     let mut line = String::new();
     reader.read_line(&mut line)?;

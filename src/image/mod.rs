@@ -8,7 +8,7 @@
 pub mod cli;
 pub mod dir;
 pub mod glance;
-mod http;
+pub mod http;
 pub mod qcow2;
 
 use std::collections::BTreeMap;

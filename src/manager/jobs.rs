@@ -92,6 +92,25 @@ enum Step {
         from: String,
         to: String,
     },
+    /// A migration's destination `new_volume` made on a peer's pool `host` (peers.rs).
+    RemoteCreate {
+        peer: String,
+        volume: String,
+        new_volume: String,
+        host: String,
+    },
+    /// `from` streamed into the peer's `to`, verified.
+    RemoteCopy {
+        peer: String,
+        from: String,
+        to: String,
+    },
+    /// The peer's `from` adopted as volume `to`.
+    RemoteAdopt {
+        peer: String,
+        from: String,
+        to: String,
+    },
 }
 
 /// The steps of a job, in order.
@@ -144,6 +163,13 @@ fn steps(spec: &JobSpec) -> Vec<Step> {
             Step::DeleteVolume(volume.clone()),
             Step::RenameVolume { from: new_volume, to: volume },
         ],
+        JobSpec::MigrateToPeer { volume, new_volume, peer, host } => vec![
+            Step::RemoteCreate { peer: peer.clone(), volume: volume.clone(), new_volume: new_volume.clone(), host },
+            Step::RemoteCopy { peer: peer.clone(), from: volume.clone(), to: new_volume.clone() },
+            Step::ReconcileExport(volume.clone()),
+            Step::DeleteVolume(volume.clone()),
+            Step::RemoteAdopt { peer, from: new_volume, to: volume },
+        ],
     }
 }
 
@@ -163,6 +189,8 @@ pub enum StepError {
     /// fails and may be retried.
     #[error("interrupted by a restart of the agent")]
     Interrupted,
+    #[error(transparent)]
+    Peer(#[from] super::PeerError),
 }
 
 impl StepError {
@@ -176,6 +204,8 @@ impl StepError {
             StepError::Image(crate::image::ImageError::NotFound(id)) => format!("image {id} was not found"),
             StepError::Image(_) => "the image service failed".to_string(),
             StepError::Interrupted => "the copy was interrupted by a restart of the agent; try again".to_string(),
+            // Names the peer and what it said; never its token.
+            StepError::Peer(e) => e.to_string(),
         }
     }
 }
@@ -230,6 +260,11 @@ impl Step {
             }
             Step::MigrateCopy { from, to } => m.migrate_copy(job, from, to)?,
             Step::RenameVolume { from, to } => m.pool_of(from)?.rename_volume(from, to)?,
+            Step::RemoteCreate { peer, volume, new_volume, host } => {
+                m.remote_create(job, peer, volume, new_volume, host)?
+            }
+            Step::RemoteCopy { peer, from, to } => m.remote_copy(job, peer, from, to)?,
+            Step::RemoteAdopt { peer, from, to } => m.remote_adopt(peer, from, to)?,
         }
         Ok(())
     }
@@ -254,6 +289,13 @@ impl Step {
             Step::Download { volume, image, .. } => format!("write image {image} onto volume {volume}"),
             Step::MigrateCopy { from, to } => format!("copy volume {from} into {to} and verify it"),
             Step::RenameVolume { from, to } => format!("give volume {from}'s pool object to volume {to}"),
+            Step::RemoteCreate { peer, new_volume, host, .. } => {
+                format!("create volume {new_volume} on {host} of peer {peer}")
+            }
+            Step::RemoteCopy { peer, from, to } => {
+                format!("stream volume {from} into {to} on peer {peer} and verify it")
+            }
+            Step::RemoteAdopt { peer, from, to } => format!("have peer {peer} adopt volume {from} as {to}"),
             Step::Upload { volume, image, disk_format } => {
                 format!("upload volume {volume} to {disk_format} image {image}")
             }
@@ -432,6 +474,9 @@ impl Manager {
             (Some(f), JobSpec::MigrateVolume { new_volume, .. }) if !gave_up_source(&job.spec, f.at) => {
                 self.discard_destination(new_volume)
             }
+            (Some(f), JobSpec::MigrateToPeer { peer, new_volume, .. }) if !gave_up_source(&job.spec, f.at) => {
+                self.discard_remote(peer, new_volume)
+            }
             _ => {}
         }
         let ended = self.store.write(|tx| {
@@ -587,8 +632,8 @@ fn fail_undecodable(tx: &Tx, row: &JobRow, reason: &str, settings: &super::Setti
 /// job's transitional status was reset by an admin meanwhile: it is left as it is.
 /// Whether a migration that failed at step `failed_at` may have lost its
 /// source's bytes: it reached the step that deletes them.
-fn gave_up_source(spec: &JobSpec, failed_at: usize) -> bool {
-    let JobSpec::MigrateVolume { volume, .. } = spec else { return false };
+pub(super) fn gave_up_source(spec: &JobSpec, failed_at: usize) -> bool {
+    let (JobSpec::MigrateVolume { volume, .. } | JobSpec::MigrateToPeer { volume, .. }) = spec else { return false };
     let release = steps(spec).iter().position(|s| matches!(s, Step::DeleteVolume(v) if v == volume));
     release.is_some_and(|release| failed_at >= release)
 }
@@ -732,7 +777,7 @@ fn finish(tx: &Tx, spec: &JobSpec, failed_at: Option<usize>) -> Result<(), Store
         JobSpec::UploadImage { volume, .. } => {
             settle(volume, VolumeStatus::Uploading, &|v| v.status = derived_attach_state(&v.attachments).1)
         }
-        JobSpec::MigrateVolume { .. } => {
+        JobSpec::MigrateVolume { .. } | JobSpec::MigrateToPeer { .. } => {
             use super::migration::Ended;
             let ended = match failed_at {
                 None => Ended::Done,

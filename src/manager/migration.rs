@@ -24,7 +24,7 @@ use std::sync::Arc;
 use super::actions::invalid;
 use super::jobs::{Pending, StepError};
 use super::{Caller, Capacities, Manager, ManagerError, Result};
-use crate::blockdev::engine::{self, CopyOptions};
+use crate::blockdev::engine::{self, CopyOptions, CopySummary};
 use crate::model::{AttachStatus, JobSpec, MigrationStatus, Volume, VolumeStatus, VolumeType, not_migrating, now};
 use crate::pool::PoolError;
 use crate::store::{StoreError, Tx};
@@ -63,6 +63,13 @@ impl Manager {
                     v.status,
                     snapshots.len()
                 )));
+            }
+            if let Some(peer) = self.peer_for(destination) {
+                if let Some(why) = self.service_disabled(tx)? {
+                    return Err(invalid(format!("No available service named '{destination}': {why}")));
+                }
+                check_detached(&v)?;
+                return self.begin_peer_migration(tx, caller, &v, peer, destination);
             }
             let Some(dest) = self.pool_named(destination) else {
                 return Err(invalid(format!("No available service named '{destination}'")));
@@ -114,14 +121,7 @@ impl Manager {
     ) -> Result<Pending> {
         self.check_capacity(tx, host, capacities, v.size)?;
         // A retype shows the new type's multiattach at once, as Cinder's API sets it.
-        let source = Volume {
-            status,
-            previous_status: Some(v.status),
-            migration_status: Some(MigrationStatus::Starting),
-            multiattach: new_type.map_or(v.multiattach, VolumeType::multiattach),
-            ..v.clone()
-        };
-        tx.update_volume(v.status, &source)?;
+        mark_source(tx, v, status, new_type.map_or(v.multiattach, VolumeType::multiattach))?;
         let dest = Volume {
             id: uuid::Uuid::new_v4().to_string(),
             status: VolumeStatus::Creating,
@@ -242,12 +242,7 @@ impl Manager {
         from: &str,
         to: &str,
     ) -> std::result::Result<(), StepError> {
-        self.store.write(|tx| match tx.volume(from)? {
-            Some(v) if v.migration_status == Some(MigrationStatus::Starting) => {
-                tx.update_volume(v.status, &Volume { migration_status: Some(MigrationStatus::Migrating), ..v.clone() })
-            }
-            _ => Ok(()),
-        })?;
+        now_migrating(self, from)?;
         let (source, dest) = (self.pool_of(from)?, self.pool_of(to)?);
         let bytes = self.volume_bytes(from)?;
         let copy = self.register_copy(job, from, to);
@@ -272,13 +267,7 @@ impl Manager {
             (Err(e), Ok(_)) | (Ok(_), Err(e)) => return Err(e.into()),
             (Err(read), Err(written)) => return Err(if hung_up(&read) { written } else { read }.into()),
         };
-        if read.checksum != written.checksum || read.data_bytes != written.data_bytes {
-            return Err(PoolError::Refused(format!(
-                "the destination does not hold what was read: {} data bytes with sha256 {} read, {} with {} written",
-                read.data_bytes, read.checksum, written.data_bytes, written.checksum
-            ))
-            .into());
-        }
+        verify(&read, &written)?;
         tracing::info!(
             volume = from, destination = to, bytes = read.bytes, data_bytes = read.data_bytes,
             checksum = %read.checksum, "migration copy verified"
@@ -300,6 +289,43 @@ impl Manager {
             }
         }
     }
+}
+
+/// The source of a migration, marked: `status` (the one it had saved),
+/// `migration_status: starting`. An export no attachment holds (a connection
+/// initialized, never attached) goes: it could not follow the volume.
+pub(super) fn mark_source(tx: &Tx, v: &Volume, status: VolumeStatus, multiattach: bool) -> Result<()> {
+    let source = Volume {
+        status,
+        previous_status: Some(v.status),
+        migration_status: Some(MigrationStatus::Starting),
+        multiattach,
+        ..v.clone()
+    };
+    tx.update_volume(v.status, &source)?;
+    tx.delete_export(&v.id)?;
+    Ok(())
+}
+
+/// The copy step begins: the source's `migration_status` says `migrating`.
+pub(super) fn now_migrating(m: &Manager, id: &str) -> std::result::Result<(), StoreError> {
+    m.store.write(|tx| match tx.volume(id)? {
+        Some(v) if v.migration_status == Some(MigrationStatus::Starting) => {
+            tx.update_volume(v.status, &Volume { migration_status: Some(MigrationStatus::Migrating), ..v.clone() })
+        }
+        _ => Ok(()),
+    })
+}
+
+/// The destination holds what was read, by checksum and data byte count.
+pub(super) fn verify(read: &CopySummary, written: &CopySummary) -> std::result::Result<(), PoolError> {
+    if read.checksum != written.checksum || read.data_bytes != written.data_bytes {
+        return Err(PoolError::Refused(format!(
+            "the destination does not hold what was read: {} data bytes with sha256 {} read, {} with {} written",
+            read.data_bytes, read.checksum, written.data_bytes, written.checksum
+        )));
+    }
+    Ok(())
 }
 
 /// The reading side's error when the writing side stopped first (the pipe's
@@ -325,14 +351,20 @@ pub(super) fn check_detached(v: &Volume) -> Result<()> {
 /// the source was given up the source restored and the destination record
 /// gone, after it both left in `error` (the destination holds the only copy).
 pub(super) fn finish(tx: &Tx, spec: &JobSpec, ended: Ended) -> std::result::Result<(), StoreError> {
-    let JobSpec::MigrateVolume { volume, new_volume, new_type, .. } = spec else {
-        return Ok(());
+    let (volume, new_volume, new_type, to_peer) = match spec {
+        JobSpec::MigrateVolume { volume, new_volume, new_type, .. } => (volume, new_volume, new_type, false),
+        JobSpec::MigrateToPeer { volume, new_volume, .. } => (volume, new_volume, &None, true),
+        _ => return Ok(()),
     };
-    let (Some(source), dest) = (tx.volume(volume)?, tx.volume(new_volume)?) else {
+    // A peer's destination is the peer's record, not this agent's.
+    let dest = if to_peer { None } else { tx.volume(new_volume)? };
+    let Some(source) = tx.volume(volume)? else {
         return Ok(());
     };
     let restored = source.previous_status.unwrap_or(VolumeStatus::Available);
     match ended {
+        // The peer adopted it: nothing of it is left here.
+        Ended::Done if to_peer => tx.delete_volume(volume),
         Ended::Done => {
             let Some(dest) = dest else { return Ok(()) };
             tx.delete_volume(&dest.id)?;

@@ -21,6 +21,7 @@ mod jobs;
 mod locks;
 mod messages;
 mod migration;
+mod peers;
 mod qos;
 mod quotas;
 pub mod scheduler;
@@ -40,6 +41,7 @@ pub use exports::{ExportSettings, Exporter, connector_initiator, portal};
 pub use groups::{CreateGroup, GroupSource, UpdateGroup, group_type_not_found};
 pub use images::{DISK_FORMATS, RunningCopy, image_source};
 pub use jobs::JobView;
+pub use peers::{Destination, Frames, Peer, PeerError};
 pub use qos::QosUpdate;
 pub use quotas::{QuotaUsage, check_quota_keys};
 pub use scheduler::capabilities;
@@ -116,6 +118,8 @@ pub struct Settings {
     pub compress_qcow2_uploads: bool,
     /// Where a qcow2 upload is assembled before it is streamed (`<data-dir>/tmp`).
     pub scratch_dir: std::path::PathBuf,
+    /// The agents this one migrates volumes to and receives them from.
+    pub peers: Vec<Peer>,
 }
 
 /// One of the agent's pools, as volumes are placed on it: its `host@backend#pool`
@@ -148,6 +152,8 @@ pub struct Manager {
     /// Set on shutdown: running jobs stop at their next step boundary, recording
     /// nothing more, and resume from the journal at the next start.
     stopping: std::sync::atomic::AtomicBool,
+    /// Migration destinations a peer's call is working on now (peers.rs).
+    receiving: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Manager {
@@ -169,6 +175,7 @@ impl Manager {
             images,
             copies: Default::default(),
             stopping: Default::default(),
+            receiving: Default::default(),
         })
     }
 

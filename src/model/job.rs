@@ -105,6 +105,16 @@ pub enum JobSpec {
         size_gib: u64,
         new_type: Option<String>,
     },
+    /// A detached volume moved to a pool of another agent (`peer`, its
+    /// `host@backend#pool` in `host`): created there as `new_volume`, streamed,
+    /// verified, then adopted by the peer under the volume's own id; this
+    /// agent keeps nothing of it.
+    MigrateToPeer {
+        volume: String,
+        new_volume: String,
+        peer: String,
+        host: String,
+    },
 }
 
 /// Something a job locks.
@@ -142,6 +152,7 @@ impl JobSpec {
             JobSpec::Reimage { .. } => "reimage",
             JobSpec::UploadImage { .. } => "upload_image",
             JobSpec::MigrateVolume { .. } => "migrate_volume",
+            JobSpec::MigrateToPeer { .. } => "migrate_to_peer",
         }
     }
 
@@ -164,7 +175,8 @@ impl JobSpec {
             | JobSpec::CreateVolumeFromImage { volume, .. }
             | JobSpec::Reimage { volume, .. }
             | JobSpec::UploadImage { volume, .. }
-            | JobSpec::MigrateVolume { volume, .. } => volume,
+            | JobSpec::MigrateVolume { volume, .. }
+            | JobSpec::MigrateToPeer { volume, .. } => volume,
         }
     }
 
@@ -220,6 +232,7 @@ impl JobSpec {
             // An upload only reads the volume (its status keeps writers away).
             JobSpec::UploadImage { volume: v, .. } => vec![(volume(v), Read)],
             JobSpec::MigrateVolume { volume: v, new_volume: n, .. } => vec![(volume(v), Write), (volume(n), Write)],
+            JobSpec::MigrateToPeer { volume: v, .. } => vec![(volume(v), Write)],
         };
         // Sorted by resource, the write first where one appears twice; keep that one.
         locks.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
@@ -248,7 +261,9 @@ impl JobSpec {
             JobSpec::Reimage { .. } => (MessageResource::Volume, A::REIMAGE_VOLUME),
             JobSpec::UploadImage { .. } => (MessageResource::Volume, A::COPY_VOLUME_TO_IMAGE),
             JobSpec::MigrateVolume { new_type: Some(_), .. } => (MessageResource::Volume, A::RETYPE_VOLUME),
-            JobSpec::MigrateVolume { new_type: None, .. } => (MessageResource::Volume, A::MIGRATE_VOLUME),
+            JobSpec::MigrateVolume { new_type: None, .. } | JobSpec::MigrateToPeer { .. } => {
+                (MessageResource::Volume, A::MIGRATE_VOLUME)
+            }
         }
     }
 }

@@ -51,9 +51,9 @@ def ember_binary():
     return str(max(built, key=lambda b: b.stat().st_mtime))
 
 
-def free_port():
+def free_port(ip="127.0.0.1"):
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((ip, 0))
         return s.getsockname()[1]
 
 
@@ -67,12 +67,13 @@ def loop_devices():
 class Agent:
     """A running `ember serve` plus helpers to call it with plain HTTP."""
 
-    def __init__(self, data_dir, port, proc, log_path):
+    def __init__(self, data_dir, port, proc, log_path, ip="127.0.0.1"):
         self.data_dir = Path(data_dir)
         self.port = port
         self.proc = proc
         self.log_path = log_path
-        self.root = f"http://127.0.0.1:{port}"
+        self.ip = ip
+        self.root = f"http://{ip}:{port}"
         self.endpoint = f"{self.root}/v3"
         self.base = f"{self.root}/v3/{PROJECT}"
         self.session = requests.Session()
@@ -184,8 +185,9 @@ def read_at(path, offset, n):
 NO_TARGET = '\n[target]\niscsi = "none"\nnvme = "none"\n'
 
 
-def start_agent(config_text=None, data_dir=None, env=None):
-    """Starts `ember serve` on a new data dir (or the one given), on a free port.
+def start_agent(config_text=None, data_dir=None, env=None, ip="127.0.0.1", port=None):
+    """Starts `ember serve` on a new data dir (or the one given), on a free port
+    of `ip` (or on `port`, once: a peer's configuration names it).
 
     Unless the configuration has a [target] section, the agent exports nothing
     (so no test starts a tgtd on the host by accident).
@@ -198,23 +200,24 @@ def start_agent(config_text=None, data_dir=None, env=None):
     if config_text is None or "[target]" not in config_text:
         config_text = (config_text or "") + NO_TARGET
     log_path = os.path.join(data_dir, "agent.log")
-    for _ in range(5):
-        port = free_port()
-        argv = [ember_binary(), "serve", "--data-dir", data_dir, "--listen", f"127.0.0.1:{port}"]
+    fixed = port
+    for _ in range(1 if fixed else 5):
+        port = fixed or free_port(ip)
+        argv = [ember_binary(), "serve", "--data-dir", data_dir, "--listen", f"{ip}:{port}"]
         if config_text is not None:
             cfg = os.path.join(data_dir, "ember.toml")
             Path(cfg).write_text(config_text)
             argv += ["--config", cfg]
         log = open(log_path, "w")
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-        agent = Agent(data_dir, port, proc, log_path)
+        agent = Agent(data_dir, port, proc, log_path, ip)
         deadline = time.time() + 30
         while time.time() < deadline:
             if proc.poll() is not None:
                 if "listen on" in agent.log():
                     break  # the port was taken meanwhile: another one
                 raise RuntimeError(f"ember exited with {proc.returncode}:\n{agent.log()}")
-            if f"listen=127.0.0.1:{port}" in agent.log() or f'"listen":"127.0.0.1:{port}"' in agent.log():
+            if f"listen={ip}:{port}" in agent.log() or f'"listen":"{ip}:{port}"' in agent.log():
                 try:
                     if requests.get(agent.root + "/", timeout=1).status_code == 300:
                         return agent

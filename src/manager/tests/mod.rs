@@ -70,6 +70,7 @@ fn settings() -> Settings {
         copy_rate_limit: None,
         compress_qcow2_uploads: false,
         scratch_dir: std::env::temp_dir().join(format!("ember-scratch-{}", uuid::Uuid::new_v4())),
+        peers: Vec::new(),
     }
 }
 
