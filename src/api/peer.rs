@@ -5,6 +5,7 @@
 //! (its name in `X-Ember-Peer`, the pair's token in `X-Ember-Peer-Token`) or is
 //! refused 401, whatever the API's auth strategy; no Cinder token opens them.
 //!
+//! - `GET pools`: this agent's pools and their backend names (a peer's retype)
 //! - `POST volumes` {"volume": Destination}: the destination record and a blank volume
 //! - `PUT volumes/{id}/data`: the stream (chunked, framed), answered with what was written
 //! - `POST volumes/{id}/adopt` {"source_id"}: the destination becomes the volume
@@ -115,11 +116,14 @@ fn route(m: &Manager, peer: &Peer, method: &Method, segments: &[&str], body: &[u
             m.abort_migration(peer, id)?;
             Ok(Reply::empty(StatusCode::NO_CONTENT))
         }
+        (&Method::GET, ["pools"]) => Ok(Reply::ok(m.pools_for_peer())),
         (&Method::GET, ["jobs", id]) => {
             let id = id.parse().map_err(|_| ApiError::not_found(format!("Job {id} could not be found.")))?;
             Ok(Reply::ok(m.peer_job(peer, id)?))
         }
-        (_, ["volumes"] | ["volumes", _] | ["volumes", _, "adopt" | "data"] | ["jobs", _]) => Err(bad_method()),
+        (_, ["pools"] | ["volumes"] | ["volumes", _] | ["volumes", _, "adopt" | "data"] | ["jobs", _]) => {
+            Err(bad_method())
+        }
         _ => Err(ApiError::resource_not_found()),
     }
 }

@@ -98,6 +98,7 @@ enum Step {
         volume: String,
         new_volume: String,
         host: String,
+        new_type_name: Option<String>,
     },
     /// `from` streamed into the peer's `to`, verified.
     RemoteCopy {
@@ -163,8 +164,14 @@ fn steps(spec: &JobSpec) -> Vec<Step> {
             Step::DeleteVolume(volume.clone()),
             Step::RenameVolume { from: new_volume, to: volume },
         ],
-        JobSpec::MigrateToPeer { volume, new_volume, peer, host } => vec![
-            Step::RemoteCreate { peer: peer.clone(), volume: volume.clone(), new_volume: new_volume.clone(), host },
+        JobSpec::MigrateToPeer { volume, new_volume, peer, host, new_type_name } => vec![
+            Step::RemoteCreate {
+                peer: peer.clone(),
+                volume: volume.clone(),
+                new_volume: new_volume.clone(),
+                host,
+                new_type_name,
+            },
             Step::RemoteCopy { peer: peer.clone(), from: volume.clone(), to: new_volume.clone() },
             Step::ReconcileExport(volume.clone()),
             Step::DeleteVolume(volume.clone()),
@@ -260,8 +267,8 @@ impl Step {
             }
             Step::MigrateCopy { from, to } => m.migrate_copy(job, from, to)?,
             Step::RenameVolume { from, to } => m.pool_of(from)?.rename_volume(from, to)?,
-            Step::RemoteCreate { peer, volume, new_volume, host } => {
-                m.remote_create(job, peer, volume, new_volume, host)?
+            Step::RemoteCreate { peer, volume, new_volume, host, new_type_name } => {
+                m.remote_create(job, peer, volume, new_volume, host, new_type_name.as_deref())?
             }
             Step::RemoteCopy { peer, from, to } => m.remote_copy(job, peer, from, to)?,
             Step::RemoteAdopt { peer, from, to } => m.remote_adopt(peer, from, to)?,

@@ -29,6 +29,12 @@ use crate::model::{AttachStatus, JobSpec, MigrationStatus, Volume, VolumeStatus,
 use crate::pool::PoolError;
 use crate::store::{StoreError, Tx};
 
+/// Where a retype moves a volume: a pool of this agent, or (peer, pool) of a peer.
+pub(super) enum Destination {
+    Local(String),
+    Peer((String, String)),
+}
+
 /// How a migration job ended.
 pub(super) enum Ended {
     Done,
@@ -69,7 +75,7 @@ impl Manager {
                     return Err(invalid(format!("No available service named '{destination}': {why}")));
                 }
                 check_detached(&v)?;
-                return self.begin_peer_migration(tx, caller, &v, peer, destination);
+                return self.begin_peer_migration(tx, caller, &v, (&peer.name, destination), None);
             }
             let Some(dest) = self.pool_named(destination) else {
                 return Err(invalid(format!("No available service named '{destination}'")));
@@ -89,21 +95,43 @@ impl Manager {
     }
 
     /// The pool a retype to `target` needs, when it is not the volume's own:
-    /// the one of this agent that serves the type's `volume_backend_name`.
-    pub(super) fn retype_destination(&self, v: &Volume, target: &VolumeType) -> Result<Option<String>> {
+    /// the one of this agent that serves the type's `volume_backend_name`, or
+    /// else `remote`, a peer's (peer name, pool) that does (asked before the
+    /// transaction: `remote_pool_for_retype`).
+    pub(super) fn retype_destination(
+        &self,
+        v: &Volume,
+        target: &VolumeType,
+        remote: Option<(String, String)>,
+    ) -> Result<Option<Destination>> {
         let Some(backend) = target.extra_specs.get("volume_backend_name") else {
             return Ok(None);
         };
         if *backend == self.slot(&v.host)?.backend_name {
             return Ok(None);
         }
-        match self.pools.iter().find(|s| s.backend_name == *backend) {
-            Some(slot) => Ok(Some(slot.host.clone())),
-            None => Err(invalid(format!(
-                "Invalid input received: No pool of this agent serves backend {backend} of type {}.",
+        match (self.pools.iter().find(|s| s.backend_name == *backend), remote) {
+            (Some(slot), _) => Ok(Some(Destination::Local(slot.host.clone()))),
+            (None, Some(remote)) => Ok(Some(Destination::Peer(remote))),
+            (None, None) => Err(invalid(format!(
+                "Invalid input received: No pool of this agent or of its peers serves backend {backend} of type {}.",
                 target.name
             ))),
         }
+    }
+
+    /// For a retype to `new_type` that no pool of this agent serves: a
+    /// peer's pool that does (network calls: before any transaction).
+    pub(super) fn remote_pool_for_retype(&self, caller: &Caller, new_type: &str) -> Option<(String, String)> {
+        if self.settings.peers.is_empty() {
+            return None;
+        }
+        let target = self.store.read(|tx| super::types::visible_type(tx, caller, new_type)).ok().flatten()?;
+        let backend = target.extra_specs.get("volume_backend_name")?;
+        if self.pools.iter().any(|s| s.backend_name == *backend) {
+            return None;
+        }
+        self.peer_pool_serving(backend)
     }
 
     /// Inside the request's transaction: the source marked (`status`, saving

@@ -338,16 +338,22 @@ impl Manager {
         tx: &Tx,
         caller: &Caller,
         v: &Volume,
-        peer: &Peer,
-        host: &str,
+        (peer, host): (&str, &str),
+        new_type: Option<&crate::model::VolumeType>,
     ) -> Result<super::jobs::Pending> {
-        super::migration::mark_source(tx, v, VolumeStatus::Maintenance, v.multiattach)?;
+        let peer = self.peer(peer).map_err(|e| ManagerError::Invalid(e.to_string()))?;
+        let (status, multiattach) = match new_type {
+            Some(t) => (VolumeStatus::Retyping, t.multiattach()),
+            None => (VolumeStatus::Maintenance, v.multiattach),
+        };
+        super::migration::mark_source(tx, v, status, multiattach)?;
         tracing::info!(volume = %v.id, from = %v.host, to = %host, peer = %peer.name, "migration to a peer starts");
         let spec = JobSpec::MigrateToPeer {
             volume: v.id.clone(),
             new_volume: uuid::Uuid::new_v4().to_string(),
             peer: peer.name.clone(),
             host: host.to_string(),
+            new_type_name: new_type.map(|t| t.name.clone()),
         };
         Ok(self.enqueue(tx, caller, &v.project_id, spec)?)
     }
@@ -361,6 +367,7 @@ impl Manager {
         volume: &str,
         new_volume: &str,
         host: &str,
+        new_type_name: Option<&str>,
     ) -> std::result::Result<(), StepError> {
         let peer = self.peer(peer)?;
         let (v, type_name) = self.store.read(|tx| {
@@ -378,7 +385,10 @@ impl Manager {
             user_id: v.user_id,
             name: v.name,
             description: v.description,
-            volume_type: type_name.unwrap_or_else(|| crate::model::DEFAULT_TYPE_NAME.to_string()),
+            volume_type: new_type_name
+                .map(str::to_string)
+                .or(type_name)
+                .unwrap_or_else(|| crate::model::DEFAULT_TYPE_NAME.to_string()),
             bootable: v.bootable,
             created_at: v.created_at,
             metadata: v.metadata,
@@ -461,6 +471,32 @@ impl Manager {
                 }
             }
         }
+    }
+
+    /// This agent's pools, as a peer places a retype on them.
+    pub fn pools_for_peer(&self) -> Value {
+        let pools: Vec<Value> =
+            self.pools.iter().map(|s| json!({"name": s.host, "backend_name": s.backend_name})).collect();
+        json!({ "pools": pools })
+    }
+
+    /// The first peer pool serving `backend` (a volume type's
+    /// `volume_backend_name`), asked of each peer in turn; peers that cannot
+    /// be asked are passed over (logged).
+    pub(super) fn peer_pool_serving(&self, backend: &str) -> Option<(String, String)> {
+        for peer in &self.settings.peers {
+            match peer.call(self.own_name(), "GET", "/ember/v1/peer/pools", None) {
+                Ok(answer) => {
+                    let pools = answer.get("pools").and_then(Value::as_array).cloned().unwrap_or_default();
+                    let found = pools.iter().find(|p| p.get("backend_name").and_then(Value::as_str) == Some(backend));
+                    if let Some(host) = found.and_then(|p| p.get("name")?.as_str()) {
+                        return Some((peer.name.clone(), host.to_string()));
+                    }
+                }
+                Err(e) => tracing::warn!(peer = %peer.name, error = %e, "could not list a peer's pools"),
+            }
+        }
+        None
     }
 
     /// A peer asking how its migration job `id` stands (for a target it holds).

@@ -114,6 +114,9 @@ pub enum JobSpec {
         new_volume: String,
         peer: String,
         host: String,
+        /// A retype that needed the move: the new type, by name (the peer's own).
+        #[serde(default)]
+        new_type_name: Option<String>,
     },
 }
 
@@ -260,8 +263,9 @@ impl JobSpec {
             JobSpec::CreateVolumeFromImage { .. } => (MessageResource::Volume, A::COPY_IMAGE_TO_VOLUME),
             JobSpec::Reimage { .. } => (MessageResource::Volume, A::REIMAGE_VOLUME),
             JobSpec::UploadImage { .. } => (MessageResource::Volume, A::COPY_VOLUME_TO_IMAGE),
-            JobSpec::MigrateVolume { new_type: Some(_), .. } => (MessageResource::Volume, A::RETYPE_VOLUME),
-            JobSpec::MigrateVolume { new_type: None, .. } | JobSpec::MigrateToPeer { .. } => {
+            JobSpec::MigrateVolume { new_type: Some(_), .. }
+            | JobSpec::MigrateToPeer { new_type_name: Some(_), .. } => (MessageResource::Volume, A::RETYPE_VOLUME),
+            JobSpec::MigrateVolume { new_type: None, .. } | JobSpec::MigrateToPeer { new_type_name: None, .. } => {
                 (MessageResource::Volume, A::MIGRATE_VOLUME)
             }
         }

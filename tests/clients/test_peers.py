@@ -69,7 +69,8 @@ def pair():
     """A (throttled to 40 MiB/s, so a copy can be caught in flight) and B."""
     a, b = Side(A_IP, None), Side(B_IP, None)
     a.config = lambda s: config("node-a", "node-b", b.url, extra="[copy]\nmax_bytes_per_second = 41943040\n")
-    b.config = lambda s: config("node-b", "node-a", a.url)
+    # B's pool has a backend name of its own: a type naming it is one only B serves.
+    b.config = lambda s: config("node-b", "node-a", a.url, extra='[pool]\nbackend_name = "on-b"\n')
     a.start(), b.start()
     yield a, b
     for side in (a, b):
@@ -392,3 +393,23 @@ def test_a_stream_cut_short_or_malformed_is_never_a_short_copy(pair):
     assert peer_call(b, "DELETE", f"volumes/{destination['id']}").status_code == 204
     assert b.volume(destination["id"]) is None and not b.file(destination["id"]).exists()
     assert peer_call(b, "DELETE", f"volumes/{destination['id']}").status_code == 204, "a repeat is done"
+
+
+def test_a_retype_to_a_type_only_the_peer_serves_migrates_on_demand_and_never_refuses(pair):
+    a, b = pair
+    backend = b_host(b).split("@")[1].split("#")[0]
+    name = f"on-peer-{os.urandom(3).hex()}"
+    for side in (a, b):
+        t = side.cinder.volume_types.create(name)
+        t.set_keys({"volume_backend_name": backend, "multiattach": "<is> True"})
+    v, before = new_volume(a, [(4096, b"retyped" * 500)], metadata={"k": "v"})
+    assert backend not in {p.volume_backend_name for p in a.cinder.pools.list(detailed=True)}
+    before_db = a.agent.db_dump()
+    r = a.agent.action(v.id, {"os-retype": {"new_type": name, "migration_policy": "never"}})
+    assert r.status_code == 400 and "never" in r.text, r.text
+    assert a.agent.db_dump() == before_db
+    a.cinder.volumes.retype(v, name, "on-demand")
+    moved = wait_adopted(a, b, v.id)
+    assert moved["volume_type"] == name and moved["multiattach"] is True and moved["metadata"] == {"k": "v"}
+    assert digest(b.file(v.id)) == before
+    b.cinder.volumes.delete(v.id)

@@ -113,6 +113,7 @@ impl Manager {
         on_demand: bool,
     ) -> Result<ActionOutcome> {
         let capacities = self.capacities();
+        let remote = self.remote_pool_for_retype(caller, new_type);
         let job = self.store.write(|tx| {
             let v = self.visible(tx, caller, id)?;
             let target = crate::manager::types::visible_type(tx, caller, new_type)?
@@ -143,7 +144,7 @@ impl Manager {
                 ));
             }
             // A type another pool serves needs the volume moved there.
-            let destination = self.retype_destination(&v, &target)?;
+            let destination = self.retype_destination(&v, &target, remote.clone())?;
             if destination.is_some() && !on_demand {
                 return Err(invalid(format!(
                     "Invalid input received: Retype to type {} needs a migration to another pool, but \
@@ -160,7 +161,7 @@ impl Manager {
                 ..Default::default()
             };
             self.check_quota(tx, &v.project_id, &delta)?;
-            if let Some(host) = destination {
+            if let Some(destination) = destination {
                 super::super::migration::check_detached(&v)?;
                 if !tx.snapshots(None, Some(id))?.is_empty() {
                     return Err(invalid(format!(
@@ -168,8 +169,16 @@ impl Manager {
                          none."
                     )));
                 }
-                let capacities = &capacities;
-                return self.begin_migration(tx, caller, &v, &host, Some(&target), VolumeStatus::Retyping, capacities);
+                use super::super::migration::Destination;
+                return match destination {
+                    Destination::Local(host) => {
+                        let capacities = &capacities;
+                        self.begin_migration(tx, caller, &v, &host, Some(&target), VolumeStatus::Retyping, capacities)
+                    }
+                    Destination::Peer((peer, host)) => {
+                        self.begin_peer_migration(tx, caller, &v, (&peer, &host), Some(&target))
+                    }
+                };
             }
             let mut new = v.clone();
             new.status = VolumeStatus::Retyping;
