@@ -5,7 +5,6 @@ adopted by B under its own id, and gone from A; failures (kill -9 of either
 side, a cut network, a wrong token, an unreachable peer) leave the source as
 it was, with a user message, and no destination behind on B."""
 
-import hashlib
 import os
 import socket
 import struct
@@ -17,6 +16,7 @@ import pytest
 import requests
 
 from conftest import cinder_cli_for, free_port, make_cinder, start_agent, stop_agent, wait_for
+from test_pools import digest, fill
 
 MIB = 1 << 20
 TOKEN = "pair-token-" + "0123456789abcdef"
@@ -83,23 +83,6 @@ def b_host(b):
     (pool,) = b.cinder.pools.list()
     assert pool.name.startswith("node-b@")
     return pool.name
-
-
-def fill(path, pieces):
-    with open(path, "r+b") as f:
-        for offset, data in pieces:
-            f.seek(offset)
-            f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def digest(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 * MIB):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def new_volume(side, pieces, size=1, **extra):
