@@ -21,6 +21,7 @@ from test_pools import digest, fill
 MIB = 1 << 20
 TOKEN = "pair-token-" + "0123456789abcdef"
 A_IP, B_IP = "127.0.0.1", "127.0.0.2"
+A_EXTRA = "[pool]\nmax_over_subscription_ratio = 1000.0\n[copy]\nmax_bytes_per_second = 41943040\n"
 
 
 def config(host, peer, url, token=TOKEN, extra=""):
@@ -68,7 +69,9 @@ class Side:
 def pair():
     """A (throttled to 40 MiB/s, so a copy can be caught in flight) and B."""
     a, b = Side(A_IP, None), Side(B_IP, None)
-    a.config = lambda s: config("node-a", "node-b", b.url, extra="[copy]\nmax_bytes_per_second = 41943040\n")
+    # A over-subscribes (it holds volumes larger than its disk); B does not, so
+    # such a volume does not fit B: a full destination.
+    a.config = lambda s: config("node-a", "node-b", b.url, extra=A_EXTRA)
     # B's pool has a backend name of its own: a type naming it is one only B serves.
     b.config = lambda s: config("node-b", "node-a", a.url, extra='[pool]\nbackend_name = "on-b"\n')
     a.start(), b.start()
@@ -201,6 +204,23 @@ def test_a_peer_that_refuses_the_credential_or_cannot_be_reached_fails_cleanly(p
         a.start()
 
 
+def test_a_peer_without_room_refuses_and_the_source_stays(pair):
+    a, b = pair
+    (pool,) = b.cinder.pools.list(detailed=True)
+    size = int(pool.total_capacity_gb) + 10
+    v = a.cinder.volumes.create(size)
+    wait_for(lambda: a.cinder.volumes.get(v.id).status == "available", what="volume available")
+    fill(a.file(v.id), [(0, b"big" * 1024)])
+    a.cinder.volumes.migrate_volume(v, b_host(b), False, False)
+    wait_failed(a, v.id)
+    says = message_for(a, v.id)
+    assert "peer node-b refused" in says and "exceeds the capacity" in says, says
+    with open(a.file(v.id), "rb") as f:
+        assert f.read(3072) == b"big" * 1024, "the source is untouched"
+    assert not targets_on(b)
+    a.cinder.volumes.delete(v.id)
+
+
 def test_a_source_killed_mid_stream_resumes_and_completes(pair):
     a, b = pair
     v, before = new_volume(a, [(0, os.urandom(160 * MIB)), (900 * MIB, b"late" * 4096)])
@@ -291,8 +311,7 @@ def test_a_network_cut_mid_stream_fails_cleanly_and_leaves_no_destination(pair):
     a, b = pair
     proxy = Proxy((B_IP, b.port))
     a.kill()
-    a.start(lambda s: config("node-a", "node-b", f"http://{A_IP}:{proxy.port}",
-                             extra="[copy]\nmax_bytes_per_second = 41943040\n"))
+    a.start(lambda s: config("node-a", "node-b", f"http://{A_IP}:{proxy.port}", extra=A_EXTRA))
     try:
         v, before = new_volume(a, [(0, os.urandom(160 * MIB))])
         a.cinder.volumes.migrate_volume(v, b_host(b), False, False)
