@@ -659,6 +659,9 @@ impl Manager {
     /// kept is deleted; one whose source is gone is kept (it holds the only
     /// copy) and reported. Returns how many went.
     pub fn reconcile_peer_targets(&self) -> Result<usize> {
+        if self.settings.peers.is_empty() {
+            return Ok(0);
+        }
         let targets: Vec<Volume> = self
             .store
             .read(|tx| tx.volumes(None))?

@@ -221,6 +221,20 @@ def test_a_peer_without_room_refuses_and_the_source_stays(pair):
     a.cinder.volumes.delete(v.id)
 
 
+def test_a_migration_to_a_peer_cancelled_while_it_streams_leaves_the_source(pair):
+    a, b = pair
+    v, before = new_volume(a, [(0, os.urandom(160 * MIB))])
+    a.cinder.volumes.migrate_volume(v, b_host(b), False, False)
+    job = wait_for(lambda: job_copying(a, v.id), what="the stream under way")
+    r = a.agent.session.delete(f"{a.url}/ember/v1/jobs/{job['id']}", timeout=10)
+    assert r.status_code == 202, r.text
+    wait_failed(a, v.id)
+    assert "cancelled" in message_for(a, v.id), message_for(a, v.id)
+    assert digest(a.file(v.id)) == before
+    wait_for(lambda: not targets_on(b), what="the destination deleted on B")
+    a.cinder.volumes.delete(v.id)
+
+
 def test_a_source_killed_mid_stream_resumes_and_completes(pair):
     a, b = pair
     v, before = new_volume(a, [(0, os.urandom(160 * MIB)), (900 * MIB, b"late" * 4096)])
