@@ -434,7 +434,8 @@ impl Manager {
     }
 
     /// Step: the peer adopts the destination under the source's id. A peer that
-    /// cannot be reached is asked again for a while: the source is gone by now.
+    /// cannot be reached, or is still busy with a stream that broke, is asked
+    /// again for a while: the source is gone by now.
     pub(super) fn remote_adopt(&self, peer: &str, from: &str, to: &str) -> std::result::Result<(), StepError> {
         let peer = self.peer(peer)?;
         let path = format!("/ember/v1/peer/volumes/{from}/adopt");
@@ -443,7 +444,9 @@ impl Manager {
         loop {
             match peer.call(self.own_name(), "POST", &path, Some(&body)) {
                 Ok(_) => return Ok(()),
-                Err(e @ PeerError::Unreachable { .. }) if attempt < 5 && !self.stopping() => {
+                Err(e @ (PeerError::Unreachable { .. } | PeerError::Refused { status: 409, .. }))
+                    if attempt < 30 && !self.stopping() =>
+                {
                     attempt += 1;
                     tracing::warn!(volume = to, error = %e, attempt, "the peer did not adopt the volume; asking again");
                     std::thread::sleep(Duration::from_secs(2));

@@ -26,7 +26,7 @@ A_EXTRA = "[pool]\nmax_over_subscription_ratio = 1000.0\n[copy]\nmax_bytes_per_s
 
 def config(host, peer, url, token=TOKEN, extra=""):
     return (f'host = "{host}"\n{extra}'
-            f'[[peers]]\nname = "{peer}"\nurl = "{url}"\ntoken = "{token}"\ntimeout = 5\n')
+            f'[[peers]]\nname = "{peer}"\nurl = "{url}"\ntoken = "{token}"\ntimeout = 20\n')
 
 
 class Side:
