@@ -635,8 +635,6 @@ fn fail_undecodable(tx: &Tx, row: &JobRow, reason: &str, settings: &super::Setti
     )
 }
 
-/// Writes the end state of a job. A volume or snapshot that is no longer in the
-/// job's transitional status was reset by an admin meanwhile: it is left as it is.
 /// Whether a migration that failed at step `failed_at` may have lost its
 /// source's bytes: it reached the step that deletes them.
 pub(super) fn gave_up_source(spec: &JobSpec, failed_at: usize) -> bool {
@@ -646,7 +644,8 @@ pub(super) fn gave_up_source(spec: &JobSpec, failed_at: usize) -> bool {
 }
 
 /// The final statuses of a job that ended: done (`failed_at` None) or failed
-/// at that step.
+/// at that step. A volume or snapshot that is no longer in the job's
+/// transitional status was reset by an admin meanwhile: it is left as it is.
 fn finish(tx: &Tx, spec: &JobSpec, failed_at: Option<usize>) -> Result<(), StoreError> {
     let ok = failed_at.is_none();
     let volume_in = |id: &str, expected: VolumeStatus| -> Result<Option<Volume>, StoreError> {
