@@ -121,6 +121,14 @@ def job_copying(a, volume_id):
                  and j["copy"] and j["copy"]["bytes_done"] > 0), None)
 
 
+def streaming(a, b, pieces):
+    """A volume of `pieces` on A, its migration to B under way: (volume, digest, job)."""
+    v, before = new_volume(a, pieces)
+    a.cinder.volumes.migrate_volume(v, b_host(b), False, False)
+    job = wait_for(lambda: job_copying(a, v.id), what="the stream under way")
+    return v, before, job
+
+
 def targets_on(b):
     return [v for v in b.cinder.volumes.list() if (v.migration_status or "").startswith("target:")]
 
@@ -223,9 +231,7 @@ def test_a_peer_without_room_refuses_and_the_source_stays(pair):
 
 def test_a_migration_to_a_peer_cancelled_while_it_streams_leaves_the_source(pair):
     a, b = pair
-    v, before = new_volume(a, [(0, os.urandom(160 * MIB))])
-    a.cinder.volumes.migrate_volume(v, b_host(b), False, False)
-    job = wait_for(lambda: job_copying(a, v.id), what="the stream under way")
+    v, before, job = streaming(a, b, [(0, os.urandom(160 * MIB))])
     r = a.agent.session.delete(f"{a.url}/ember/v1/jobs/{job['id']}", timeout=10)
     assert r.status_code == 202, r.text
     wait_failed(a, v.id)
@@ -237,9 +243,7 @@ def test_a_migration_to_a_peer_cancelled_while_it_streams_leaves_the_source(pair
 
 def test_a_source_killed_mid_stream_resumes_and_completes(pair):
     a, b = pair
-    v, before = new_volume(a, [(0, os.urandom(160 * MIB)), (900 * MIB, b"late" * 4096)])
-    a.cinder.volumes.migrate_volume(v, b_host(b), False, False)
-    wait_for(lambda: job_copying(a, v.id), what="the stream under way")
+    v, before, job = streaming(a, b, [(0, os.urandom(160 * MIB)), (900 * MIB, b"late" * 4096)])
     a.kill()
     assert a.file(v.id).exists(), "the source is kept until the peer verified its copy"
     assert len(targets_on(b)) == 1, "B holds the destination meanwhile"
@@ -252,9 +256,7 @@ def test_a_source_killed_mid_stream_resumes_and_completes(pair):
 
 def test_a_peer_killed_mid_stream_leaves_the_source_and_cleans_up_at_its_restart(pair):
     a, b = pair
-    v, before = new_volume(a, [(0, os.urandom(160 * MIB))])
-    a.cinder.volumes.migrate_volume(v, b_host(b), False, False)
-    job = wait_for(lambda: job_copying(a, v.id), what="the stream under way")
+    v, before, job = streaming(a, b, [(0, os.urandom(160 * MIB))])
     dest_id = job["copy"]["destination_volume_id"]
     b.kill()
     wait_failed(a, v.id)
@@ -327,9 +329,7 @@ def test_a_network_cut_mid_stream_fails_cleanly_and_leaves_no_destination(pair):
     a.kill()
     a.start(lambda s: config("node-a", "node-b", f"http://{A_IP}:{proxy.port}", extra=A_EXTRA))
     try:
-        v, before = new_volume(a, [(0, os.urandom(160 * MIB))])
-        a.cinder.volumes.migrate_volume(v, b_host(b), False, False)
-        wait_for(lambda: job_copying(a, v.id), what="the stream under way")
+        v, before, _ = streaming(a, b, [(0, os.urandom(160 * MIB))])
         proxy.cut()
         wait_failed(a, v.id)
         assert "broke" in message_for(a, v.id), message_for(a, v.id)
