@@ -172,6 +172,8 @@ pub enum AuthStrategy {
     Noauth,
     /// Tokens from `tokens_file`, each with a user, a project and roles.
     Token,
+    /// Tokens validated by Keystone v3 (`[auth.keystone]`).
+    Keystone,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -184,6 +186,64 @@ pub struct AuthConfig {
     pub refuse_readable_tokens_file: bool,
     /// Serve noauth on a non-loopback address anyway (test rigs only).
     pub allow_remote_noauth: bool,
+    /// Where and as whom to validate tokens with `strategy = "keystone"`.
+    pub keystone: Option<KeystoneConfig>,
+}
+
+/// `[auth.keystone]`: the Keystone v3 that issues the cloud's tokens, and the
+/// service user ember validates them as (it needs the `admin` or `service` role
+/// to read other users' tokens).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeystoneConfig {
+    /// Keystone's endpoint, e.g. `http://10.0.0.1:5000` (`/v3` is added).
+    pub url: String,
+    pub username: String,
+    /// Never logged; keep the configuration file mode 600.
+    pub password: String,
+    pub user_domain_id: String,
+    pub project_name: String,
+    pub project_domain_id: String,
+    /// Seconds a validation (or a refusal) is reused before Keystone is asked
+    /// again: the bound on how long a revoked token keeps working.
+    pub cache_seconds: u64,
+    /// Seconds a call to Keystone may take.
+    pub timeout: u64,
+    /// Roles an `X-Service-Token` must carry to let an expired user token
+    /// through (Cinder's `service_token_roles`).
+    pub service_roles: Vec<String>,
+}
+
+impl Default for KeystoneConfig {
+    fn default() -> Self {
+        KeystoneConfig {
+            url: String::new(),
+            username: String::new(),
+            password: String::new(),
+            user_domain_id: "default".to_string(),
+            project_name: "service".to_string(),
+            project_domain_id: "default".to_string(),
+            cache_seconds: 60,
+            timeout: 10,
+            service_roles: vec!["service".to_string()],
+        }
+    }
+}
+
+impl std::fmt::Debug for KeystoneConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeystoneConfig")
+            .field("url", &self.url)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("user_domain_id", &self.user_domain_id)
+            .field("project_name", &self.project_name)
+            .field("project_domain_id", &self.project_domain_id)
+            .field("cache_seconds", &self.cache_seconds)
+            .field("timeout", &self.timeout)
+            .field("service_roles", &self.service_roles)
+            .finish()
+    }
 }
 
 /// `[target]`: how volumes are exported.
@@ -363,6 +423,7 @@ impl Default for AuthConfig {
             tokens_file: None,
             refuse_readable_tokens_file: false,
             allow_remote_noauth: false,
+            keystone: None,
         }
     }
 }
@@ -560,6 +621,24 @@ impl Config {
         }
         if self.auth.strategy == AuthStrategy::Token && self.auth.tokens_file.is_none() {
             return Err(ConfigError::Invalid("[auth] strategy = \"token\" needs tokens_file".to_string()));
+        }
+        if self.auth.strategy == AuthStrategy::Keystone {
+            let refuse = |why: &str| Err(ConfigError::Invalid(format!("[auth.keystone] {why}")));
+            let Some(k) = &self.auth.keystone else {
+                return refuse("is needed by [auth] strategy = \"keystone\"");
+            };
+            if let Err(e) = crate::image::http::Endpoint::parse(&k.url) {
+                return refuse(&format!("url: {e}"));
+            }
+            if k.username.is_empty() || k.password.is_empty() || k.project_name.is_empty() {
+                return refuse("needs username, password and project_name (ember's service user)");
+            }
+            if k.cache_seconds > 3600 {
+                return refuse("cache_seconds is at most 3600: it bounds how long a revoked token works");
+            }
+            if k.timeout == 0 {
+                return refuse("timeout must be at least 1 second");
+            }
         }
         if !self.pools.is_empty() && self.pool != PoolConfig::default() {
             return Err(ConfigError::Invalid("use either [pool] or [[pools]], not both".to_string()));

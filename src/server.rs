@@ -68,6 +68,10 @@ pub async fn serve(config: Config) -> Result<(), String> {
             let path = config.auth.tokens_file.as_deref().ok_or("token auth needs tokens_file")?;
             Auth::load_tokens(path, config.auth.refuse_readable_tokens_file)?
         }
+        AuthStrategy::Keystone => {
+            let keystone = config.auth.keystone.clone().ok_or("keystone auth needs [auth.keystone]")?;
+            Auth::Keystone(Arc::new(crate::api::Keystone::new(keystone)?))
+        }
     };
     let state = Arc::new(ApiState {
         manager: Arc::clone(&manager),

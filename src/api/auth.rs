@@ -68,6 +68,7 @@ struct TokenFile {
 pub enum Auth {
     NoAuth,
     Tokens(HashMap<String, Context>),
+    Keystone(std::sync::Arc<super::keystone::Keystone>),
 }
 
 /// What authentication decided: a caller, or an answer to send back at once.
@@ -119,7 +120,19 @@ impl Auth {
         Ok(Auth::Tokens(map))
     }
 
-    pub fn authenticate(&self, headers: &HeaderMap, url_project: Option<&str>) -> Result<Authenticated, ApiError> {
+    /// `WWW-Authenticate` of a 401, where the strategy names one.
+    pub fn challenge(&self) -> Option<String> {
+        match self {
+            Auth::Keystone(k) => Some(k.challenge()),
+            _ => None,
+        }
+    }
+
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        url_project: Option<&str>,
+    ) -> Result<Authenticated, ApiError> {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
         let token = header("x-auth-token").filter(|t| !t.is_empty());
         match self {
@@ -141,9 +154,20 @@ impl Auth {
                     is_admin: true,
                 }))
             }
-            Auth::Tokens(map) => token.and_then(|t| map.get(t)).cloned().map(Authenticated::Caller).ok_or_else(|| {
-                ApiError::new(StatusCode::UNAUTHORIZED, "The request you have made requires authentication.")
-            }),
+            Auth::Tokens(map) => token
+                .and_then(|t| map.get(t))
+                .cloned()
+                .map(Authenticated::Caller)
+                .ok_or_else(super::keystone::unauthorized),
+            Auth::Keystone(keystone) => {
+                let token = token.ok_or_else(super::keystone::unauthorized)?.to_string();
+                let service = header("x-service-token").filter(|t| !t.is_empty()).map(str::to_string);
+                let keystone = std::sync::Arc::clone(keystone);
+                tokio::task::spawn_blocking(move || keystone.authenticate(&token, service.as_deref()))
+                    .await
+                    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "token validation failed"))?
+                    .map(Authenticated::Caller)
+            }
         }
     }
 }

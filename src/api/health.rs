@@ -27,7 +27,7 @@ pub(super) async fn answer(
         return Ok((StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response());
     }
     if what == "metrics" && !state.metrics_public {
-        match state.auth.authenticate(headers, None)? {
+        match state.auth.authenticate(headers, None).await? {
             Authenticated::Caller(ctx) => ctx.require_admin("metrics")?,
             Authenticated::NoAuthHint { .. } => {
                 return Err(ApiError::new(

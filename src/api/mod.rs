@@ -11,6 +11,7 @@ mod fault;
 mod groups;
 mod health;
 mod jobs;
+mod keystone;
 mod messages;
 mod microversion;
 mod peer;
@@ -36,6 +37,7 @@ use serde_json::Value;
 pub use auth::Auth;
 use auth::{Authenticated, Context};
 pub use fault::ApiError;
+pub use keystone::Keystone;
 use microversion::Version;
 
 use crate::manager::Manager;
@@ -281,6 +283,19 @@ impl From<ApiError> for Early {
     }
 }
 
+/// A refusal of authentication, with the `WWW-Authenticate` naming who issues
+/// tokens where the strategy has one (Keystone's, as keystonemiddleware sends).
+fn challenge(state: &ApiState, e: ApiError) -> Early {
+    match state.auth.challenge().and_then(|c| HeaderValue::from_str(&c).ok()) {
+        Some(value) if e.status == StatusCode::UNAUTHORIZED => {
+            let mut r = (e.status, axum::Json(e.body())).into_response();
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+            Early::Response(r)
+        }
+        _ => Early::Fault(e),
+    }
+}
+
 fn base_url(state: &ApiState, headers: &HeaderMap) -> String {
     if let Some(url) = &state.public_endpoint {
         return url.trim_end_matches('/').to_string();
@@ -361,9 +376,10 @@ async fn pipeline(
         }
         (Some(project), &rest[1..])
     };
-    let ctx = match state.auth.authenticate(headers, url_project)? {
-        Authenticated::Caller(ctx) => ctx,
-        Authenticated::NoAuthHint { token } => {
+    let ctx = match state.auth.authenticate(headers, url_project).await {
+        Err(e) => return Err(challenge(state, e)),
+        Ok(Authenticated::Caller(ctx)) => ctx,
+        Ok(Authenticated::NoAuthHint { token }) => {
             let mut r = StatusCode::NO_CONTENT.into_response();
             let h = r.headers_mut();
             if let Ok(v) = HeaderValue::from_str(&token) {

@@ -45,10 +45,17 @@ pub enum Body<'a> {
 /// A response: its status and the body to read.
 pub struct Response {
     pub status: u16,
+    /// Names lowercased, in the order sent.
+    pub headers: Vec<(String, String)>,
     pub body: Box<dyn Read + Send>,
 }
 
 impl Response {
+    /// The first value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
     /// The whole body, at most `limit` bytes (an answer that is not an image).
     pub fn text(mut self, limit: u64) -> io::Result<String> {
         let mut out = String::new();
@@ -198,7 +205,7 @@ fn read_response(stream: TcpStream, method: &str) -> io::Result<Response> {
     } else {
         Box::new(reader)
     };
-    Ok(Response { status, body })
+    Ok(Response { status, headers, body })
 }
 
 /// A body of a known length: ending early is an error, not a short image.

@@ -83,9 +83,53 @@ pub fn timestamp(at: std::time::SystemTime) -> String {
     )
 }
 
+/// The time an ISO 8601 UTC timestamp names: Cinder's form above, or
+/// Keystone's (`2026-12-05T08:20:54.000000Z`); offsets other than `Z`/`+00:00`
+/// are refused.
+pub fn parse_timestamp(text: &str) -> Option<std::time::SystemTime> {
+    let t = text.strip_suffix('Z').or_else(|| text.strip_suffix("+00:00")).unwrap_or(text);
+    let (date, time) = t.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (year, month, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, fraction) = time.split_once('.').unwrap_or((time, ""));
+    let mut h = hms.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (hour, minute, second) = (h.next()??, h.next()??, h.next()??);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let micros = match fraction {
+        "" => 0,
+        f if f.len() <= 9 && f.bytes().all(|b| b.is_ascii_digit()) => format!("{f:0<6}")[..6].parse::<u64>().ok()?,
+        _ => return None,
+    };
+    // Days since 1970-01-01 from the civil date (the inverse of `timestamp`'s).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = u64::try_from(days * 86_400 + hour * 3600 + minute * 60 + second).ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs) + std::time::Duration::from_micros(micros))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_parse_back() {
+        let epoch = std::time::UNIX_EPOCH + std::time::Duration::from_secs(951_782_400);
+        assert_eq!(parse_timestamp("2000-02-29T00:00:00.000000"), Some(epoch));
+        assert_eq!(parse_timestamp("2000-02-29T00:00:00Z"), Some(epoch));
+        let now = std::time::SystemTime::now();
+        let back = parse_timestamp(&format!("{}Z", timestamp(now))).unwrap();
+        assert_eq!(timestamp(back), timestamp(now));
+        for bad in ["", "2000-02-29", "2000-13-01T00:00:00Z", "2000-02-29T00:00:00+02:00", "2000-02-29T00:00:00.x"] {
+            assert_eq!(parse_timestamp(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn timestamps_look_like_cinder() {
